@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -78,6 +79,7 @@ class Task(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     LAST_SEQ_FIELD_NUMBER: _builtins.int
     PLAN_SUMMARY_FIELD_NUMBER: _builtins.int
+    PAGES_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Output only. The task's identifier, assigned by CreateTask."""
     text: _builtins.str
@@ -108,6 +110,10 @@ class Task(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the task last changed."""
 
+    @_builtins.property
+    def pages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Page]:
+        """Output only. The documents the task wrote, one page each, in the order they opened."""
+
     def __init__(
         self,
         *,
@@ -122,10 +128,11 @@ class Task(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         last_seq: _builtins.int = ...,
         plan_summary: _builtins.str = ...,
+        pages: _abc.Iterable[Global___Page] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "create_time", b"create_time", "error", b"error", "last_seq", b"last_seq", "model", b"model", "plan_summary", b"plan_summary", "state", b"state", "steps", b"steps", "task_id", b"task_id", "text", b"text", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "create_time", b"create_time", "error", b"error", "last_seq", b"last_seq", "model", b"model", "pages", b"pages", "plan_summary", b"plan_summary", "state", b"state", "steps", b"steps", "task_id", b"task_id", "text", b"text", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -179,6 +186,8 @@ class Step(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    INSTRUCTIONS_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Output only. The zero-based position of the step in the plan."""
     title: _builtins.str
@@ -193,6 +202,12 @@ class Step(_message.Message):
     """Output only. How many times the step has been started (a retry counts)."""
     error: _builtins.str
     """Output only. Why the step failed; empty otherwise."""
+    instructions: _builtins.str
+    """Output only. What the step must achieve, as the planner wrote it."""
+    @_builtins.property
+    def arguments(self) -> _struct_pb2.Struct:
+        """Output only. The tool's arguments as the planner chose them (see PlanStep.arguments)."""
+
     def __init__(
         self,
         *,
@@ -203,14 +218,62 @@ class Step(_message.Message):
         state: Global___Step.State.ValueType = ...,
         attempts: _builtins.int = ...,
         error: _builtins.str = ...,
+        instructions: _builtins.str = ...,
+        arguments: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "error", b"error", "index", b"index", "rationale", b"rationale", "state", b"state", "title", b"title", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "attempts", b"attempts", "error", b"error", "index", b"index", "instructions", b"instructions", "rationale", b"rationale", "state", b"state", "title", b"title", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Step: _TypeAlias = Step  # noqa: Y015
+
+@_typing.final
+class Page(_message.Message):
+    """A document the task wrote: one page of the task's terminal."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_NUMBER_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    STEP_INDEX_FIELD_NUMBER: _builtins.int
+    FILE_NAME_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    FINISHED_FIELD_NUMBER: _builtins.int
+    ABANDONED_FIELD_NUMBER: _builtins.int
+    page_number: _builtins.int
+    """Output only. The page's number in the task, counting from 1."""
+    title: _builtins.str
+    """Output only. The document's title."""
+    step_index: _builtins.int
+    """Output only. The zero-based index of the step that wrote the page."""
+    file_name: _builtins.str
+    """Output only. The file the page is delivered as, relative to the workspace."""
+    size_bytes: _builtins.int
+    """Output only. How many UTF-8 bytes of text the page has so far."""
+    finished: _builtins.bool
+    """Output only. True once the page is complete and its file delivered."""
+    abandoned: _builtins.bool
+    """Output only. True when the page was abandoned because its step was interrupted."""
+    def __init__(
+        self,
+        *,
+        page_number: _builtins.int = ...,
+        title: _builtins.str = ...,
+        step_index: _builtins.int = ...,
+        file_name: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        finished: _builtins.bool = ...,
+        abandoned: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandoned", b"abandoned", "file_name", b"file_name", "finished", b"finished", "page_number", b"page_number", "size_bytes", b"size_bytes", "step_index", b"step_index", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Page: _TypeAlias = Page  # noqa: Y015
 
 @_typing.final
 class Artifact(_message.Message):

@@ -1,0 +1,67 @@
+"""The Python client of Mitosis: every Python caller watches tasks through it, exactly once.
+
+`AsyncClient` (asyncio) and `Client` (blocking) call TaskService; their `watch` resumes from
+the last `seq` delivered whenever a stream breaks, so each event arrives once and in order.
+"""
+
+from mitosis.client.aio import RESUMABLE_CODES, AsyncClient, StateCallback
+from mitosis.client.artifacts import artifact_destination
+from mitosis.client.errors import (
+    AlreadyExistsError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    IntegrityError,
+    InternalError,
+    InvalidArgumentError,
+    MitosisError,
+    NotFoundError,
+    OutOfRangeError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+    UnavailableError,
+    UnimplementedError,
+    UnsafePathError,
+    error_from_rpc,
+)
+from mitosis.client.resume import (
+    TERMINAL_STATES,
+    Admission,
+    Backoff,
+    SeqCursor,
+    SequenceGapError,
+    is_heartbeat,
+    is_terminal,
+)
+from mitosis.client.sync import Client
+
+__all__ = [
+    "RESUMABLE_CODES",
+    "TERMINAL_STATES",
+    "Admission",
+    "AlreadyExistsError",
+    "AsyncClient",
+    "Backoff",
+    "Client",
+    "DeadlineExceededError",
+    "FailedPreconditionError",
+    "IntegrityError",
+    "InternalError",
+    "InvalidArgumentError",
+    "MitosisError",
+    "NotFoundError",
+    "OutOfRangeError",
+    "PermissionDeniedError",
+    "ResourceExhaustedError",
+    "SeqCursor",
+    "SequenceGapError",
+    "StateCallback",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "UnimplementedError",
+    "UnsafePathError",
+    "artifact_destination",
+    "error_from_rpc",
+    "is_heartbeat",
+    "is_terminal",
+]

@@ -1,0 +1,275 @@
+"""The asyncio client of TaskService, with the exactly-once resuming watch every caller uses."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncGenerator, Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, TypeVar
+
+import grpc
+from mitosis.client.artifacts import ArtifactWriter, artifact_destination
+from mitosis.client.errors import InternalError, UnavailableError, error_from_rpc
+from mitosis.client.resume import Admission, Backoff, SeqCursor, SequenceGapError, is_terminal
+from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
+
+if TYPE_CHECKING:
+    from mitosis.v1.task_service_pb2_grpc import TaskServiceAsyncStub
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+
+StateCallback = Callable[[str], None]
+"""Told about the watch's connection: "connecting", "live", "reconnecting (attempt N, ...)"."""
+
+# Codes after which a watch resumes. The watch sets no deadline, so DEADLINE_EXCEEDED can
+# only come from a proxy's route timeout; CANCELLED here was not caused by us.
+RESUMABLE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+)
+
+
+class _StreamBrokenError(Exception):
+    """The watch stream stopped being useful without a gRPC error."""
+
+
+class AsyncClient:
+    """A client of TaskService on grpc.aio. Use it as an async context manager, or close() it."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        max_reconnect_wait: float = 5.0,
+        reconnect_deadline: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        stall_timeout: float = 35.0,
+        call_timeout: float = 10.0,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        """Prepare a client of the TaskService at `target` ("host:port"); connects lazily.
+
+        `reconnect_deadline` bounds, in seconds, how long a watch keeps failing to reconnect
+        (None: forever) and how long unary calls retry UNAVAILABLE (None: `call_timeout`).
+        `stall_timeout` is how long a watch may receive nothing, not even a heartbeat.
+        """
+        self.target = target
+        self._max_reconnect_wait = max_reconnect_wait
+        self._reconnect_deadline = reconnect_deadline
+        self._metadata = tuple(metadata)
+        self._stall_timeout = stall_timeout
+        self._call_timeout = call_timeout
+        self._rand = rand
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: TaskServiceAsyncStub | None = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel; streams still open end with an error."""
+        if self._channel is not None:
+            await self._channel.close(None)
+            self._channel = self._stub = None
+
+    def _service(self) -> TaskServiceAsyncStub:
+        # The channel binds to the running loop, so it is made on first use, not in __init__.
+        if self._stub is None:
+            self._channel = grpc.aio.insecure_channel(self.target)
+            self._stub = task_service_pb2_grpc.TaskServiceStub(self._channel)
+        return self._stub
+
+    async def create_task(self, text: str) -> task_pb2.Task:
+        """Create a task and start it. Not retried: a retry could create it twice."""
+        request = task_service_pb2.CreateTaskRequest(text=text)
+        return await self._unary(self._service().CreateTask, request, idempotent=False)
+
+    async def get_task(self, task_id: str) -> task_pb2.Task:
+        """Get a task with its steps, pages and delivered files."""
+        request = task_service_pb2.GetTaskRequest(task_id=task_id)
+        return await self._unary(self._service().GetTask, request)
+
+    async def list_tasks(
+        self, page_size: int = 0, page_token: str = ""
+    ) -> task_service_pb2.ListTasksResponse:
+        """List tasks, newest first, one page at a time."""
+        request = task_service_pb2.ListTasksRequest(page_size=page_size, page_token=page_token)
+        return await self._unary(self._service().ListTasks, request)
+
+    async def cancel_task(self, task_id: str) -> task_pb2.Task:
+        """Cancel a running task; FailedPreconditionError if it has already ended."""
+        request = task_service_pb2.CancelTaskRequest(task_id=task_id)
+        return await self._unary(self._service().CancelTask, request)
+
+    async def _unary(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[_Request, _Response],
+        request: _Request,
+        *,
+        idempotent: bool = True,
+    ) -> _Response:
+        """Call with a deadline; retry UNAVAILABLE (idempotent calls only) within the budget."""
+        loop = asyncio.get_running_loop()
+        budget = (
+            self._call_timeout if self._reconnect_deadline is None else self._reconnect_deadline
+        )
+        backoff = Backoff(maximum=self._max_reconnect_wait, rand=self._rand)
+        started = loop.time()
+        while True:
+            try:
+                return await method(request, timeout=self._call_timeout, metadata=self._metadata)
+            except grpc.aio.AioRpcError as error:
+                remaining = budget - (loop.time() - started)
+                if not idempotent or error.code() != grpc.StatusCode.UNAVAILABLE or remaining <= 0:
+                    raise error_from_rpc(error) from None
+            await asyncio.sleep(min(backoff.next_delay(), remaining))
+
+    async def watch(
+        self,
+        task_id: str,
+        after_seq: int = 0,
+        *,
+        include_heartbeats: bool = False,
+        on_state: StateCallback | None = None,
+    ) -> AsyncGenerator[task_pb2.TaskEvent, None]:
+        """Yield the task's events with `seq > after_seq`, each once and in order, to the end.
+
+        Survives broken streams, proxies that end streams early and stalls by resuming from
+        the last `seq` delivered; stops after the terminal event. Raises a MitosisError for
+        errors that a retry cannot fix, and UnavailableError when reconnecting has failed for
+        longer than `reconnect_deadline`.
+        """
+        loop = asyncio.get_running_loop()
+        cursor = SeqCursor(after_seq)
+        backoff = Backoff(maximum=self._max_reconnect_wait, rand=self._rand)
+        report = _StateReporter(on_state)
+        failing_since: float | None = None
+        attempt = 0
+        while True:
+            report("connecting")
+            request = task_service_pb2.WatchTaskRequest(task_id=task_id, after_seq=cursor.last)
+            call = self._service().WatchTask(request, metadata=self._metadata)
+            try:
+                while True:
+                    event = await self._next_event(call)
+                    report("live")
+                    failing_since, attempt = None, 0
+                    admission = cursor.admit(event)
+                    if admission is Admission.NEW:
+                        backoff.reset()
+                        yield event
+                        if is_terminal(event):
+                            return
+                    elif admission is Admission.HEARTBEAT and include_heartbeats:
+                        yield event
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in RESUMABLE_CODES:
+                    raise error_from_rpc(error) from None
+                reason = f"{error.code().name}: {error.details()}"
+            except (_StreamBrokenError, SequenceGapError) as broken:
+                reason = str(broken)
+            finally:
+                call.cancel()
+            now = loop.time()
+            failing_since = now if failing_since is None else failing_since
+            attempt += 1
+            delay = backoff.next_delay()
+            if self._reconnect_deadline is not None:
+                remaining = self._reconnect_deadline - (now - failing_since)
+                if remaining <= 0:
+                    raise UnavailableError(
+                        f"gave up watching task {task_id} after {now - failing_since:.1f} s "
+                        f"without a working stream: {reason}"
+                    )
+                delay = min(delay, remaining)
+            report(f"reconnecting (attempt {attempt}, waiting {delay:.1f} s: {reason})")
+            await asyncio.sleep(delay)
+
+    async def _next_event(
+        self, call: grpc.aio.UnaryStreamCall[task_service_pb2.WatchTaskRequest, task_pb2.TaskEvent]
+    ) -> task_pb2.TaskEvent:
+        """Read one message; a stall or an end of stream is a _StreamBrokenError."""
+        try:
+            async with asyncio.timeout(self._stall_timeout):
+                message = await call.read()
+        except TimeoutError:
+            raise _StreamBrokenError(
+                f"nothing received for {self._stall_timeout:g} s, not even a heartbeat"
+            ) from None
+        if not isinstance(message, task_pb2.TaskEvent):  # grpc.aio.EOF
+            raise _StreamBrokenError("the stream ended before the task's final event")
+        return message
+
+    async def read_artifact(self, task_id: str, path: str) -> AsyncGenerator[bytes, None]:
+        """Yield the bytes of a delivered file, chunk by chunk, in order."""
+        request = task_service_pb2.ReadArtifactRequest(task_id=task_id, path=path)
+        call = self._service().ReadArtifact(request, metadata=self._metadata)
+        offset = 0
+        try:
+            while True:
+                async with asyncio.timeout(self._stall_timeout):
+                    chunk = await call.read()
+                if not isinstance(chunk, task_service_pb2.ReadArtifactResponse):
+                    return
+                if chunk.offset != offset:
+                    raise InternalError(
+                        f"{path}: chunk at offset {chunk.offset}, expected {offset}"
+                    )
+                offset += len(chunk.data)
+                yield chunk.data
+        except TimeoutError:
+            raise UnavailableError(
+                f"{path}: nothing received for {self._stall_timeout:g} s"
+            ) from None
+        except grpc.aio.AioRpcError as error:
+            raise error_from_rpc(error) from None
+        finally:
+            call.cancel()
+
+    async def download_artifacts(self, task_id: str, out_dir: Path | str) -> list[Path]:
+        """Write every artifact of the task under out_dir (making folders) and return the paths.
+
+        Refuses, before writing anything, artifact paths that would leave out_dir
+        (UnsafePathError); checks each file's size and SHA-256 against the task's artifact
+        list before moving it into place (IntegrityError).
+        """
+        task = await self.get_task(task_id)
+        out = Path(out_dir)
+        destinations = [artifact_destination(out, a.path) for a in task.artifacts]
+        written: list[Path] = []
+        for artifact, destination in zip(task.artifacts, destinations, strict=True):
+            with ArtifactWriter(destination, artifact) as writer:
+                async for data in self.read_artifact(task_id, artifact.path):
+                    writer.write(data)
+                written.append(writer.commit())
+        return written
+
+
+class _StateReporter:
+    """Calls the on_state callback only when the state changes."""
+
+    def __init__(self, callback: StateCallback | None) -> None:
+        self._callback = callback
+        self._state: str | None = None
+
+    def __call__(self, state: str) -> None:
+        if self._callback is not None and state != self._state:
+            self._state = state
+            self._callback(state)

@@ -1,0 +1,123 @@
+"""The errors of the Mitosis client: one hierarchy, so callers never see gRPC exceptions."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class MitosisError(Exception):
+    """A call to Mitosis failed. `code` is the gRPC status, or None for a client-side check."""
+
+    code: grpc.StatusCode | None = None
+
+    def __init__(self, message: str, *, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class NotFoundError(MitosisError):
+    """The task (or artifact) does not exist."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class InvalidArgumentError(MitosisError):
+    """The server refused a request as malformed."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class OutOfRangeError(MitosisError):
+    """A value is beyond what exists, e.g. `after_seq` past the task's newest event."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
+class FailedPreconditionError(MitosisError):
+    """The request is not possible in the resource's state, e.g. cancelling an ended task."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class AlreadyExistsError(MitosisError):
+    """The resource already exists."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class PermissionDeniedError(MitosisError):
+    """The caller may not do this."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class UnauthenticatedError(MitosisError):
+    """The caller has no valid credentials."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class UnavailableError(MitosisError):
+    """The server cannot be reached, or reconnecting failed for longer than allowed."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceededError(MitosisError):
+    """A call did not finish within its deadline."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class ResourceExhaustedError(MitosisError):
+    """The server is out of some resource (quota, memory, message size)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class UnimplementedError(MitosisError):
+    """The server does not implement the call."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class InternalError(MitosisError):
+    """The server (or a proxy) broke an invariant."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class IntegrityError(MitosisError):
+    """A downloaded file does not match the size or SHA-256 the task recorded for it."""
+
+
+class UnsafePathError(MitosisError):
+    """An artifact path would be written outside the chosen folder."""
+
+
+_BY_CODE: dict[grpc.StatusCode, type[MitosisError]] = {
+    cls.code: cls
+    for cls in (
+        NotFoundError,
+        InvalidArgumentError,
+        OutOfRangeError,
+        FailedPreconditionError,
+        AlreadyExistsError,
+        PermissionDeniedError,
+        UnauthenticatedError,
+        UnavailableError,
+        DeadlineExceededError,
+        ResourceExhaustedError,
+        UnimplementedError,
+        InternalError,
+    )
+    if cls.code is not None
+}
+
+
+def error_from_rpc(error: grpc.aio.AioRpcError) -> MitosisError:
+    """Return the MitosisError for a failed gRPC call, carrying its code and the server's words."""
+    code = error.code()
+    return _BY_CODE.get(code, MitosisError)(error.details() or code.name, code=code)

@@ -1,0 +1,178 @@
+"""The synchronous client: an AsyncClient run on a private event loop in a background thread."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import random
+import threading
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from mitosis.client.aio import AsyncClient, StateCallback
+from mitosis.v1 import task_pb2, task_service_pb2
+
+_T = TypeVar("_T")
+
+
+class Client:
+    """A blocking client of TaskService with the same methods as AsyncClient.
+
+    Callbacks (`on_state`) run in the thread that iterates the watch, not in the background
+    thread. Use it as a context manager, or close() it.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        max_reconnect_wait: float = 5.0,
+        reconnect_deadline: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        stall_timeout: float = 35.0,
+        call_timeout: float = 10.0,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        """Start the background loop; see AsyncClient for the arguments."""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="mitosis-client", daemon=True
+        )
+        self._thread.start()
+        self._closed = False
+        self._aio = AsyncClient(
+            target,
+            max_reconnect_wait=max_reconnect_wait,
+            reconnect_deadline=reconnect_deadline,
+            metadata=metadata,
+            stall_timeout=stall_timeout,
+            call_timeout=call_timeout,
+            rand=rand,
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel and stop the background thread. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._run(self._aio.close())
+            self._run(self._loop.shutdown_asyncgens())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+
+    def create_task(self, text: str) -> task_pb2.Task:
+        """Create a task and start it."""
+        return self._run(self._aio.create_task(text))
+
+    def get_task(self, task_id: str) -> task_pb2.Task:
+        """Get a task with its steps, pages and delivered files."""
+        return self._run(self._aio.get_task(task_id))
+
+    def list_tasks(
+        self, page_size: int = 0, page_token: str = ""
+    ) -> task_service_pb2.ListTasksResponse:
+        """List tasks, newest first, one page at a time."""
+        return self._run(self._aio.list_tasks(page_size, page_token))
+
+    def cancel_task(self, task_id: str) -> task_pb2.Task:
+        """Cancel a running task."""
+        return self._run(self._aio.cancel_task(task_id))
+
+    def watch(
+        self,
+        task_id: str,
+        after_seq: int = 0,
+        *,
+        include_heartbeats: bool = False,
+        on_state: StateCallback | None = None,
+    ) -> Iterator[task_pb2.TaskEvent]:
+        """Yield the task's events with `seq > after_seq`, each once and in order, to the end."""
+        inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        events = self._aio.watch(
+            task_id,
+            after_seq,
+            include_heartbeats=include_heartbeats,
+            on_state=None if on_state is None else lambda state: inbox.put(("state", state)),
+        )
+        return self._iterate(events, inbox, on_state)
+
+    def read_artifact(self, task_id: str, path: str) -> Iterator[bytes]:
+        """Yield the bytes of a delivered file, chunk by chunk."""
+        return self._iterate(self._aio.read_artifact(task_id, path), queue.SimpleQueue(), None)
+
+    def download_artifacts(self, task_id: str, out_dir: Path | str) -> list[Path]:
+        """Write every artifact of the task under out_dir; see AsyncClient.download_artifacts."""
+        return self._run(self._aio.download_artifacts(task_id, out_dir))
+
+    def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result()
+        except BaseException:  # e.g. KeyboardInterrupt while waiting: stop the call too
+            future.cancel()
+            raise
+
+    def _iterate(
+        self,
+        source: AsyncGenerator[_T, None],
+        inbox: queue.SimpleQueue[tuple[str, Any]],
+        on_state: StateCallback | None,
+    ) -> Iterator[_T]:
+        """Pull items one at a time from an async generator on the loop, relaying states here.
+
+        `inbox` carries ("state", text) from the generator's callback and the outcome of each
+        pull, so callbacks run in this thread while it waits.
+        """
+        pulling: list[asyncio.Task[Any]] = []
+
+        async def pull() -> None:
+            pulling[:] = [t for t in (asyncio.current_task(),) if t is not None]
+            try:
+                inbox.put(("item", await anext(source)))
+            except StopAsyncIteration:
+                inbox.put(("end", None))
+            except BaseException as error:
+                inbox.put(("error", error))
+                if isinstance(error, asyncio.CancelledError):
+                    raise
+
+        async def shutdown() -> None:
+            # An interrupted pull must finish before the generator can be closed.
+            for task in pulling:
+                if not task.done():
+                    task.cancel()
+                    await asyncio.wait([task])
+            await source.aclose()
+
+        try:
+            while True:
+                asyncio.run_coroutine_threadsafe(pull(), self._loop)
+                kind, payload = inbox.get()
+                while kind == "state":
+                    if on_state is not None:
+                        on_state(payload)
+                    kind, payload = inbox.get()
+                if kind == "end":
+                    return
+                if kind == "error":
+                    raise payload
+                yield payload
+        finally:
+            if not self._closed:
+                self._run(shutdown())

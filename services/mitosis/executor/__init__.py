@@ -1,0 +1,1 @@
+"""The executor service: runs tasks' plans with tools and serves their event streams."""

@@ -1,0 +1,21 @@
+"""Appending to a task's log: store first, then publish to live watchers."""
+
+from __future__ import annotations
+
+from mitosis.executor.hub import EventHub
+from mitosis.executor.store import Store
+from mitosis.v1 import task_pb2
+
+
+class EventLog:
+    """The one way the executor records what happens: an event is stored before it is seen."""
+
+    def __init__(self, store: Store, hub: EventHub) -> None:
+        self.store = store
+        self.hub = hub
+
+    async def append(self, task_id: str, *events: task_pb2.TaskEvent) -> list[task_pb2.TaskEvent]:
+        """Store the events in one transaction, then offer them to the task's watchers."""
+        stored = await self.store.append(task_id, events)
+        self.hub.publish(task_id, stored)
+        return stored

@@ -1,0 +1,89 @@
+"""Live fan-out of stored events to watchers, with a bounded buffer per watcher."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict, deque
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from mitosis.v1 import task_pb2
+
+
+class Overflowed(Exception):
+    """The watcher fell behind its buffer; it must catch up from the store."""
+
+
+class Subscription:
+    """One watcher's view of a task's live events.
+
+    `offer` never blocks and never grows the buffer past `capacity`: a watcher that stops
+    reading is marked overflowed and its buffer dropped, so it costs the publisher nothing.
+    The events are not lost; they are in the store, where the watcher reads them next.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._buffer: deque[task_pb2.TaskEvent] = deque()
+        self._overflowed = False
+        self._ready = asyncio.Event()
+
+    def offer(self, events: Sequence[task_pb2.TaskEvent]) -> None:
+        """Buffer events for the watcher, or mark it overflowed when they do not fit."""
+        if self._overflowed:
+            return
+        if len(self._buffer) + len(events) > self._capacity:
+            self._overflowed = True
+            self._buffer.clear()
+        else:
+            self._buffer.extend(events)
+        self._ready.set()
+
+    async def next_batch(self, max_wait: float) -> list[task_pb2.TaskEvent]:
+        """Return the buffered events, waiting up to `max_wait` s; [] when none came.
+
+        Raises Overflowed once after the buffer overflowed, and resets, so the caller can
+        catch up from the store and go on listening.
+        """
+        if not self._buffer and not self._overflowed:
+            self._ready.clear()
+            try:
+                await asyncio.wait_for(self._ready.wait(), max_wait)
+            except TimeoutError:
+                return []
+        if self._overflowed:
+            self._overflowed = False
+            raise Overflowed
+        batch = list(self._buffer)
+        self._buffer.clear()
+        return batch
+
+
+class EventHub:
+    """Routes each task's newly stored events to that task's subscriptions."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self._capacity = capacity
+        self._subscriptions: defaultdict[str, set[Subscription]] = defaultdict(set)
+
+    @contextmanager
+    def subscribe(self, task_id: str) -> Iterator[Subscription]:
+        """Yield a subscription to the task's live events, removed on exit."""
+        subscription = Subscription(self._capacity)
+        self._subscriptions[task_id].add(subscription)
+        try:
+            yield subscription
+        finally:
+            watchers = self._subscriptions[task_id]
+            watchers.discard(subscription)
+            if not watchers:
+                del self._subscriptions[task_id]
+
+    def publish(self, task_id: str, events: Sequence[task_pb2.TaskEvent]) -> None:
+        """Offer stored events to every subscription of the task."""
+        for subscription in self._subscriptions.get(task_id, ()):
+            subscription.offer(events)
+
+    def watcher_count(self, task_id: str) -> int:
+        """Return how many watchers the task has now."""
+        return len(self._subscriptions.get(task_id, ()))

@@ -1,0 +1,112 @@
+"""A document being written as a page: its text is coalesced into deltas and saved to a file."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from pathlib import Path
+
+from mitosis.executor.eventlog import EventLog
+from mitosis.v1 import task_pb2
+
+
+class PageWriter:
+    """Streams one page's text into the log as deltas and into its file.
+
+    Pieces written within `window` seconds are sent as one delta (or sooner, once `max_bytes`
+    are waiting), so a document of 10,000 tokens is a few hundred events, not 10,000.
+    """
+
+    def __init__(
+        self,
+        log: EventLog,
+        task_id: str,
+        page_number: int,
+        path: Path,
+        *,
+        window: float = 0.05,
+        max_bytes: int = 2048,
+    ) -> None:
+        self._log = log
+        self._task_id = task_id
+        self._page_number = page_number
+        self._path = path
+        self._window = window
+        self._max_bytes = max_bytes
+        self._pending: list[str] = []
+        self._pending_bytes = 0
+        self._offset = 0
+        self._sha256 = hashlib.sha256()
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def open(self, title: str, step_index: int, file_name: str) -> None:
+        """Start the page: announce it and create its file empty."""
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._path.write_bytes(b"")
+        started = task_pb2.PageStarted(
+            page_number=self._page_number, title=title, step_index=step_index, file_name=file_name
+        )
+        await self._log.append(self._task_id, task_pb2.TaskEvent(page_started=started))
+        self._flusher = asyncio.create_task(self._flush_after_window())
+
+    async def write(self, text: str) -> None:
+        """Add text to the page; it reaches watchers within the window."""
+        if not text:
+            return
+        self._pending.append(text)
+        self._pending_bytes += len(text.encode())
+        if self._pending_bytes >= self._max_bytes:
+            await self._flush()
+        else:
+            self._wake.set()
+
+    async def finish(self) -> tuple[int, str]:
+        """Flush what is left and deliver the page; return its size and SHA-256."""
+        await self._stop_flusher()
+        await self._flush()
+        digest = self._sha256.hexdigest()
+        finished = task_pb2.PageFinished(
+            page_number=self._page_number, size_bytes=self._offset, sha256=digest
+        )
+        await self._log.append(self._task_id, task_pb2.TaskEvent(page_finished=finished))
+        return self._offset, digest
+
+    async def abandon(self) -> None:
+        """Mark the page abandoned: its step was interrupted and no file is delivered."""
+        await self._stop_flusher()
+        finished = task_pb2.PageFinished(page_number=self._page_number, abandoned=True)
+        await self._log.append(self._task_id, task_pb2.TaskEvent(page_finished=finished))
+
+    async def _flush_after_window(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(self._window)
+            self._wake.clear()
+            await self._flush()
+
+    async def _stop_flusher(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+
+    async def _flush(self) -> None:
+        async with self._lock:
+            if not self._pending:
+                return
+            text = "".join(self._pending)
+            self._pending.clear()
+            self._pending_bytes = 0
+            data = text.encode()
+            with self._path.open("ab") as file:
+                file.write(data)
+            self._sha256.update(data)
+            delta = task_pb2.PageDelta(
+                page_number=self._page_number, offset=self._offset, text=text
+            )
+            self._offset += len(data)
+            await self._log.append(self._task_id, task_pb2.TaskEvent(page_delta=delta))

@@ -1,0 +1,79 @@
+"""The executor's client of PlannerService: deadlines, and retries on UNAVAILABLE."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+from mitosis.v1 import plan_pb2, planner_service_pb2, planner_service_pb2_grpc
+
+_SERVICE = planner_service_pb2.DESCRIPTOR.services_by_name["PlannerService"].full_name
+
+# gRPC's own retry machinery: transparent to the caller, bounded, with jittered backoff.
+_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": _SERVICE}],
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.2s",
+                    "maxBackoff": "3s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
+
+class PlanError(Exception):
+    """The planner could not give a plan; the message says why in a person's words."""
+
+
+class PlannerClient:
+    """Asks the planner service for plans over one long-lived channel."""
+
+    def __init__(self, target: str, *, deadline: float = 30.0) -> None:
+        self.target = target
+        self._deadline = deadline
+        self._channel = grpc.aio.insecure_channel(
+            target,
+            options=[("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)],
+        )
+        self._stub = planner_service_pb2_grpc.PlannerServiceStub(self._channel)
+
+    async def create_plan(self, task_text: str) -> plan_pb2.Plan:
+        """Return the planner's plan for the task, or raise PlanError."""
+        request = planner_service_pb2.CreatePlanRequest(task_text=task_text)
+        try:
+            return await self._stub.CreatePlan(request, timeout=self._deadline)
+        except grpc.aio.AioRpcError as error:
+            raise PlanError(self._explain(error)) from error
+
+    async def revise_plan(
+        self, task_text: str, plan: plan_pb2.Plan, failed_step_index: int, failure: str
+    ) -> plan_pb2.Plan:
+        """Return the planner's revision of the remaining steps, or raise PlanError."""
+        request = planner_service_pb2.RevisePlanRequest(
+            task_text=task_text, plan=plan, failed_step_index=failed_step_index, failure=failure
+        )
+        try:
+            return await self._stub.RevisePlan(request, timeout=self._deadline)
+        except grpc.aio.AioRpcError as error:
+            raise PlanError(self._explain(error)) from error
+
+    def _explain(self, error: grpc.aio.AioRpcError) -> str:
+        code = error.code()
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return (
+                f"the planner at {self.target} is unreachable ({error.details()}); is it running?"
+            )
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return f"the planner at {self.target} gave no plan within {self._deadline:g} s"
+        return f"the planner refused the task: {code.name}: {error.details()}"
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._channel.close(None)

@@ -1,0 +1,347 @@
+"""Runs tasks: plan, then each step with its tool, recording every happening as an event."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, cast
+
+from google.protobuf import json_format
+from mitosis.errors import FailedPrecondition, NotFound
+from mitosis.executor.eventlog import EventLog
+from mitosis.executor.pages import PageWriter
+from mitosis.executor.planner_client import PlanError
+from mitosis.executor.projection import TERMINAL_STATES
+from mitosis.executor.tools import ToolError, list_files, read_file, run_python
+from mitosis.executor.workspace import PathEscapeError, Workspace
+from mitosis.models.base import WritingModel
+from mitosis.v1 import plan_pb2, task_pb2
+
+logger = logging.getLogger(__name__)
+
+Task = task_pb2.Task
+Step = task_pb2.Step
+Event = task_pb2.TaskEvent
+Source = task_pb2.LogLine
+
+READ_FILE_PREVIEW_LINES = 12
+"""Lines of a file that `read_file` shows in the log."""
+
+
+class PlanSource(Protocol):
+    """Where plans come from: the planner service, or a planning model in tests."""
+
+    async def create_plan(self, task_text: str) -> plan_pb2.Plan:
+        """Return a plan for the task, or raise PlanError."""
+        ...
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """How the runner runs steps."""
+
+    data_dir: Path
+    tool_timeout: float = 60.0
+    attempts_per_step: int = 2
+    page_window: float = 0.05
+
+
+class StepFailed(Exception):
+    """A step's tool failed; the message says why in a person's words."""
+
+
+class TaskRunner:
+    """Owns the running tasks of this executor: starts, cancels and resumes them."""
+
+    def __init__(
+        self, log: EventLog, planner: PlanSource, writer: WritingModel, config: RunnerConfig
+    ) -> None:
+        self._log = log
+        self._store = log.store
+        self._planner = planner
+        self._writer = writer
+        self._config = config
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._cancel_reasons: dict[str, str] = {}
+
+    def workspace(self, task_id: str) -> Workspace:
+        """Return the task's workspace folder, where its tools work and its files lie."""
+        return Workspace(self._config.data_dir / "tasks" / task_id / "workspace")
+
+    def start(self, task_id: str) -> None:
+        """Run the task in the background, from wherever its log says it is."""
+        if task_id in self._running:
+            return
+        runner = asyncio.create_task(self._run(task_id), name=f"task {task_id}")
+        self._running[task_id] = runner
+        runner.add_done_callback(lambda _: self._running.pop(task_id, None))
+
+    async def resume_unfinished(self) -> list[str]:
+        """Start every task the store says has not ended; return their ids."""
+        task_ids = await self._store.unfinished_task_ids()
+        for task_id in task_ids:
+            self.start(task_id)
+        return task_ids
+
+    async def cancel(self, task_id: str, reason: str = "cancelled by request") -> None:
+        """Stop the task's running step and end the task CANCELLED."""
+        task = await self._store.get_task(task_id)
+        if task is None:
+            raise NotFound(f"task {task_id!r} does not exist")
+        if task.state in TERMINAL_STATES:
+            state = Task.State.Name(task.state).removeprefix("STATE_").lower()
+            raise FailedPrecondition(f"task {task_id} has already ended ({state})")
+        runner = self._running.get(task_id)
+        if runner is None:
+            await self._record_cancel(task_id, reason)
+            return
+        self._cancel_reasons[task_id] = reason
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(runner)
+
+    async def shutdown(self) -> None:
+        """Stop every running task without ending it: the next start resumes them."""
+        runners = list(self._running.values())
+        for runner in runners:
+            runner.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)
+
+    async def _run(self, task_id: str) -> None:
+        try:
+            await self._execute(task_id)
+        except asyncio.CancelledError:
+            reason = self._cancel_reasons.pop(task_id, None)
+            if reason is None:
+                raise  # the executor is shutting down; the task resumes on the next start
+            await self._record_cancel(task_id, reason)
+        except Exception as error:
+            logger.exception("task %s failed unexpectedly", task_id)
+            await self._set_state(
+                task_id, Task.STATE_FAILED, f"internal error in the executor: {error}"
+            )
+
+    async def _execute(self, task_id: str) -> None:
+        task = await self._require(task_id)
+        if task.steps:
+            await self._recover(task)
+        else:
+            if not await self._plan(task):
+                return
+            task = await self._require(task_id)
+        workspace = self.workspace(task_id)
+        for step in task.steps:
+            if step.state == Step.STATE_SUCCEEDED:
+                continue
+            failure = await self._run_step(task, step, workspace)
+            if failure is not None:
+                await self._cancel_pending_steps(task_id, after=step.index)
+                message = f"step {step.index + 1} ({step.title}) failed: {failure}"
+                await self._set_state(task_id, Task.STATE_FAILED, message)
+                return
+        delivered = len((await self._require(task_id)).artifacts)
+        await self._set_state(task_id, Task.STATE_SUCCEEDED, f"delivered {delivered} files")
+
+    async def _plan(self, task: Task) -> bool:
+        await self._set_state(task.task_id, Task.STATE_PLANNING)
+        try:
+            plan = await self._planner.create_plan(task.text)
+        except PlanError as error:
+            await self._set_state(
+                task.task_id, Task.STATE_FAILED, f"no plan could be made: {error}"
+            )
+            return False
+        steps = [
+            Step(
+                index=index,
+                title=planned.title,
+                tool=planned.tool,
+                rationale=planned.rationale,
+                instructions=planned.instructions,
+                arguments=planned.arguments,
+                state=Step.STATE_PENDING,
+            )
+            for index, planned in enumerate(plan.steps)
+        ]
+        ready = task_pb2.PlanReady(steps=steps, model=plan.model, summary=plan.summary)
+        running = task_pb2.TaskStateChanged(state=Task.STATE_RUNNING)
+        await self._log.append(
+            task.task_id, Event(plan_ready=ready), Event(task_state_changed=running)
+        )
+        return True
+
+    async def _recover(self, task: Task) -> None:
+        """Close what a previous executor left open when it died mid-step."""
+        for page in task.pages:
+            if not page.finished and not page.abandoned:
+                abandoned = task_pb2.PageFinished(page_number=page.page_number, abandoned=True)
+                await self._log.append(task.task_id, Event(page_finished=abandoned))
+        if task.state != Task.STATE_RUNNING:
+            await self._set_state(task.task_id, Task.STATE_RUNNING)
+        await self._note(task.task_id, -1, "resuming the task at its first unfinished step")
+
+    async def _run_step(self, task: Task, step: Step, workspace: Workspace) -> str | None:
+        """Run the step, retrying once; return None on success or why it failed."""
+        attempt = step.attempts
+        resumed = step.state == Step.STATE_RUNNING
+        failure = ""
+        for failures in range(self._config.attempts_per_step):
+            attempt += 1
+            message = ""
+            if failures:
+                message = f"retrying after: {failure}"
+            elif resumed:
+                message = "restarted: the executor stopped during the previous attempt"
+            await self._set_step(task.task_id, step.index, Step.STATE_RUNNING, attempt, message)
+            before = workspace.snapshot()
+            try:
+                await self._run_tool(task, step, workspace)
+            except (StepFailed, ToolError, PathEscapeError) as error:
+                failure = str(error)
+                await self._note(task.task_id, step.index, f"attempt {attempt} failed: {failure}")
+                continue
+            await self._deliver(
+                task.task_id, step.index, workspace, workspace.changed_files(before)
+            )
+            await self._set_step(task.task_id, step.index, Step.STATE_SUCCEEDED, attempt)
+            return None
+        await self._set_step(task.task_id, step.index, Step.STATE_FAILED, attempt, failure)
+        return failure
+
+    async def _run_tool(self, task: Task, step: Step, workspace: Workspace) -> None:
+        arguments = json_format.MessageToDict(step.arguments)
+        if step.tool == "write_document":
+            await self._write_document(task, step, workspace, arguments)
+        elif step.tool == "python":
+            code = arguments.get("code")
+            if not isinstance(code, str) or not code.strip():
+                raise StepFailed("the plan gave the python step no code to run")
+
+            async def on_line(source: int, text: str) -> None:
+                kind = cast("task_pb2.LogLine.Source.ValueType", source)
+                line = task_pb2.LogLine(step_index=step.index, source=kind, text=text)
+                await self._log.append(task.task_id, Event(log_line=line))
+
+            await run_python(code, workspace, on_line, timeout=self._config.tool_timeout)
+        elif step.tool == "list_files":
+            files = list_files(workspace)
+            await self._note(task.task_id, step.index, f"{len(files)} files in the workspace")
+            for path in files:
+                size = workspace.describe(path).size_bytes
+                await self._note(task.task_id, step.index, f"{size:>9,} B  {path}")
+        elif step.tool == "read_file":
+            wanted = arguments.get("path")
+            if not isinstance(wanted, str):
+                raise StepFailed("the plan gave the read_file step no path")
+            lines = read_file(workspace, wanted).splitlines()
+            await self._note(task.task_id, step.index, f"read {wanted}: {len(lines)} lines")
+            for line in lines[:READ_FILE_PREVIEW_LINES]:
+                await self._note(task.task_id, step.index, f"  {line}")
+            if len(lines) > READ_FILE_PREVIEW_LINES:
+                hidden = len(lines) - READ_FILE_PREVIEW_LINES
+                await self._note(task.task_id, step.index, f"  … {hidden} more lines")
+        else:
+            raise StepFailed(f"the plan asked for an unknown tool {step.tool!r}")
+
+    async def _write_document(
+        self, task: Task, step: Step, workspace: Workspace, arguments: dict[str, object]
+    ) -> None:
+        file_name = arguments.get("file_name")
+        if not isinstance(file_name, str):
+            raise StepFailed("the plan gave the write_document step no file_name")
+        title = arguments.get("title")
+        path = workspace.resolve(file_name)
+        current = await self._require(task.task_id)
+        page = PageWriter(
+            self._log,
+            task.task_id,
+            len(current.pages) + 1,
+            path,
+            window=self._config.page_window,
+        )
+        await page.open(title if isinstance(title, str) else step.title, step.index, file_name)
+        planned = plan_pb2.PlanStep(
+            title=step.title,
+            tool=step.tool,
+            rationale=step.rationale,
+            instructions=step.instructions,
+            arguments=step.arguments,
+        )
+        try:
+            async for piece in self._writer.write_document(task.text, planned):
+                await page.write(piece)
+        except BaseException:
+            await page.abandon()
+            raise
+        await page.finish()
+
+    async def _deliver(
+        self, task_id: str, step_index: int, workspace: Workspace, paths: list[str]
+    ) -> None:
+        events = []
+        for path in paths:
+            info = workspace.describe(path)
+            artifact = task_pb2.Artifact(
+                path=info.path,
+                size_bytes=info.size_bytes,
+                sha256=info.sha256,
+                media_type=info.media_type,
+                step_index=step_index,
+            )
+            events.append(Event(artifact_ready=task_pb2.ArtifactReady(artifact=artifact)))
+        if events:
+            await self._log.append(task_id, *events)
+
+    async def _record_cancel(self, task_id: str, reason: str) -> None:
+        task = await self._require(task_id)
+        for step in task.steps:
+            if step.state == Step.STATE_RUNNING:
+                await self._set_step(task_id, step.index, Step.STATE_CANCELLED, step.attempts)
+        await self._cancel_pending_steps(task_id, after=-1)
+        await self._set_state(task_id, Task.STATE_CANCELLED, reason)
+
+    async def _cancel_pending_steps(self, task_id: str, after: int) -> None:
+        task = await self._require(task_id)
+        events = [
+            Event(
+                step_state_changed=task_pb2.StepStateChanged(
+                    step_index=step.index, state=Step.STATE_CANCELLED, attempt=step.attempts
+                )
+            )
+            for step in task.steps[after + 1 :]
+            if step.state == Step.STATE_PENDING
+        ]
+        if events:
+            await self._log.append(task_id, *events)
+
+    async def _require(self, task_id: str) -> Task:
+        task = await self._store.get_task(task_id)
+        if task is None:
+            raise NotFound(f"task {task_id!r} does not exist")
+        return task
+
+    async def _set_state(
+        self, task_id: str, state: Task.State.ValueType, message: str = ""
+    ) -> None:
+        change = task_pb2.TaskStateChanged(state=state, message=message)
+        await self._log.append(task_id, Event(task_state_changed=change))
+
+    async def _set_step(
+        self,
+        task_id: str,
+        step_index: int,
+        state: Step.State.ValueType,
+        attempt: int,
+        message: str = "",
+    ) -> None:
+        change = task_pb2.StepStateChanged(
+            step_index=step_index, state=state, attempt=attempt, message=message
+        )
+        await self._log.append(task_id, Event(step_state_changed=change))
+
+    async def _note(self, task_id: str, step_index: int, text: str) -> None:
+        line = task_pb2.LogLine(step_index=step_index, source=Source.SOURCE_EXECUTOR, text=text)
+        await self._log.append(task_id, Event(log_line=line))

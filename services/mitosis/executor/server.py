@@ -1,0 +1,147 @@
+"""`mitosis-executor`: serve TaskService."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mitosis.executor.eventlog import EventLog
+from mitosis.executor.hub import EventHub
+from mitosis.executor.planner_client import PlannerClient
+from mitosis.executor.runner import RunnerConfig, TaskRunner
+from mitosis.executor.servicer import TaskServicer
+from mitosis.executor.sqlite_store import SqliteStore
+from mitosis.executor.tasks import Tasks
+from mitosis.models.offline import OfflineModel
+from mitosis.serving import Serving, configure_logging, serve_until_signalled
+from mitosis.v1 import task_service_pb2, task_service_pb2_grpc
+
+logger = logging.getLogger("mitosis.executor")
+
+SERVICE_NAME = task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Return the executor's settings from flags, then MITOSIS_* variables, then defaults."""
+    env = os.environ.get
+    parser = argparse.ArgumentParser(
+        prog="mitosis-executor",
+        description="Serve mitosis.v1.TaskService: run tasks and stream their events.",
+    )
+    parser.add_argument(
+        "--listen",
+        default=env("MITOSIS_EXECUTOR_LISTEN", "127.0.0.1:50051"),
+        help="address to serve on (env MITOSIS_EXECUTOR_LISTEN; default %(default)s)",
+    )
+    parser.add_argument(
+        "--planner",
+        default=env("MITOSIS_PLANNER", "127.0.0.1:50052"),
+        help="PlannerService address (env MITOSIS_PLANNER; default %(default)s)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(env("MITOSIS_DATA_DIR", "data")),
+        help="folder of the SQLite store and the task workspaces (env MITOSIS_DATA_DIR;"
+        " default %(default)s)",
+    )
+    parser.add_argument(
+        "--model",
+        choices=["offline"],
+        default=env("MITOSIS_MODEL", "offline"),
+        help="model that writes documents (env MITOSIS_MODEL; default %(default)s:"
+        " deterministic, no network)",
+    )
+    parser.add_argument(
+        "--offline-pace",
+        type=float,
+        default=float(env("MITOSIS_OFFLINE_PACE", "0.02")),
+        help="seconds the offline model waits between pieces of a document, so people can"
+        " watch it write; 0 turns pacing off (env MITOSIS_OFFLINE_PACE; default %(default)s)",
+    )
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=float(env("MITOSIS_HEARTBEAT_INTERVAL", "10")),
+        help="seconds of quiet before WatchTask sends a heartbeat (default %(default)s)",
+    )
+    parser.add_argument(
+        "--tool-timeout",
+        type=float,
+        default=float(env("MITOSIS_TOOL_TIMEOUT", "60")),
+        help="seconds a python step may run before it is killed (default %(default)s)",
+    )
+    parser.add_argument(
+        "--grace", type=float, default=5.0, help="seconds to finish calls on SIGTERM"
+    )
+    parser.add_argument("--log-level", default=env("MITOSIS_LOG_LEVEL", "info"))
+    return parser.parse_args(argv)
+
+
+@dataclass
+class Executor:
+    """A running executor: its server, its port and what it owns."""
+
+    serving: Serving
+    port: int
+    runner: TaskRunner
+    store: SqliteStore
+    planner: PlannerClient
+    stopped: bool = False
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop serving (NOT_SERVING first), then stop the running tasks without ending them."""
+        await self.serving.stop(grace)
+        await self.stop_work()
+
+    async def stop_work(self) -> None:
+        """Stop the running tasks (they resume on the next start) and close connections."""
+        self.stopped = True
+        await self.runner.shutdown()
+        await self.planner.close()
+        await self.store.close()
+
+
+async def start_executor(args: argparse.Namespace) -> Executor:
+    """Build the executor from its settings, start serving and resume unfinished tasks."""
+    store = SqliteStore(args.data_dir / "mitosis.sqlite3")
+    hub = EventHub()
+    log = EventLog(store, hub)
+    planner = PlannerClient(args.planner)
+    model = OfflineModel(pace=args.offline_pace)
+    config = RunnerConfig(data_dir=args.data_dir, tool_timeout=args.tool_timeout)
+    runner = TaskRunner(log, planner, model, config)
+    tasks = Tasks(store, hub, runner, model.name, args.heartbeat_interval)
+
+    serving = Serving([SERVICE_NAME])
+    task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(tasks), serving.server)
+    port = serving.listen(args.listen)
+    await serving.start()
+    resumed = await runner.resume_unfinished()
+    logger.info(
+        "executor serving on port %d; model %s; store %s; planner %s; resumed %d tasks",
+        port,
+        model.name,
+        args.data_dir / "mitosis.sqlite3",
+        args.planner,
+        len(resumed),
+    )
+    return Executor(serving, port, runner, store, planner)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    executor = await start_executor(args)
+    await serve_until_signalled(executor.serving, args.grace, executor.stop_work)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the executor service."""
+    args = parse_args(argv)
+    configure_logging(args.log_level)
+    asyncio.run(serve(args))

@@ -1,0 +1,70 @@
+"""TaskService on the wire: translates messages to Tasks calls and errors to statuses."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from mitosis.errors import MitosisError
+from mitosis.executor.tasks import Tasks
+from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
+
+Context = grpc.aio.ServicerContext[object, object]
+
+
+class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
+    """Serves TaskService from a Tasks instance."""
+
+    def __init__(self, tasks: Tasks) -> None:
+        self._tasks = tasks
+
+    async def CreateTask(
+        self, request: task_service_pb2.CreateTaskRequest, context: Context
+    ) -> task_pb2.Task:
+        try:
+            return await self._tasks.create(request.text)
+        except MitosisError as error:
+            await context.abort(error.code, str(error))
+
+    async def GetTask(
+        self, request: task_service_pb2.GetTaskRequest, context: Context
+    ) -> task_pb2.Task:
+        try:
+            return await self._tasks.get(request.task_id)
+        except MitosisError as error:
+            await context.abort(error.code, str(error))
+
+    async def ListTasks(
+        self, request: task_service_pb2.ListTasksRequest, context: Context
+    ) -> task_service_pb2.ListTasksResponse:
+        try:
+            tasks, next_token = await self._tasks.list(request.page_size, request.page_token)
+        except MitosisError as error:
+            await context.abort(error.code, str(error))
+        return task_service_pb2.ListTasksResponse(tasks=tasks, next_page_token=next_token)
+
+    async def CancelTask(
+        self, request: task_service_pb2.CancelTaskRequest, context: Context
+    ) -> task_pb2.Task:
+        try:
+            return await self._tasks.cancel(request.task_id)
+        except MitosisError as error:
+            await context.abort(error.code, str(error))
+
+    async def WatchTask(
+        self, request: task_service_pb2.WatchTaskRequest, context: Context
+    ) -> AsyncIterator[task_pb2.TaskEvent]:
+        try:
+            async for event in self._tasks.watch(request.task_id, request.after_seq):
+                yield event
+        except MitosisError as error:
+            await context.abort(error.code, str(error))
+
+    async def ReadArtifact(
+        self, request: task_service_pb2.ReadArtifactRequest, context: Context
+    ) -> AsyncIterator[task_service_pb2.ReadArtifactResponse]:
+        try:
+            async for offset, data in self._tasks.read_artifact(request.task_id, request.path):
+                yield task_service_pb2.ReadArtifactResponse(offset=offset, data=data)
+        except MitosisError as error:
+            await context.abort(error.code, str(error))

@@ -1,0 +1,58 @@
+"""The store interface: tasks and their gapless, append-only event logs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from mitosis.v1 import task_pb2
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    """One page of a task listing, newest first."""
+
+    tasks: list[task_pb2.Task]
+    next_cursor: tuple[int, str] | None
+    """(create time in ns, task id) of the last task, when more tasks follow."""
+
+
+class Store(Protocol):
+    """Where tasks and events live. Implementations: SQLite (embedded), Redis (scale-out)."""
+
+    async def create_task(self, task: task_pb2.Task) -> None:
+        """Store a new task record (with no events yet)."""
+        ...
+
+    async def get_task(self, task_id: str) -> task_pb2.Task | None:
+        """Return the task record as its events made it, or None when it does not exist."""
+        ...
+
+    async def list_tasks(self, page_size: int, after: tuple[int, str] | None) -> TaskPage:
+        """Return up to `page_size` tasks older than the cursor `after`, newest first."""
+        ...
+
+    async def append(
+        self, task_id: str, events: Sequence[task_pb2.TaskEvent]
+    ) -> list[task_pb2.TaskEvent]:
+        """Append events atomically, assigning `seq` and `create_time`; return them stored.
+
+        The task record is updated with the events in the same transaction, so the record
+        never disagrees with the log. Raises KeyError when the task does not exist.
+        """
+        ...
+
+    async def read_events(
+        self, task_id: str, after_seq: int, limit: int
+    ) -> list[task_pb2.TaskEvent]:
+        """Return up to `limit` events with `seq > after_seq`, in order."""
+        ...
+
+    async def unfinished_task_ids(self) -> list[str]:
+        """Return the ids of tasks that have not reached a terminal state, oldest first."""
+        ...
+
+    async def close(self) -> None:
+        """Release the store's connections."""
+        ...

@@ -1,0 +1,129 @@
+"""TaskService's logic without the wire: validation, creation, listing, cancel, artifacts."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+from mitosis.errors import InvalidArgument, NotFound
+from mitosis.executor.hub import EventHub
+from mitosis.executor.runner import TaskRunner
+from mitosis.executor.store import Store
+from mitosis.executor.watch import watch_events
+from mitosis.executor.workspace import PathEscapeError
+from mitosis.v1 import task_pb2
+from mitosis.validation import validate_task_text
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+ARTIFACT_CHUNK_BYTES = 64 * 1024
+_TASK_ID = re.compile(r"[0-9a-f]{16}")
+
+
+class Tasks:
+    """What TaskService does, in plain calls that raise MitosisError subclasses."""
+
+    def __init__(
+        self, store: Store, hub: EventHub, runner: TaskRunner, model: str, heartbeat_interval: float
+    ) -> None:
+        self._store = store
+        self._hub = hub
+        self._runner = runner
+        self._model = model
+        self._heartbeat_interval = heartbeat_interval
+
+    async def create(self, text: str) -> task_pb2.Task:
+        """Store a new task and start running it."""
+        text = validate_task_text(text)
+        task = task_pb2.Task(
+            task_id=secrets.token_hex(8), text=text, state=task_pb2.Task.STATE_PENDING
+        )
+        task.model = self._model
+        task.create_time.FromNanoseconds(time.time_ns())
+        task.update_time.CopyFrom(task.create_time)
+        await self._store.create_task(task)
+        self._runner.start(task.task_id)
+        return task
+
+    async def get(self, task_id: str) -> task_pb2.Task:
+        """Return the task, or raise NotFound."""
+        task = await self._store.get_task(validate_task_id(task_id))
+        if task is None:
+            raise NotFound(f"task {task_id!r} does not exist")
+        return task
+
+    async def list(self, page_size: int, page_token: str) -> tuple[list[task_pb2.Task], str]:
+        """Return a page of tasks, newest first, and the token of the next page."""
+        if page_size < 0:
+            raise InvalidArgument(f"page_size must be 0 or more, not {page_size}")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        page = await self._store.list_tasks(size, decode_page_token(page_token))
+        next_token = "" if page.next_cursor is None else encode_page_token(page.next_cursor)
+        return page.tasks, next_token
+
+    async def cancel(self, task_id: str) -> task_pb2.Task:
+        """Cancel the task and return it as it ended."""
+        await self._runner.cancel(validate_task_id(task_id))
+        return await self.get(task_id)
+
+    def watch(self, task_id: str, after_seq: int) -> AsyncIterator[task_pb2.TaskEvent]:
+        """Return the task's events after `after_seq`, live, ending after the terminal one."""
+        return watch_events(
+            self._store,
+            self._hub,
+            validate_task_id(task_id),
+            after_seq,
+            self._heartbeat_interval,
+        )
+
+    async def read_artifact(self, task_id: str, path: str) -> AsyncIterator[tuple[int, bytes]]:
+        """Yield (offset, chunk) pairs of a delivered file."""
+        task = await self.get(task_id)
+        if not any(artifact.path == path for artifact in task.artifacts):
+            workspace = self._runner.workspace(task.task_id)
+            try:
+                workspace.resolve(path)
+            except PathEscapeError as error:
+                raise InvalidArgument(str(error)) from error
+            raise NotFound(f"task {task_id} delivered no file {path!r}")
+        workspace = self._runner.workspace(task.task_id)
+        try:
+            file = workspace.open_for_read(path)
+        except PathEscapeError as error:
+            raise InvalidArgument(str(error)) from error
+        except FileNotFoundError as error:
+            raise NotFound(f"the file {path!r} of task {task_id} is gone") from error
+        with file:
+            offset = 0
+            while chunk := file.read(ARTIFACT_CHUNK_BYTES):
+                yield offset, chunk
+                offset += len(chunk)
+
+
+def validate_task_id(task_id: str) -> str:
+    """Return the id when it is well formed, or raise (InvalidArgument, or NotFound)."""
+    if not task_id:
+        raise InvalidArgument("task_id is required")
+    if not _TASK_ID.fullmatch(task_id):
+        raise NotFound(f"task {task_id!r} does not exist")
+    return task_id
+
+
+def encode_page_token(cursor: tuple[int, str]) -> str:
+    """Return an opaque token for a listing cursor."""
+    return base64.urlsafe_b64encode(f"{cursor[0]}:{cursor[1]}".encode()).decode()
+
+
+def decode_page_token(token: str) -> tuple[int, str] | None:
+    """Return the cursor in a token ('' is the first page), or raise InvalidArgument."""
+    if not token:
+        return None
+    try:
+        create_ns, task_id = base64.urlsafe_b64decode(token.encode()).decode().split(":", 1)
+        return int(create_ns), validate_task_id(task_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError, NotFound) as error:
+        raise InvalidArgument(f"page_token {token!r} is not one ListTasks gave") from error

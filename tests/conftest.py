@@ -1,0 +1,81 @@
+"""Fixtures that start the real services on port 0 and hand out real channels."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from mitosis.executor.server import Executor, parse_args, start_executor
+from mitosis.planner.server import parse_args as parse_planner_args
+from mitosis.planner.server import start_planner
+from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
+
+StartExecutor = Callable[..., Coroutine[Any, Any, Executor]]
+
+
+@pytest.fixture
+async def planner_target() -> AsyncIterator[str]:
+    """A real PlannerService on a free port."""
+    serving, port = await start_planner(parse_planner_args(["--listen", "127.0.0.1:0"]))
+    yield f"127.0.0.1:{port}"
+    await serving.stop(None)
+
+
+@pytest.fixture
+async def start_executor_on(tmp_path: Path, planner_target: str) -> AsyncIterator[StartExecutor]:
+    """Start executors on free ports over one data folder; all are stopped at the end."""
+    started: list[Executor] = []
+
+    async def start(*flags: str, data_dir: Path | None = None) -> Executor:
+        args = parse_args(
+            [
+                "--listen=127.0.0.1:0",
+                f"--planner={planner_target}",
+                f"--data-dir={data_dir or tmp_path / 'data'}",
+                "--offline-pace=0",
+                "--heartbeat-interval=0.2",
+                *flags,
+            ]
+        )
+        executor = await start_executor(args)
+        started.append(executor)
+        return executor
+
+    yield start
+    for executor in started:
+        if not executor.stopped:
+            await executor.stop(None)
+
+
+@pytest.fixture
+async def executor(start_executor_on: StartExecutor) -> Executor:
+    """A real executor (offline model, pacing off) on a free port."""
+    return await start_executor_on()
+
+
+@pytest.fixture
+async def channel(executor: Executor) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to the executor."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{executor.port}") as channel:
+        yield channel
+
+
+@pytest.fixture
+def stub(channel: grpc.aio.Channel) -> task_service_pb2_grpc.TaskServiceStub:
+    """A TaskService stub on the executor's channel."""
+    return task_service_pb2_grpc.TaskServiceStub(channel)
+
+
+async def watch_all(
+    stub: task_service_pb2_grpc.TaskServiceStub, task_id: str, after_seq: int = 0
+) -> list[task_pb2.TaskEvent]:
+    """Return every stored event the watch delivers until it ends, heartbeats left out."""
+    request = task_service_pb2.WatchTaskRequest(task_id=task_id, after_seq=after_seq)
+    return [
+        event
+        async for event in stub.WatchTask(request, timeout=60)
+        if event.WhichOneof("kind") != "heartbeat"
+    ]

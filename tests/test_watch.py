@@ -1,0 +1,155 @@
+"""The watch algorithm on a real SQLite store and hub, without the network."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from mitosis.errors import InvalidArgument, NotFound, OutOfRange
+from mitosis.executor.eventlog import EventLog
+from mitosis.executor.hub import EventHub
+from mitosis.executor.sqlite_store import SqliteStore
+from mitosis.executor.watch import watch_events
+from mitosis.v1 import task_pb2
+
+Event = task_pb2.TaskEvent
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    store = SqliteStore(tmp_path / "events.sqlite3")
+    yield store
+    await store.close()
+
+
+async def new_task(store: SqliteStore, task_id: str = "00000000000000aa") -> str:
+    task = task_pb2.Task(task_id=task_id, text="t", state=task_pb2.Task.STATE_PENDING)
+    task.create_time.FromNanoseconds(time.time_ns())
+    await store.create_task(task)
+    return task_id
+
+
+def line(text: str) -> Event:
+    return Event(log_line=task_pb2.LogLine(step_index=0, text=text))
+
+
+def end() -> Event:
+    return Event(task_state_changed=task_pb2.TaskStateChanged(state=task_pb2.Task.STATE_SUCCEEDED))
+
+
+async def take(stream: AsyncIterator[Event], count: int) -> list[Event]:
+    return [await anext(stream) for _ in range(count)]
+
+
+async def test_appends_get_gapless_seqs_and_update_the_record(store: SqliteStore) -> None:
+    task_id = await new_task(store)
+    first = await store.append(task_id, [line("a"), line("b")])
+    second = await store.append(task_id, [line("c")])
+
+    assert [e.seq for e in first + second] == [1, 2, 3]
+    task = await store.get_task(task_id)
+    assert task is not None
+    assert task.last_seq == 3
+
+
+async def test_append_to_a_missing_task_stores_nothing(store: SqliteStore) -> None:
+    with pytest.raises(KeyError):
+        await store.append("00000000000000ff", [line("a")])
+    assert await store.read_events("00000000000000ff", 0, 10) == []
+
+
+async def test_live_events_follow_the_backlog_without_gap_or_duplicate(store: SqliteStore) -> None:
+    hub = EventHub()
+    log = EventLog(store, hub)
+    task_id = await new_task(store)
+    await log.append(task_id, *[line(str(i)) for i in range(5)])
+
+    stream = watch_events(store, hub, task_id, 2, heartbeat_interval=5)
+    backlog = await take(stream, 3)
+    await log.append(task_id, line("live"), end())
+    live = [event async for event in stream]
+
+    assert [e.seq for e in backlog + live] == [3, 4, 5, 6, 7]
+
+
+async def test_a_quiet_task_sends_heartbeats_with_the_latest_seq(store: SqliteStore) -> None:
+    hub = EventHub()
+    task_id = await new_task(store)
+    await EventLog(store, hub).append(task_id, line("a"), line("b"))
+
+    stream = watch_events(store, hub, task_id, 0, heartbeat_interval=0.05)
+    events = await take(stream, 4)
+
+    assert [e.WhichOneof("kind") for e in events] == [
+        "log_line",
+        "log_line",
+        "heartbeat",
+        "heartbeat",
+    ]
+    assert [e.seq for e in events[2:]] == [2, 2]
+    await stream.aclose()
+
+
+async def test_a_slow_watcher_catches_up_from_the_store(store: SqliteStore) -> None:
+    hub = EventHub(capacity=8)
+    log = EventLog(store, hub)
+    task_id = await new_task(store)
+    await log.append(task_id, line("first"))
+    slow = watch_events(store, hub, task_id, 0, heartbeat_interval=5)
+    fast = watch_events(store, hub, task_id, 0, heartbeat_interval=5)
+    assert [e.seq for e in await take(slow, 1)] == [1]
+    assert [e.seq for e in await take(fast, 1)] == [1]
+
+    # The slow watcher reads nothing while 500 events are appended: its buffer overflows,
+    # the appends never wait for it, and the fast watcher keeps up.
+    fast_seen = []
+    for i in range(500):
+        await log.append(task_id, line(str(i)))
+        fast_seen.append((await anext(fast)).seq)
+    await log.append(task_id, end())
+    rest = [event.seq async for event in slow]
+
+    assert fast_seen == list(range(2, 502))
+    assert rest == list(range(2, 503))
+
+
+async def test_watching_during_appends_never_skips_or_repeats(store: SqliteStore) -> None:
+    hub = EventHub(capacity=4)
+    log = EventLog(store, hub)
+    task_id = await new_task(store)
+
+    async def produce() -> None:
+        for i in range(300):
+            await log.append(task_id, line(str(i)))
+            if i % 7 == 0:
+                await asyncio.sleep(0)
+        await log.append(task_id, end())
+
+    async def watch(after: int) -> list[int]:
+        return [
+            e.seq
+            async for e in watch_events(store, hub, task_id, after, 5)
+            if e.HasField("log_line") or e.HasField("task_state_changed")
+        ]
+
+    producer = asyncio.create_task(produce())
+    results = await asyncio.gather(watch(0), watch(0))
+    await producer
+    assert results[0] == results[1] == list(range(1, 302))
+
+
+async def test_bad_positions_and_unknown_tasks_are_refused(store: SqliteStore) -> None:
+    hub = EventHub()
+    task_id = await new_task(store)
+    await EventLog(store, hub).append(task_id, line("a"))
+
+    with pytest.raises(InvalidArgument):
+        await anext(watch_events(store, hub, task_id, -1, 5))
+    with pytest.raises(OutOfRange):
+        await anext(watch_events(store, hub, task_id, 2, 5))
+    with pytest.raises(NotFound):
+        await anext(watch_events(store, hub, "00000000000000ff", 0, 5))
+    assert hub.watcher_count(task_id) == 0
