@@ -36,7 +36,9 @@ _SIGNAL_HINTS: dict[int, str] = {
 
 # Runs in the child before the script: sets the limits, then becomes the script's interpreter.
 _LIMITS_WRAPPER = """\
-import os, resource, sys
+import ctypes, os, resource, signal, sys
+# Die with the executor, even when it is killed with SIGKILL and cannot clean up.
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 cpu, memory, file_size = (int(arg) for arg in sys.argv[1:4])
 def cap(which, soft, hard):
     _, current = resource.getrlimit(which)

@@ -50,7 +50,7 @@ _FILLERS = _word_set(
     """write create make draft produce prepare generate build give tell show help need want short
     quick detailed simple concise comprehensive thorough basic one-page page"""
 )
-_DETERMINERS = _word_set("a an the my our your their his her its this these that those")
+_DETERMINERS = _word_set("a an the my our your their his her its this these those")
 _STOP_AT = _word_set(
     "for with that which who whom so because using including by while where when but"
 )
@@ -70,6 +70,7 @@ _KIND_WORDS: dict[str, dict[str, str]] = {
         "calculation": "calculation",
         "calculator": "calculator",
         "algorithm": "algorithm",
+        "function": "function",
         "simulate": "simulation",
         "simulation": "simulation",
         "implement": "implementation",
@@ -236,6 +237,9 @@ def _profile(task_text: str) -> _Profile:
     lowered = [token.lower() for token in tokens]
     kind, hit = _kind_and_trigger(lowered)
     deliverable, modifier = _deliverable(tokens, lowered, kind, hit)
+    if kind == "compute":
+        # The document explains the code and its results; it is not the code itself.
+        deliverable = f"{deliverable} write-up"
     subject_tokens = _subject_tokens(tokens, lowered, kind, hit, modifier)
     words = _without_leading_determiners(subject_tokens)
     subject = _joined(subject_tokens) or "the task"
@@ -271,10 +275,12 @@ def _kind_and_trigger(lowered: Sequence[str]) -> tuple[str, int | None]:
 
 
 def _is_trigger(lowered: Sequence[str], index: int) -> bool:
-    # "how" names a guide only as "how to".
-    if lowered[index] != "how":
-        return True
-    return index + 1 < len(lowered) and lowered[index + 1] == "to"
+    # "how" names a guide only as "how to"; "function" asks for code only as "a function".
+    if lowered[index] == "how":
+        return index + 1 < len(lowered) and lowered[index + 1] == "to"
+    if lowered[index] == "function":
+        return index > 0 and lowered[index - 1] in {"a", "an"}
+    return True
 
 
 def _deliverable(
@@ -305,7 +311,7 @@ def _subject_tokens(
         found = _run_around(tokens, lowered, hit, stop_at)
     elif lowered[hit] == "how":
         rest = _run_after(tokens, lowered, hit + 2, stop_at)
-        found = [tokens[hit], tokens[hit + 1], *rest] if rest else []
+        found = ["how", "to", *rest] if rest else []
     else:
         found = _run_after(tokens, lowered, hit + 1, stop_at)
     return found or _content_fallback(tokens, lowered, {hit, modifier})
@@ -316,10 +322,7 @@ def _run_after(
 ) -> list[str]:
     """Return the phrase that starts at `start`, skipping lead-in words, up to a clause break."""
     index = start
-    while index < len(lowered) and (
-        lowered[index] == ":"
-        or (lowered[index] in _SKIPPABLE and lowered[index] not in _DETERMINERS)
-    ):
+    while index < len(lowered) and _is_lead_in(lowered, index):
         index += 1
     run: list[str] = []
     words = 0
@@ -335,6 +338,18 @@ def _run_after(
         has_content = has_content or _is_content(token)
         index += 1
     return _trimmed(run) if has_content else []
+
+
+def _is_lead_in(lowered: Sequence[str], index: int) -> bool:
+    """Tell whether a word only leads into the subject (a determiner counts if content follows)."""
+    token = lowered[index]
+    if token == ":" or token not in _SKIPPABLE:
+        return token == ":"
+    if token not in _DETERMINERS:
+        return True
+    following = lowered[index + 1 :]
+    nearest = next((word for word in following if word not in _DETERMINERS), "")
+    return not _is_content(nearest)
 
 
 def _run_around(
@@ -377,7 +392,7 @@ def _without_leading_determiners(tokens: Sequence[str]) -> list[str]:
     index = 0
     while index < len(tokens) and tokens[index].lower() in _DETERMINERS:
         index += 1
-    return [token for token in tokens[index:] if token != ","]
+    return list(tokens[index:])
 
 
 def _joined(tokens: Sequence[str]) -> str:
@@ -388,7 +403,7 @@ def _joined(tokens: Sequence[str]) -> str:
 
 
 def _title_case(words: Sequence[str]) -> str:
-    return " ".join(_title_word(word, first=index == 0) for index, word in enumerate(words))
+    return _joined([_title_word(word, first=index == 0) for index, word in enumerate(words)])
 
 
 def _title_word(word: str, *, first: bool) -> str:
@@ -424,7 +439,7 @@ def _key_terms(task_text: str) -> tuple[tuple[str, int], ...]:
     first_seen: dict[str, int] = {}
     for index, match in enumerate(re.finditer(_WORD_PATTERN, task_text)):
         word = match.group(0).lower()
-        if len(word) < 2 or word in _NOT_TERMS:
+        if len(word) < 2 or word.isdigit() or word in _NOT_TERMS:
             continue
         counts[word] += 1
         first_seen.setdefault(word, index)
@@ -544,7 +559,12 @@ def _companion_step(profile: _Profile) -> _StepSpec:
     }[profile.kind]
     file_name = f"{profile.slug}-{suffix}.md"
     if file_name == profile.main_file:
-        file_name = f"{profile.slug}-quick-reference.md"
+        # The main document already is a checklist; the companion condenses it.
+        title, file_name, label = (
+            "Write the quick reference",
+            f"{profile.slug}-quick-reference.md",
+            "Quick Reference",
+        )
     return _StepSpec(
         title=title,
         tool="write_document",
@@ -642,14 +662,21 @@ def _steps_that_survive(
 def _revision_summary(
     failed_step_index: int, failed: plan_pb2.PlanStep, failure: str, kept: int
 ) -> str:
-    first_line = failure.strip().splitlines()[0] if failure.strip() else "no message"
-    if len(first_line) > 200:
-        first_line = first_line[:200].rstrip() + "..."
     return (
-        f'Step {failed_step_index + 1} ("{failed.title}") failed: {first_line} The revised plan '
+        f'Step {failed_step_index + 1} ("{failed.title}") failed: {_failure_headline(failure)} '
+        "The revised plan "
         f"records the failure in {_revision_file(failed_step_index)} and continues with {kept} "
         "remaining step(s) that do not depend on the failed step's output."
     )
+
+
+def _failure_headline(failure: str) -> str:
+    """Return the failure's last non-empty line (where a traceback names the error), shortened."""
+    lines = [line.strip() for line in failure.splitlines() if line.strip()]
+    headline = lines[-1] if lines else "no message was given"
+    if len(headline) > 200:
+        headline = headline[:200].rstrip() + "..."
+    return headline if headline.endswith((".", "!", "?")) else f"{headline}."
 
 
 def _fenced(text: str) -> str:
@@ -674,7 +701,7 @@ def ranked_terms(text):
     first_seen = {}
     for index, match in enumerate(re.finditer(WORD_PATTERN, text)):
         word = match.group(0).lower()
-        if len(word) < 2 or word in NOT_TERMS:
+        if len(word) < 2 or word.isdigit() or word in NOT_TERMS:
             continue
         counts[word] += 1
         first_seen.setdefault(word, index)
@@ -873,6 +900,7 @@ def _task_quote(profile: _Profile) -> str:
     if len(text) > _QUOTE_LIMIT:
         text = text[:_QUOTE_LIMIT].rstrip() + " ..."
     lines = text.splitlines() or ["(no task text)"]
+    lines[0] = f"**Task:** {lines[0]}"
     return "\n".join(f"> {line}".rstrip() for line in lines)
 
 
@@ -979,7 +1007,7 @@ def _brief_summary(profile: _Profile) -> str:
         "make a sound decision, and what they still need to find out. It answers in three parts.",
         _bullets(
             [
-                f"**What it is** - how {s} is defined here, and the terms that frame it "
+                f"**What it is** - how this {d} defines {s}, and the terms that frame it "
                 f"({_terms_phrase(profile)}).",
                 f"**Where things stand** - the forces that shape {s} today and the signals "
                 "worth watching.",
@@ -1279,7 +1307,7 @@ _COMPARISON_SECTIONS: tuple[_Section, ...] = (
 
 def _compute_problem(profile: _Profile) -> str:
     return _blocks(
-        f"The task asks for a {profile.deliverable} on {profile.subject}. Before any code is "
+        f"The task on {profile.subject} calls for code. Before any code is "
         "trusted, the problem is restated in plain words: what goes in, what should come out, "
         "and how a reader can tell the output is right.",
         _bullets(
@@ -1418,6 +1446,22 @@ def _generic_background(profile: _Profile) -> str:
     )
 
 
+def _generic_assumptions(profile: _Profile) -> str:
+    return _blocks(
+        f"The task leaves a lot open, so this {profile.deliverable} makes its assumptions "
+        "explicit. Each one is easy to replace with better information:",
+        _bullets(
+            [
+                "The reader is intelligent but new to the subject, so terms are explained.",
+                f"The interest in {profile.subject} is practical: it should lead to a decision "
+                "or an action, not only to understanding.",
+                "Recent changes matter more than history, unless history explains the present.",
+                "Where a figure would be needed, a range is more honest than a single number.",
+            ]
+        ),
+    )
+
+
 def _generic_points(profile: _Profile) -> str:
     s = profile.subject
     return _numbered(
@@ -1457,6 +1501,7 @@ def _generic_next(profile: _Profile) -> str:
 _GENERIC_SECTIONS: tuple[_Section, ...] = (
     ("Summary", "what the document covers, in brief", _generic_summary),
     ("Background", "the questions that frame the subject", _generic_background),
+    ("Assumptions", "what the document takes for granted, stated openly", _generic_assumptions),
     ("Key Terms", "the words the task leans on, and why each matters", _key_terms_body),
     ("Main Points", "definition, purpose, evidence, options, consequences", _generic_points),
     ("Considerations", "effort, cost, risk and benefit, in a table", _generic_considerations),

@@ -1,0 +1,170 @@
+"""The runner with scripted plans: retries, failures people can act on, cancel mid-tool."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from google.protobuf import struct_pb2
+
+from mitosis.executor.eventlog import EventLog
+from mitosis.executor.hub import EventHub
+from mitosis.executor.planner_client import PlanError
+from mitosis.executor.runner import RunnerConfig, TaskRunner
+from mitosis.executor.sqlite_store import SqliteStore
+from mitosis.executor.watch import watch_events
+from mitosis.models.offline import OfflineModel
+from mitosis.v1 import plan_pb2, task_pb2
+
+Task = task_pb2.Task
+Step = task_pb2.Step
+
+
+class ScriptedPlanner:
+    """Gives the same plan for every task, or fails."""
+
+    def __init__(self, *steps: plan_pb2.PlanStep, error: str = "") -> None:
+        self.plan = plan_pb2.Plan(steps=steps, model="scripted", summary="A scripted plan.")
+        self.error = error
+
+    async def create_plan(self, task_text: str) -> plan_pb2.Plan:
+        if self.error:
+            raise PlanError(self.error)
+        return self.plan
+
+
+def python_step(code: str, title: str = "Run a script") -> plan_pb2.PlanStep:
+    arguments = struct_pb2.Struct()
+    arguments.update({"code": code})
+    return plan_pb2.PlanStep(title=title, tool="python", rationale="r", arguments=arguments)
+
+
+@pytest.fixture
+async def parts(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, EventHub, EventLog]]:
+    store = SqliteStore(tmp_path / "store.sqlite3")
+    hub = EventHub()
+    yield store, hub, EventLog(store, hub)
+    await store.close()
+
+
+async def run_task(
+    parts: tuple[SqliteStore, EventHub, EventLog], tmp_path: Path, planner: ScriptedPlanner
+) -> tuple[TaskRunner, str]:
+    store, _, log = parts
+    runner = TaskRunner(
+        log, planner, OfflineModel(pace=0), RunnerConfig(data_dir=tmp_path, tool_timeout=20)
+    )
+    task = Task(task_id="0123456789abcdef", text="do it", state=Task.STATE_PENDING)
+    task.create_time.FromNanoseconds(time.time_ns())
+    await store.create_task(task)
+    runner.start(task.task_id)
+    return runner, task.task_id
+
+
+async def events_of(
+    parts: tuple[SqliteStore, EventHub, EventLog], task_id: str
+) -> list[task_pb2.TaskEvent]:
+    store, hub, _ = parts
+    return [e async for e in watch_events(store, hub, task_id, 0, 5) if not e.HasField("heartbeat")]
+
+
+async def test_a_failing_step_is_retried_once_then_fails_the_task(parts, tmp_path: Path) -> None:
+    planner = ScriptedPlanner(
+        python_step("print('ok')", "Warm up"),
+        python_step("print('working'); 1 / 0", "Divide"),
+        python_step("print('never')", "Never runs"),
+    )
+    _, task_id = await run_task(parts, tmp_path, planner)
+    events = await events_of(parts, task_id)
+    task = await parts[0].get_task(task_id)
+
+    assert task is not None
+    assert task.state == Task.STATE_FAILED
+    assert task.error.startswith("step 2 (Divide) failed: python exited with status 1")
+    assert "ZeroDivisionError" in task.error
+    assert [s.state for s in task.steps] == [
+        Step.STATE_SUCCEEDED,
+        Step.STATE_FAILED,
+        Step.STATE_CANCELLED,
+    ]
+    assert task.steps[1].attempts == 2
+    outputs = [
+        e.log_line.text for e in events if e.log_line.source == task_pb2.LogLine.SOURCE_STDOUT
+    ]
+    assert outputs == ["ok", "working", "working"]
+    retries = [
+        e.step_state_changed for e in events if e.step_state_changed.message.startswith("retrying")
+    ]
+    assert len(retries) == 1
+    assert retries[0].attempt == 2
+
+
+async def test_a_plan_that_cannot_be_made_fails_the_task_with_the_reason(
+    parts, tmp_path: Path
+) -> None:
+    _, task_id = await run_task(
+        parts, tmp_path, ScriptedPlanner(error="the planner is unreachable")
+    )
+    events = await events_of(parts, task_id)
+
+    states = [e.task_state_changed.state for e in events if e.HasField("task_state_changed")]
+    assert states == [Task.STATE_PLANNING, Task.STATE_FAILED]
+    assert (
+        events[-1].task_state_changed.message == "no plan could be made: the planner is unreachable"
+    )
+
+
+async def test_an_unknown_tool_fails_the_step(parts, tmp_path: Path) -> None:
+    planner = ScriptedPlanner(plan_pb2.PlanStep(title="Hack", tool="shell"))
+    _, task_id = await run_task(parts, tmp_path, planner)
+    await events_of(parts, task_id)
+    task = await parts[0].get_task(task_id)
+
+    assert task is not None
+    assert task.state == Task.STATE_FAILED
+    assert "unknown tool 'shell'" in task.error
+
+
+async def test_cancel_kills_the_running_python_and_its_children(parts, tmp_path: Path) -> None:
+    code = (
+        "import subprocess, time\n"
+        "child = subprocess.Popen(['sleep', '600'])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    runner, task_id = await run_task(parts, tmp_path, ScriptedPlanner(python_step(code)))
+    store, hub, _ = parts
+    pid = 0
+    async for event in watch_events(store, hub, task_id, 0, 5):
+        if event.log_line.source == task_pb2.LogLine.SOURCE_STDOUT:
+            pid = int(event.log_line.text)
+            break
+
+    await runner.cancel(task_id)
+    task = await store.get_task(task_id)
+
+    assert task is not None
+    assert task.state == Task.STATE_CANCELLED
+    assert task.steps[0].state == Step.STATE_CANCELLED
+    for _ in range(100):
+        if not _alive(pid):
+            break
+        await asyncio.sleep(0.05)
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = (
+        Path(f"/proc/{pid}/stat").read_text().split()[2]
+        if Path(f"/proc/{pid}/stat").exists()
+        else "X"
+    )
+    return status not in ("Z", "X")
