@@ -304,3 +304,24 @@ async def test_list_tasks_rejects_a_negative_page_size(stub: TaskServiceStub) ->
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.ListTasks(task_service_pb2.ListTasksRequest(page_size=-1))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_watcher_that_stops_reading_blocks_neither_the_task_nor_others(
+    start_executor_on: StartExecutor,
+) -> None:
+    executor = await start_executor_on("--offline-pace=0.001")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{executor.port}") as channel:
+        stub = TaskServiceStub(channel)
+        task = await create(stub)
+        stalled = stub.WatchTask(task_service_pb2.WatchTaskRequest(task_id=task.task_id))
+        first = await stalled.read()  # then reads nothing until the task has ended
+
+        fast = await watch_all(stub, task.task_id)
+        final = await stub.GetTask(task_service_pb2.GetTaskRequest(task_id=task.task_id))
+        rest = []
+        while (event := await stalled.read()) != grpc.aio.EOF:
+            if not event.HasField("heartbeat"):
+                rest.append(event)
+
+    assert final.state == Task.STATE_SUCCEEDED
+    assert [first, *rest] == fast
