@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 import pytest
+
 from mitosis.executor.server import Executor, parse_args, start_executor
 from mitosis.planner.server import parse_args as parse_planner_args
 from mitosis.planner.server import start_planner

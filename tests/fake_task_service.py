@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import grpc
+
 from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 
 Task = task_pb2.Task

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from mitosis.v1 import task_pb2, task_service_pb2
 from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import struct_pb2
+
 from mitosis.executor.eventlog import EventLog
 from mitosis.executor.hub import EventHub
 from mitosis.executor.planner_client import PlanError

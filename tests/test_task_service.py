@@ -8,6 +8,7 @@ import random
 
 import grpc
 import pytest
+
 from mitosis.executor.server import Executor
 from mitosis.v1 import task_pb2, task_service_pb2
 from mitosis.v1.task_service_pb2_grpc import TaskServiceStub

@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from mitosis.executor.tools import MAX_LINE_CHARS, ToolError, list_files, read_file, run_python
 from mitosis.executor.workspace import HIDDEN_DIR, Workspace
 from mitosis.v1 import task_pb2

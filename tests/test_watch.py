@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
 from mitosis.errors import InvalidArgument, NotFound, OutOfRange
 from mitosis.executor.eventlog import EventLog
 from mitosis.executor.hub import EventHub

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from mitosis.executor.workspace import HIDDEN_DIR, FileStamp, PathEscapeError, Workspace
 
 

@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
 import grpc
+
 from mitosis.client.artifacts import ArtifactWriter, artifact_destination
 from mitosis.client.errors import InternalError, UnavailableError, error_from_rpc
 from mitosis.client.resume import Admission, Backoff, SeqCursor, SequenceGapError, is_terminal

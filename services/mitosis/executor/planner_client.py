@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import grpc
+
 from mitosis.v1 import plan_pb2, planner_service_pb2, planner_service_pb2_grpc
 
 _SERVICE = planner_service_pb2.DESCRIPTOR.services_by_name["PlannerService"].full_name

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Protocol, cast
 
 from google.protobuf import json_format
+
 from mitosis.errors import FailedPrecondition, NotFound
 from mitosis.executor.eventlog import EventLog
 from mitosis.executor.pages import PageWriter

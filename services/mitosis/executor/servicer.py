@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
+
 from mitosis.errors import MitosisError
 from mitosis.executor.tasks import Tasks
 from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc

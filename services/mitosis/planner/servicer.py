@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+
 from mitosis.errors import InvalidArgument, MitosisError
 from mitosis.models.base import PlanningModel
 from mitosis.v1 import plan_pb2, planner_service_pb2, planner_service_pb2_grpc

@@ -1,0 +1,1 @@
+"""The `mitosis` command: a thin command line over `mitosis.client`."""

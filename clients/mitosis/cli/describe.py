@@ -1,0 +1,113 @@
+"""Tasks described for people, as rich Text (never markup), for `get`, `ls` and summaries."""
+
+from __future__ import annotations
+
+from rich.text import Text
+
+from mitosis.cli.labels import (
+    STATE_STYLES,
+    STEP_MARKS,
+    describe_model,
+    step_label,
+    step_state_name,
+    task_state_name,
+)
+from mitosis.cli.untrusted import clean, clean_line
+from mitosis.v1 import task_pb2
+
+TEXT_WIDTH = 60
+"""How much of a task's text `ls` shows."""
+
+
+def state_text(state: task_pb2.Task.State.ValueType) -> Text:
+    """Return the task state's name, coloured by how it ended."""
+    name = task_state_name(state)
+    return Text(name, style=STATE_STYLES.get(name, ""))
+
+
+def step_line(step: task_pb2.Step) -> Text:
+    """Return one step: mark, number, title, tool, attempts and its error."""
+    state = step_state_name(step.state)
+    line = Text("  ")
+    line.append(STEP_MARKS.get(step.state, "?"), style=STATE_STYLES.get(state, ""))
+    line.append(f" {step_label(step.index)}  {clean_line(step.title)}  [{clean_line(step.tool)}]")
+    if step.attempts:
+        line.append(f"  attempt {step.attempts}", style="dim")
+    if step.error:
+        line.append(f"  {clean_line(step.error)}", style="red")
+    return line
+
+
+def artifact_line(artifact: task_pb2.Artifact) -> Text:
+    """Return one delivered file: path, size, media type and SHA-256."""
+    return Text(
+        f"{clean_line(artifact.path)}  {artifact.size_bytes} bytes  "
+        f"{clean_line(artifact.media_type) or '-'}  sha256 {clean_line(artifact.sha256)}"
+    )
+
+
+def summary_lines(task: task_pb2.Task) -> list[Text]:
+    """Return the end-of-watch summary: final state, steps, delivered files, error."""
+    lines = [Text.assemble("task ", clean_line(task.task_id), " ", state_text(task.state))]
+    lines += [step_line(step) for step in task.steps]
+    if task.artifacts:
+        lines.append(Text("files:"))
+        lines += [Text(f"  {clean_line(a.path)}  ({a.size_bytes} bytes)") for a in task.artifacts]
+    if task.error:
+        lines.append(Text(f"error: {clean_line(task.error)}", style="red"))
+    return lines
+
+
+def task_lines(task: task_pb2.Task) -> list[Text]:
+    """Return everything `get` shows about a task."""
+    lines = [
+        Text(f"task:     {clean_line(task.task_id)}"),
+        Text.assemble("state:    ", state_text(task.state)),
+        Text(f"model:    {describe_model(task.model)}"),
+    ]
+    if task.HasField("create_time"):
+        lines.append(Text(f"created:  {task.create_time.ToJsonString()}"))
+    lines.append(Text(f"last seq: {task.last_seq}"))
+    text_lines = clean(task.text).splitlines() or [""]
+    lines += [
+        Text(("text:     " if i == 0 else "          ") + t) for i, t in enumerate(text_lines)
+    ]
+    if task.plan_summary:
+        lines.append(Text(f"plan:     {clean_line(task.plan_summary)}"))
+    if task.steps:
+        lines.append(Text("steps:"))
+        lines += [step_line(step) for step in task.steps]
+    if task.pages:
+        lines.append(Text("pages:"))
+        lines += [_page_line(page) for page in task.pages]
+    if task.artifacts:
+        lines.append(Text("files:"))
+        lines += [Text("  ") + artifact_line(a) for a in task.artifacts]
+    if task.error:
+        lines.append(Text(f"error:    {clean_line(task.error)}", style="red"))
+    return lines
+
+
+def task_row(task: task_pb2.Task) -> Text:
+    """Return one line of `ls`: id, state, creation time and the start of the text."""
+    text = clean_line(task.text)
+    if len(text) > TEXT_WIDTH:
+        text = text[: TEXT_WIDTH - 1] + "…"
+    created = task.create_time.ToJsonString()[:16] if task.HasField("create_time") else "-"
+    state = task_state_name(task.state)
+    return Text.assemble(
+        f"{clean_line(task.task_id)}  ",
+        (f"{state:<9}", STATE_STYLES.get(state, "")),
+        f"  {created:<16}  {text}",
+    )
+
+
+def _page_line(page: task_pb2.Page) -> Text:
+    status = "abandoned" if page.abandoned else "" if page.finished else "writing"
+    line = Text(
+        f"  page {page.page_number}  {clean_line(page.title)} ({clean_line(page.file_name)})"
+        f"  {page.size_bytes} bytes"
+    )
+    if status:
+        line.append(f"  {status}", style="dim")
+    return line
