@@ -316,6 +316,8 @@ async def test_a_watcher_that_stops_reading_blocks_neither_the_task_nor_others(
         task = await create(stub)
         stalled = stub.WatchTask(task_service_pb2.WatchTaskRequest(task_id=task.task_id))
         first = await stalled.read()  # then reads nothing until the task has ended
+        while first.HasField("heartbeat"):
+            first = await stalled.read()
 
         fast = await watch_all(stub, task.task_id)
         final = await stub.GetTask(task_service_pb2.GetTaskRequest(task_id=task.task_id))
