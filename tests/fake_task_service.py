@@ -92,7 +92,9 @@ def log_story(task_id: str, n: int) -> FakeTask:
     kinds.append(
         {"task_state_changed": task_pb2.TaskStateChanged(state=Task.STATE_SUCCEEDED)},
     )
-    task = Task(task_id=task_id, text="count lines", state=Task.STATE_SUCCEEDED, model="offline")
+    task = Task(
+        task_id=task_id, text="count lines", state=Task.STATE_SUCCEEDED, model="offline", last_seq=n
+    )
     return FakeTask(task, numbered(task_id, kinds))
 
 
@@ -100,10 +102,12 @@ def document_story(task_id: str, text: str, outcome: Task.State.ValueType) -> Fa
     """A realistic task: a plan of three steps, two documents (pages), tool output, an end."""
     titles = [("Outline", "outline.md"), ("Report", "report.md")]
     steps = [
-        Step(index=i, title=f"Write the {t.lower()}", tool="write_document")
+        Step(
+            index=i, title=f"Write the {t.lower()}", tool="write_document", state=Step.STATE_PENDING
+        )
         for i, (t, _) in enumerate(titles)
     ]
-    steps.append(Step(index=2, title="Check the numbers", tool="python"))
+    steps.append(Step(index=2, title="Check the numbers", tool="python", state=Step.STATE_PENDING))
     kinds: list[dict[str, object]] = [
         {"task_state_changed": task_pb2.TaskStateChanged(state=Task.STATE_PLANNING)},
         {"plan_ready": task_pb2.PlanReady(steps=steps, model="offline", summary="Two documents.")},
@@ -189,6 +193,8 @@ def document_story(task_id: str, text: str, outcome: Task.State.ValueType) -> Fa
     for step in steps:
         step.state, step.attempts = Step.STATE_SUCCEEDED, 1
     steps[2].state = last_step
+    if last_step == Step.STATE_FAILED:
+        steps[2].error = message
     task = Task(
         task_id=task_id,
         text=text,
@@ -209,11 +215,20 @@ class FakeTaskService(task_service_pb2_grpc.TaskServiceServicer):
         self.tasks: dict[str, FakeTask] = {}
         self.script: list[Behaviour] = []
         self.watch_calls: list[int] = []
+        self.unary_failures: list[grpc.StatusCode] = []
+        self.unary_calls = 0
+        self.stalled = threading.Event()
         self.chunk_size = 7
 
     def add(self, fake: FakeTask) -> FakeTask:
         self.tasks[fake.task.task_id] = fake
         return fake
+
+    async def _unary(self, context: grpc.aio.ServicerContext) -> None:  # type: ignore[type-arg]
+        """Count a unary call; fail it if the test queued a failure."""
+        self.unary_calls += 1
+        if self.unary_failures:
+            await context.abort(self.unary_failures.pop(0), "scripted failure")
 
     async def _find(self, task_id: str, context: grpc.aio.ServicerContext) -> FakeTask:  # type: ignore[type-arg]
         if task_id not in self.tasks:
@@ -221,6 +236,7 @@ class FakeTaskService(task_service_pb2_grpc.TaskServiceServicer):
         return self.tasks[task_id]
 
     async def CreateTask(self, request, context):
+        await self._unary(context)
         if not request.text.strip():
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "text is required")
         outcome = Task.STATE_SUCCEEDED
@@ -234,9 +250,11 @@ class FakeTaskService(task_service_pb2_grpc.TaskServiceServicer):
         )
 
     async def GetTask(self, request, context):
+        await self._unary(context)
         return (await self._find(request.task_id, context)).task
 
     async def ListTasks(self, request, context):
+        await self._unary(context)
         tasks = [fake.task for fake in reversed(self.tasks.values())]
         start = int(request.page_token or 0)
         size = request.page_size or 50
@@ -245,14 +263,18 @@ class FakeTaskService(task_service_pb2_grpc.TaskServiceServicer):
         return task_service_pb2.ListTasksResponse(tasks=tasks[start:end], next_page_token=token)
 
     async def CancelTask(self, request, context):
+        await self._unary(context)
         fake = await self._find(request.task_id, context)
-        await context.abort(
-            grpc.StatusCode.FAILED_PRECONDITION, f"task {fake.task.task_id} has already ended"
-        )
+        if fake.task.state in (Task.STATE_SUCCEEDED, Task.STATE_FAILED, Task.STATE_CANCELLED):
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, f"task {fake.task.task_id} has already ended"
+            )
+        fake.task.state = Task.STATE_CANCELLED
+        return fake.task
 
     async def WatchTask(self, request, context) -> AsyncIterator[task_pb2.TaskEvent]:
-        fake = await self._find(request.task_id, context)
         self.watch_calls.append(request.after_seq)
+        fake = await self._find(request.task_id, context)
         if request.after_seq < 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "after_seq must not be negative")
         if request.after_seq > len(fake.events):
@@ -291,6 +313,7 @@ class FakeTaskService(task_service_pb2_grpc.TaskServiceServicer):
                     yield TaskEvent(
                         task_id=request.task_id, seq=latest, heartbeat=task_pb2.Heartbeat()
                     )
+                self.stalled.set()
                 await asyncio.sleep(3600)
 
     async def ReadArtifact(self, request, context):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 from mitosis.cli.untrusted import clean_line
 from mitosis.v1 import task_pb2
@@ -10,9 +11,12 @@ from mitosis.v1 import task_pb2
 Task = task_pb2.Task
 Step = task_pb2.Step
 
+_V = TypeVar("_V", bound=int)
+
 OFFLINE_MODEL = "offline"
 
 STEP_MARKS: dict[Step.State.ValueType, str] = {
+    Step.STATE_UNSPECIFIED: "·",
     Step.STATE_PENDING: "·",
     Step.STATE_RUNNING: "▸",
     Step.STATE_SUCCEEDED: "✓",
@@ -59,7 +63,7 @@ def step_label(index: int) -> str:
     return f"step {index + 1}"
 
 
-def _enum_name(name_of: Callable[[int], str], value: int, prefix: str = "STATE_") -> str:
+def _enum_name(name_of: Callable[[_V], str], value: _V, prefix: str = "STATE_") -> str:
     try:
         name = name_of(value)
     except ValueError:

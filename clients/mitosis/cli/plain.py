@@ -92,9 +92,10 @@ class PlainView(StateLines):
         if kind == "page_delta":
             self._write(clean(event.page_delta.text))
         else:
-            for line in event_lines(event):
+            prefix = f"[seq {event.seq}] "
+            for i, line in enumerate(event_lines(event)):
                 self._end_line()
-                self._write(f"[seq {event.seq}] {line}\n")
+                self._write(f"{prefix if i == 0 else ' ' * len(prefix)}{line}\n")
         self._out.flush()
 
     def _write(self, text: str) -> None:
@@ -123,10 +124,10 @@ def event_lines(event: task_pb2.TaskEvent) -> list[str]:
         ]
         return lines
     if kind == "step_state_changed":
-        change = event.step_state_changed
-        note = f": {clean_line(change.message)}" if change.message else ""
-        state = step_state_name(change.state)
-        return [f"{step_label(change.step_index)} {state} (attempt {change.attempt}){note}"]
+        step = event.step_state_changed
+        note = f": {clean_line(step.message)}" if step.message else ""
+        state = step_state_name(step.state)
+        return [f"{step_label(step.step_index)} {state} (attempt {step.attempt}){note}"]
     if kind == "page_started":
         page = event.page_started
         return [

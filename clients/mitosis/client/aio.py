@@ -12,8 +12,20 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 
 from mitosis.client.artifacts import ArtifactWriter, artifact_destination
-from mitosis.client.errors import InternalError, UnavailableError, error_from_rpc
-from mitosis.client.resume import Admission, Backoff, SeqCursor, SequenceGapError, is_terminal
+from mitosis.client.errors import (
+    DeadlineExceededError,
+    InternalError,
+    UnavailableError,
+    error_from_rpc,
+)
+from mitosis.client.resume import (
+    TERMINAL_STATES,
+    Admission,
+    Backoff,
+    SeqCursor,
+    SequenceGapError,
+    is_terminal,
+)
 from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 
 if TYPE_CHECKING:
@@ -41,6 +53,10 @@ RESUMABLE_CODES = frozenset(
 
 class _StreamBrokenError(Exception):
     """The watch stream stopped being useful without a gRPC error."""
+
+
+class _StreamEndedError(_StreamBrokenError):
+    """The watch stream ended with OK before a terminal event was delivered."""
 
 
 class AsyncClient:
@@ -184,6 +200,11 @@ class AsyncClient:
                 if error.code() not in RESUMABLE_CODES:
                     raise error_from_rpc(error) from None
                 reason = f"{error.code().name}: {error.details()}"
+            except _StreamEndedError as ended:
+                # The server ends at once when the caller has seen the terminal event already.
+                if await self._has_ended_by(task_id, cursor.last):
+                    return
+                reason = str(ended)
             except (_StreamBrokenError, SequenceGapError) as broken:
                 reason = str(broken)
             finally:
@@ -203,6 +224,14 @@ class AsyncClient:
             report(f"reconnecting (attempt {attempt}, waiting {delay:.1f} s: {reason})")
             await asyncio.sleep(delay)
 
+    async def _has_ended_by(self, task_id: str, seq: int) -> bool:
+        """Return True if the task has ended and its log holds nothing after `seq`."""
+        try:
+            task = await self.get_task(task_id)
+        except (UnavailableError, DeadlineExceededError):
+            return False  # cannot tell now; the resume will ask again
+        return task.state in TERMINAL_STATES and task.last_seq <= seq
+
     async def _next_event(
         self, call: grpc.aio.UnaryStreamCall[task_service_pb2.WatchTaskRequest, task_pb2.TaskEvent]
     ) -> task_pb2.TaskEvent:
@@ -215,7 +244,7 @@ class AsyncClient:
                 f"nothing received for {self._stall_timeout:g} s, not even a heartbeat"
             ) from None
         if not isinstance(message, task_pb2.TaskEvent):  # grpc.aio.EOF
-            raise _StreamBrokenError("the stream ended before the task's final event")
+            raise _StreamEndedError("the stream ended before the task's final event")
         return message
 
     async def read_artifact(self, task_id: str, path: str) -> AsyncGenerator[bytes, None]:

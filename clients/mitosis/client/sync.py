@@ -6,7 +6,7 @@ import asyncio
 import queue
 import random
 import threading
-from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -101,7 +101,7 @@ class Client:
         *,
         include_heartbeats: bool = False,
         on_state: StateCallback | None = None,
-    ) -> Iterator[task_pb2.TaskEvent]:
+    ) -> Generator[task_pb2.TaskEvent, None, None]:
         """Yield the task's events with `seq > after_seq`, each once and in order, to the end."""
         inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         events = self._aio.watch(
@@ -112,7 +112,7 @@ class Client:
         )
         return self._iterate(events, inbox, on_state)
 
-    def read_artifact(self, task_id: str, path: str) -> Iterator[bytes]:
+    def read_artifact(self, task_id: str, path: str) -> Generator[bytes, None, None]:
         """Yield the bytes of a delivered file, chunk by chunk."""
         return self._iterate(self._aio.read_artifact(task_id, path), queue.SimpleQueue(), None)
 
@@ -133,7 +133,7 @@ class Client:
         source: AsyncGenerator[_T, None],
         inbox: queue.SimpleQueue[tuple[str, Any]],
         on_state: StateCallback | None,
-    ) -> Iterator[_T]:
+    ) -> Generator[_T, None, None]:
         """Pull items one at a time from an async generator on the loop, relaying states here.
 
         `inbox` carries ("state", text) from the generator's callback and the outcome of each
