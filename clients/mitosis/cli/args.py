@@ -134,6 +134,11 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "text", nargs="+", metavar="TEXT", help="the task, in plain words ('-': stdin)"
     )
     run.add_argument("--out", metavar="DIR", help="download the task's files into DIR at the end")
+    run.add_argument(
+        "--detach",
+        action="store_true",
+        help="print the new task's id (with --json: the task) and exit 0 without watching",
+    )
 
     watch = command(
         "watch",

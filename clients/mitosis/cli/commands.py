@@ -49,6 +49,10 @@ async def run(
     task = await client.create_task(text)
     session.task_id = task.task_id
     term.note(f"created task {clean_line(task.task_id)} (model: {describe_model(task.model)})")
+    if args.detach:
+        _print_result(term, task, [Text(task.task_id)])
+        term.note(f"it runs on; follow it with: mitosis watch {clean_line(task.task_id)}")
+        return ExitStatus.SUCCESS
     status = await follow(client, task, 0, term, session)
     if args.out is not None:
         await download(client, task.task_id, Path(args.out), term)

@@ -1,0 +1,119 @@
+"""The `mitosis` CLI as a subprocess against both services as subprocesses."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .processes import BIN, Service, start_service
+
+pytestmark = pytest.mark.e2e
+TASK_TEXT = "Write a short market brief on home solar batteries"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def planner(tmp_path: Path) -> Iterator[Service]:
+    service = start_service("mitosis-planner", tmp_path / "planner.log")
+    yield service
+    service.stop()
+
+
+def start_executor(tmp_path: Path, planner: Service, port: int = 0, pace: str = "0") -> Service:
+    return start_service(
+        "mitosis-executor",
+        tmp_path / "executor.log",
+        f"--listen=127.0.0.1:{port}",
+        f"--planner={planner.target}",
+        f"--data-dir={tmp_path / 'data'}",
+        f"--offline-pace={pace}",
+        "--heartbeat-interval=0.5",
+    )
+
+
+def mitosis(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "mitosis"), *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_run_shows_pages_and_delivers_verified_files(tmp_path: Path, planner: Service) -> None:
+    executor = start_executor(tmp_path, planner)
+    try:
+        out = tmp_path / "out"
+        result = mitosis("--target", executor.target, "run", TASK_TEXT, "--out", str(out))
+        listing = mitosis("--target", executor.target, "--json", "ls")
+    finally:
+        executor.stop()
+
+    assert result.returncode == 0, result.stderr
+    assert "page 1 started" in result.stdout
+    assert "# Home Solar Batteries: Market Brief" in result.stdout
+    assert "model: offline" in result.stderr
+    assert "succeeded" in result.stderr
+    tasks = [json.loads(line) for line in listing.stdout.splitlines()]
+    assert tasks[0]["state"] == "STATE_SUCCEEDED"
+    for artifact in tasks[0]["artifacts"]:
+        data = (out / artifact["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == artifact["sha256"]
+
+
+def test_watch_survives_an_executor_killed_and_restarted(tmp_path: Path, planner: Service) -> None:
+    port = free_port()
+    executor = start_executor(tmp_path, planner, port, pace="0.01")
+    created = mitosis("--target", executor.target, "--json", "run", TASK_TEXT, "--detach")
+    assert created.returncode == 0, created.stderr
+    task_id = json.loads(created.stdout)["taskId"]
+    watcher = subprocess.Popen(
+        [str(BIN / "mitosis"), "--target", executor.target, "--json", "watch", task_id],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.0)  # mid-task: the offline model is writing its pages
+        executor.stop(signal.SIGKILL)
+        time.sleep(0.5)
+        executor = start_executor(tmp_path, planner, port, pace="0.01")
+        stdout, stderr = watcher.communicate(timeout=60)
+    finally:
+        watcher.kill()
+        executor.stop()
+
+    assert watcher.returncode == 0, stderr
+    seqs = [int(json.loads(line)["seq"]) for line in stdout.splitlines()]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert "reconnecting" in stderr
+    last = json.loads(stdout.splitlines()[-1])
+    assert last["taskStateChanged"]["state"] == "STATE_SUCCEEDED"
+
+
+def test_watch_from_after_seq_prints_only_the_rest(tmp_path: Path, planner: Service) -> None:
+    executor = start_executor(tmp_path, planner)
+    try:
+        created = mitosis("--target", executor.target, "--json", "run", TASK_TEXT)
+        first_line = json.loads(created.stdout.splitlines()[0])
+        task_id = first_line["taskId"]
+        rest = mitosis("--target", executor.target, "--json", "watch", task_id, "--after-seq", "10")
+        missing = mitosis("--target", executor.target, "watch", "0123456789abcdef")
+    finally:
+        executor.stop()
+
+    total = len(created.stdout.splitlines())
+    seqs = [int(json.loads(line)["seq"]) for line in rest.stdout.splitlines()]
+    assert seqs == list(range(11, total + 1))
+    assert missing.returncode == 4
+    assert "0123456789abcdef" in missing.stderr
