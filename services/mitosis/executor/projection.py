@@ -39,6 +39,11 @@ def apply_event(task: task_pb2.Task, event: task_pb2.TaskEvent) -> None:
         task.steps.extend(event.plan_ready.steps)
         task.model = event.plan_ready.model
         task.plan_summary = event.plan_ready.summary
+    elif kind == "plan_revised":
+        revised = event.plan_revised
+        del task.steps[revised.from_step_index :]
+        task.steps.extend(revised.steps)
+        task.revisions = revised.revision
     elif kind == "step_state_changed":
         _apply_step_change(task, event.step_state_changed)
     elif kind == "page_started":
@@ -68,6 +73,8 @@ def _apply_step_change(task: task_pb2.Task, change: task_pb2.StepStateChanged) -
     step.state = change.state
     step.attempts = max(step.attempts, change.attempt)
     step.error = change.message if change.state == task_pb2.Step.STATE_FAILED else ""
+    if change.HasField("usage"):
+        step.usage.CopyFrom(change.usage)
 
 
 def _page(task: task_pb2.Task, page_number: int) -> task_pb2.Page:

@@ -50,6 +50,22 @@ class RunnerConfig:
     page_window: float = 0.05
 
 
+def steps_of(plan: plan_pb2.Plan, first_index: int = 0) -> list[Step]:
+    """Return the plan's steps as pending task steps, numbered from `first_index`."""
+    return [
+        Step(
+            index=first_index + offset,
+            title=planned.title,
+            tool=planned.tool,
+            rationale=planned.rationale,
+            instructions=planned.instructions,
+            arguments=planned.arguments,
+            state=Step.STATE_PENDING,
+        )
+        for offset, planned in enumerate(plan.steps)
+    ]
+
+
 class StepFailed(Exception):
     """A step's tool failed; the message says why in a person's words."""
 
@@ -125,14 +141,32 @@ class TaskRunner:
                 task_id, Task.STATE_FAILED, f"internal error in the executor: {error}"
             )
 
+    async def approve(self, task_id: str, plan: plan_pb2.Plan | None) -> None:
+        """Run a plan that waits for approval, as proposed or as edited in `plan`."""
+        task = await self._require(task_id)
+        if task.state != Task.STATE_AWAITING_APPROVAL:
+            state = Task.State.Name(task.state).removeprefix("STATE_").lower()
+            raise FailedPrecondition(f"task {task_id} is not awaiting approval (it is {state})")
+        events = []
+        if plan is not None and plan.steps:
+            steps = steps_of(plan)
+            summary = plan.summary or "The plan as edited when it was approved."
+            ready = task_pb2.PlanReady(steps=steps, model=task.model, summary=summary)
+            events.append(Event(plan_ready=ready))
+        running = task_pb2.TaskStateChanged(state=Task.STATE_RUNNING, message="plan approved")
+        await self._log.append(task_id, *events, Event(task_state_changed=running))
+        self.start(task_id)
+
     async def _execute(self, task_id: str) -> None:
         task = await self._require(task_id)
-        if task.steps:
-            await self._recover(task)
-        else:
+        if task.state == Task.STATE_AWAITING_APPROVAL:
+            return
+        if not task.steps:
             if not await self._plan(task):
                 return
             task = await self._require(task_id)
+        elif task.pages or any(step.attempts for step in task.steps):
+            await self._recover(task)
         workspace = self.workspace(task_id)
         for step in task.steps:
             if step.state == Step.STATE_SUCCEEDED:
@@ -155,24 +189,14 @@ class TaskRunner:
                 task.task_id, Task.STATE_FAILED, f"no plan could be made: {error}"
             )
             return False
-        steps = [
-            Step(
-                index=index,
-                title=planned.title,
-                tool=planned.tool,
-                rationale=planned.rationale,
-                instructions=planned.instructions,
-                arguments=planned.arguments,
-                state=Step.STATE_PENDING,
-            )
-            for index, planned in enumerate(plan.steps)
-        ]
-        ready = task_pb2.PlanReady(steps=steps, model=plan.model, summary=plan.summary)
-        running = task_pb2.TaskStateChanged(state=Task.STATE_RUNNING)
+        ready = task_pb2.PlanReady(steps=steps_of(plan), model=plan.model, summary=plan.summary)
+        # With approval asked for, the task waits here; ApprovePlan starts it again.
+        next_state = Task.STATE_AWAITING_APPROVAL if task.require_approval else Task.STATE_RUNNING
+        change = task_pb2.TaskStateChanged(state=next_state)
         await self._log.append(
-            task.task_id, Event(plan_ready=ready), Event(task_state_changed=running)
+            task.task_id, Event(plan_ready=ready), Event(task_state_changed=change)
         )
-        return True
+        return next_state == Task.STATE_RUNNING
 
     async def _recover(self, task: Task) -> None:
         """Close what a previous executor left open when it died mid-step."""

@@ -23,7 +23,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         self, request: task_service_pb2.CreateTaskRequest, context: Context
     ) -> task_pb2.Task:
         try:
-            return await self._tasks.create(request.text)
+            return await self._tasks.create(request.text, request.require_approval)
         except MitosisError as error:
             await context.abort(error.code, str(error))
 
@@ -58,6 +58,15 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         try:
             async for event in self._tasks.watch(request.task_id, request.after_seq):
                 yield event
+        except MitosisError as error:
+            await context.abort(error.code, str(error))
+
+    async def ApprovePlan(
+        self, request: task_service_pb2.ApprovePlanRequest, context: Context
+    ) -> task_pb2.Task:
+        plan = request.plan if request.HasField("plan") else None
+        try:
+            return await self._tasks.approve(request.task_id, plan)
         except MitosisError as error:
             await context.abort(error.code, str(error))
 

@@ -15,7 +15,8 @@ from mitosis.executor.runner import TaskRunner
 from mitosis.executor.store import Store
 from mitosis.executor.watch import watch_events
 from mitosis.executor.workspace import PathEscapeError
-from mitosis.v1 import task_pb2
+from mitosis.models.base import TOOLS
+from mitosis.v1 import plan_pb2, task_pb2
 from mitosis.validation import validate_task_text
 
 DEFAULT_PAGE_SIZE = 50
@@ -36,11 +37,14 @@ class Tasks:
         self._model = model
         self._heartbeat_interval = heartbeat_interval
 
-    async def create(self, text: str) -> task_pb2.Task:
+    async def create(self, text: str, require_approval: bool = False) -> task_pb2.Task:
         """Store a new task and start running it."""
         text = validate_task_text(text)
         task = task_pb2.Task(
-            task_id=secrets.token_hex(8), text=text, state=task_pb2.Task.STATE_PENDING
+            task_id=secrets.token_hex(8),
+            text=text,
+            state=task_pb2.Task.STATE_PENDING,
+            require_approval=require_approval,
         )
         task.model = self._model
         task.create_time.FromNanoseconds(time.time_ns())
@@ -68,6 +72,13 @@ class Tasks:
     async def cancel(self, task_id: str) -> task_pb2.Task:
         """Cancel the task and return it as it ended."""
         await self._runner.cancel(validate_task_id(task_id))
+        return await self.get(task_id)
+
+    async def approve(self, task_id: str, plan: plan_pb2.Plan | None) -> task_pb2.Task:
+        """Run a plan that waits for approval, as proposed or edited; return the task."""
+        if plan is not None:
+            validate_plan(plan)
+        await self._runner.approve(validate_task_id(task_id), plan)
         return await self.get(task_id)
 
     def watch(self, task_id: str, after_seq: int) -> AsyncIterator[task_pb2.TaskEvent]:
@@ -102,6 +113,22 @@ class Tasks:
             while chunk := file.read(ARTIFACT_CHUNK_BYTES):
                 yield offset, chunk
                 offset += len(chunk)
+
+
+MAX_PLAN_STEPS = 20
+
+
+def validate_plan(plan: plan_pb2.Plan) -> None:
+    """Raise InvalidArgument unless an edited plan's steps can run."""
+    if len(plan.steps) > MAX_PLAN_STEPS:
+        raise InvalidArgument(f"a plan has at most {MAX_PLAN_STEPS} steps, not {len(plan.steps)}")
+    for number, step in enumerate(plan.steps, start=1):
+        if step.tool not in TOOLS:
+            raise InvalidArgument(
+                f"step {number} uses the unknown tool {step.tool!r}; tools: {', '.join(TOOLS)}"
+            )
+        if not step.title.strip():
+            raise InvalidArgument(f"step {number} has no title")
 
 
 def validate_task_id(task_id: str) -> str:

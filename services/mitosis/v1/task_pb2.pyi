@@ -49,6 +49,8 @@ class Task(_message.Message):
         """A step failed after its retry, or the plan could not be made. Terminal."""
         STATE_CANCELLED: Task._State.ValueType  # 6
         """Cancelled by CancelTask. Terminal."""
+        STATE_AWAITING_APPROVAL: Task._State.ValueType  # 7
+        """The plan is ready and waits for ApprovePlan (or CancelTask) before any step runs."""
 
     class State(_State, metaclass=_StateEnumTypeWrapper):
         """The lifecycle of a task."""
@@ -67,6 +69,8 @@ class Task(_message.Message):
     """A step failed after its retry, or the plan could not be made. Terminal."""
     STATE_CANCELLED: Task.State.ValueType  # 6
     """Cancelled by CancelTask. Terminal."""
+    STATE_AWAITING_APPROVAL: Task.State.ValueType  # 7
+    """The plan is ready and waits for ApprovePlan (or CancelTask) before any step runs."""
 
     TASK_ID_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
@@ -80,6 +84,8 @@ class Task(_message.Message):
     LAST_SEQ_FIELD_NUMBER: _builtins.int
     PLAN_SUMMARY_FIELD_NUMBER: _builtins.int
     PAGES_FIELD_NUMBER: _builtins.int
+    REQUIRE_APPROVAL_FIELD_NUMBER: _builtins.int
+    REVISIONS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Output only. The task's identifier, assigned by CreateTask."""
     text: _builtins.str
@@ -94,6 +100,10 @@ class Task(_message.Message):
     """Output only. The `seq` of the newest event in the task's log."""
     plan_summary: _builtins.str
     """Output only. One paragraph from the planner on how the plan answers the task."""
+    require_approval: _builtins.bool
+    """Whether the plan waits for ApprovePlan before it runs, as CreateTask asked."""
+    revisions: _builtins.int
+    """Output only. How many times the plan was revised after a step failed."""
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___Step]:
         """Output only. The steps of the plan, with their states; empty until the plan is ready."""
@@ -129,10 +139,12 @@ class Task(_message.Message):
         last_seq: _builtins.int = ...,
         plan_summary: _builtins.str = ...,
         pages: _abc.Iterable[Global___Page] | None = ...,
+        require_approval: _builtins.bool = ...,
+        revisions: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "create_time", b"create_time", "error", b"error", "last_seq", b"last_seq", "model", b"model", "pages", b"pages", "plan_summary", b"plan_summary", "state", b"state", "steps", b"steps", "task_id", b"task_id", "text", b"text", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "create_time", b"create_time", "error", b"error", "last_seq", b"last_seq", "model", b"model", "pages", b"pages", "plan_summary", b"plan_summary", "require_approval", b"require_approval", "revisions", b"revisions", "state", b"state", "steps", b"steps", "task_id", b"task_id", "text", b"text", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -188,6 +200,7 @@ class Step(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     INSTRUCTIONS_FIELD_NUMBER: _builtins.int
     ARGUMENTS_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Output only. The zero-based position of the step in the plan."""
     title: _builtins.str
@@ -208,6 +221,10 @@ class Step(_message.Message):
     def arguments(self) -> _struct_pb2.Struct:
         """Output only. The tool's arguments as the planner chose them (see PlanStep.arguments)."""
 
+    @_builtins.property
+    def usage(self) -> Global___Usage:
+        """Output only. What the step's model calls cost, over all its attempts."""
+
     def __init__(
         self,
         *,
@@ -220,14 +237,49 @@ class Step(_message.Message):
         error: _builtins.str = ...,
         instructions: _builtins.str = ...,
         arguments: _struct_pb2.Struct | None = ...,
+        usage: Global___Usage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "attempts", b"attempts", "error", b"error", "index", b"index", "instructions", b"instructions", "rationale", b"rationale", "state", b"state", "title", b"title", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "attempts", b"attempts", "error", b"error", "index", b"index", "instructions", b"instructions", "rationale", b"rationale", "state", b"state", "title", b"title", "tool", b"tool", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Step: _TypeAlias = Step  # noqa: Y015
+
+@_typing.final
+class Usage(_message.Message):
+    """What model calls cost: tokens and time."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_CALLS_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    LATENCY_MS_FIELD_NUMBER: _builtins.int
+    model_calls: _builtins.int
+    """How many calls were made to the model."""
+    input_tokens: _builtins.int
+    """Tokens sent to the model (prompt), summed over the calls."""
+    output_tokens: _builtins.int
+    """Tokens the model produced, summed over the calls."""
+    latency_ms: _builtins.int
+    """Time spent waiting for the model, summed over the calls, in milliseconds."""
+    def __init__(
+        self,
+        *,
+        model_calls: _builtins.int = ...,
+        input_tokens: _builtins.int = ...,
+        output_tokens: _builtins.int = ...,
+        latency_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_tokens", b"input_tokens", "latency_ms", b"latency_ms", "model_calls", b"model_calls", "output_tokens", b"output_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Usage: _TypeAlias = Usage  # noqa: Y015
 
 @_typing.final
 class Page(_message.Message):
@@ -331,6 +383,7 @@ class TaskEvent(_message.Message):
     LOG_LINE_FIELD_NUMBER: _builtins.int
     ARTIFACT_READY_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
+    PLAN_REVISED_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """The task the event belongs to."""
     seq: _builtins.int
@@ -377,6 +430,10 @@ class TaskEvent(_message.Message):
     def heartbeat(self) -> Global___Heartbeat:
         """Nothing happened for a while; the stream is alive. Never stored."""
 
+    @_builtins.property
+    def plan_revised(self) -> Global___PlanRevised:
+        """The plan was revised after a step failed: the steps from one index on were replaced."""
+
     def __init__(
         self,
         *,
@@ -392,12 +449,13 @@ class TaskEvent(_message.Message):
         log_line: Global___LogLine | None = ...,
         artifact_ready: Global___ArtifactReady | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
+        plan_revised: Global___PlanRevised | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact_ready", b"artifact_ready", "create_time", b"create_time", "heartbeat", b"heartbeat", "kind", b"kind", "log_line", b"log_line", "page_delta", b"page_delta", "page_finished", b"page_finished", "page_started", b"page_started", "plan_ready", b"plan_ready", "step_state_changed", b"step_state_changed", "task_state_changed", b"task_state_changed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact_ready", b"artifact_ready", "create_time", b"create_time", "heartbeat", b"heartbeat", "kind", b"kind", "log_line", b"log_line", "page_delta", b"page_delta", "page_finished", b"page_finished", "page_started", b"page_started", "plan_ready", b"plan_ready", "plan_revised", b"plan_revised", "step_state_changed", b"step_state_changed", "task_state_changed", b"task_state_changed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_ready", b"artifact_ready", "create_time", b"create_time", "heartbeat", b"heartbeat", "kind", b"kind", "log_line", b"log_line", "page_delta", b"page_delta", "page_finished", b"page_finished", "page_started", b"page_started", "plan_ready", b"plan_ready", "seq", b"seq", "step_state_changed", b"step_state_changed", "task_id", b"task_id", "task_state_changed", b"task_state_changed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_ready", b"artifact_ready", "create_time", b"create_time", "heartbeat", b"heartbeat", "kind", b"kind", "log_line", b"log_line", "page_delta", b"page_delta", "page_finished", b"page_finished", "page_started", b"page_started", "plan_ready", b"plan_ready", "plan_revised", b"plan_revised", "seq", b"seq", "step_state_changed", b"step_state_changed", "task_id", b"task_id", "task_state_changed", b"task_state_changed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["task_state_changed", "plan_ready", "step_state_changed", "page_started", "page_delta", "page_finished", "log_line", "artifact_ready", "heartbeat"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["task_state_changed", "plan_ready", "step_state_changed", "page_started", "page_delta", "page_finished", "log_line", "artifact_ready", "heartbeat", "plan_revised"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -462,6 +520,42 @@ class PlanReady(_message.Message):
 Global___PlanReady: _TypeAlias = PlanReady  # noqa: Y015
 
 @_typing.final
+class PlanRevised(_message.Message):
+    """The plan was revised after a step failed, or edited when it was approved."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_STEP_INDEX_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    from_step_index: _builtins.int
+    """The zero-based index of the first replaced step; the steps before it stay as they were."""
+    reason: _builtins.str
+    """Why the plan was revised."""
+    revision: _builtins.int
+    """The revision's number, counting from 1."""
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___Step]:
+        """The new steps, from `from_step_index` on, all pending."""
+
+    def __init__(
+        self,
+        *,
+        from_step_index: _builtins.int = ...,
+        steps: _abc.Iterable[Global___Step] | None = ...,
+        reason: _builtins.str = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_step_index", b"from_step_index", "reason", b"reason", "revision", b"revision", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanRevised: _TypeAlias = PlanRevised  # noqa: Y015
+
+@_typing.final
 class StepStateChanged(_message.Message):
     """A step moved to a new state."""
 
@@ -471,6 +565,7 @@ class StepStateChanged(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     step_index: _builtins.int
     """The zero-based index of the step."""
     state: Global___Step.State.ValueType
@@ -479,6 +574,10 @@ class StepStateChanged(_message.Message):
     """The attempt this state belongs to, counting from 1."""
     message: _builtins.str
     """Why, for failures and retries; empty otherwise."""
+    @_builtins.property
+    def usage(self) -> Global___Usage:
+        """What the step's model calls have cost so far, over all its attempts."""
+
     def __init__(
         self,
         *,
@@ -486,10 +585,11 @@ class StepStateChanged(_message.Message):
         state: Global___Step.State.ValueType = ...,
         attempt: _builtins.int = ...,
         message: _builtins.str = ...,
+        usage: Global___Usage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "message", b"message", "state", b"state", "step_index", b"step_index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "message", b"message", "state", b"state", "step_index", b"step_index", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

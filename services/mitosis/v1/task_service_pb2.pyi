@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from mitosis.v1 import plan_pb2 as _plan_pb2
 from mitosis.v1 import task_pb2 as _task_pb2
 import builtins as _builtins
 import sys
@@ -26,16 +27,20 @@ class CreateTaskRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TEXT_FIELD_NUMBER: _builtins.int
+    REQUIRE_APPROVAL_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The task, in plain words. Required; at most 64 KiB of UTF-8."""
+    require_approval: _builtins.bool
+    """Wait in AWAITING_APPROVAL once the plan is ready, until ApprovePlan or CancelTask."""
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
+        require_approval: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["require_approval", b"require_approval", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -167,6 +172,36 @@ class WatchTaskRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchTaskRequest: _TypeAlias = WatchTaskRequest  # noqa: Y015
+
+@_typing.final
+class ApprovePlanRequest(_message.Message):
+    """Request message for TaskService.ApprovePlan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """The task's identifier."""
+    @_builtins.property
+    def plan(self) -> _plan_pb2.Plan:
+        """The plan to run instead of the proposed one; empty to run the plan as proposed.
+        Only the steps' title, tool, rationale, instructions and arguments are read.
+        """
+
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        plan: _plan_pb2.Plan | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApprovePlanRequest: _TypeAlias = ApprovePlanRequest  # noqa: Y015
 
 @_typing.final
 class ReadArtifactRequest(_message.Message):

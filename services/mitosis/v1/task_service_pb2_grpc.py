@@ -61,6 +61,11 @@ class TaskServiceStub:
                 request_serializer=mitosis_dot_v1_dot_task__service__pb2.WatchTaskRequest.SerializeToString,
                 response_deserializer=mitosis_dot_v1_dot_task__pb2.TaskEvent.FromString,
                 _registered_method=True)
+        self.ApprovePlan = channel.unary_unary(
+                '/mitosis.v1.TaskService/ApprovePlan',
+                request_serializer=mitosis_dot_v1_dot_task__service__pb2.ApprovePlanRequest.SerializeToString,
+                response_deserializer=mitosis_dot_v1_dot_task__pb2.Task.FromString,
+                _registered_method=True)
         self.ReadArtifact = channel.unary_stream(
                 '/mitosis.v1.TaskService/ReadArtifact',
                 request_serializer=mitosis_dot_v1_dot_task__service__pb2.ReadArtifactRequest.SerializeToString,
@@ -110,6 +115,14 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApprovePlan(self, request, context):
+        """Approves a plan that waits for approval (state AWAITING_APPROVAL), optionally with
+        edited steps, and starts running it. Answers FAILED_PRECONDITION in any other state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReadArtifact(self, request, context):
         """Streams the bytes of a file the task delivered, in chunks.
         """
@@ -144,6 +157,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.WatchTask,
                     request_deserializer=mitosis_dot_v1_dot_task__service__pb2.WatchTaskRequest.FromString,
                     response_serializer=mitosis_dot_v1_dot_task__pb2.TaskEvent.SerializeToString,
+            ),
+            'ApprovePlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApprovePlan,
+                    request_deserializer=mitosis_dot_v1_dot_task__service__pb2.ApprovePlanRequest.FromString,
+                    response_serializer=mitosis_dot_v1_dot_task__pb2.Task.SerializeToString,
             ),
             'ReadArtifact': grpc.unary_stream_rpc_method_handler(
                     servicer.ReadArtifact,
@@ -287,6 +305,33 @@ class TaskService:
             '/mitosis.v1.TaskService/WatchTask',
             mitosis_dot_v1_dot_task__service__pb2.WatchTaskRequest.SerializeToString,
             mitosis_dot_v1_dot_task__pb2.TaskEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApprovePlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mitosis.v1.TaskService/ApprovePlan',
+            mitosis_dot_v1_dot_task__service__pb2.ApprovePlanRequest.SerializeToString,
+            mitosis_dot_v1_dot_task__pb2.Task.FromString,
             options,
             channel_credentials,
             insecure,

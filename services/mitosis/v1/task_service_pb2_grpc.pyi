@@ -49,6 +49,10 @@ class TaskServiceStub:
     the log, then new ones as they are appended, with no gap and no duplicate. Sends a
     heartbeat while nothing happens. Ends with OK after the task's terminal event.
     """
+    ApprovePlan: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.ApprovePlanRequest, _task_pb2.Task]
+    """Approves a plan that waits for approval (state AWAITING_APPROVAL), optionally with
+    edited steps, and starts running it. Answers FAILED_PRECONDITION in any other state.
+    """
     ReadArtifact: _grpc.UnaryStreamMultiCallable[_task_service_pb2.ReadArtifactRequest, _task_service_pb2.ReadArtifactResponse]
     """Streams the bytes of a file the task delivered, in chunks."""
 
@@ -71,6 +75,10 @@ class TaskServiceAsyncStub(TaskServiceStub):
     """Streams a task's events with `seq` greater than `after_seq`: first those already in
     the log, then new ones as they are appended, with no gap and no duplicate. Sends a
     heartbeat while nothing happens. Ends with OK after the task's terminal event.
+    """
+    ApprovePlan: _aio.UnaryUnaryMultiCallable[_task_service_pb2.ApprovePlanRequest, _task_pb2.Task]  # type: ignore[assignment]
+    """Approves a plan that waits for approval (state AWAITING_APPROVAL), optionally with
+    edited steps, and starts running it. Answers FAILED_PRECONDITION in any other state.
     """
     ReadArtifact: _aio.UnaryStreamMultiCallable[_task_service_pb2.ReadArtifactRequest, _task_service_pb2.ReadArtifactResponse]  # type: ignore[assignment]
     """Streams the bytes of a file the task delivered, in chunks."""
@@ -121,6 +129,16 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams a task's events with `seq` greater than `after_seq`: first those already in
         the log, then new ones as they are appended, with no gap and no duplicate. Sends a
         heartbeat while nothing happens. Ends with OK after the task's terminal event.
+        """
+
+    @_abc_1.abstractmethod
+    def ApprovePlan(
+        self,
+        request: _task_service_pb2.ApprovePlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_pb2.Task, _abc.Awaitable[_task_pb2.Task]]:
+        """Approves a plan that waits for approval (state AWAITING_APPROVAL), optionally with
+        edited steps, and starts running it. Answers FAILED_PRECONDITION in any other state.
         """
 
     @_abc_1.abstractmethod
