@@ -13,6 +13,7 @@ from google.protobuf import struct_pb2
 
 from mitosis.executor.eventlog import EventLog
 from mitosis.executor.hub import EventHub
+from mitosis.executor.planned_agent import PlannedToolAgent
 from mitosis.executor.planner_client import PlanError
 from mitosis.executor.runner import RunnerConfig, TaskRunner
 from mitosis.executor.sqlite_store import SqliteStore
@@ -27,14 +28,26 @@ Step = task_pb2.Step
 class ScriptedPlanner:
     """Gives the same plan for every task, or fails."""
 
-    def __init__(self, *steps: plan_pb2.PlanStep, error: str = "") -> None:
+    def __init__(
+        self, *steps: plan_pb2.PlanStep, error: str = "", revision: plan_pb2.Plan | None = None
+    ) -> None:
         self.plan = plan_pb2.Plan(steps=steps, model="scripted", summary="A scripted plan.")
         self.error = error
+        self.revision = revision or plan_pb2.Plan()
+        self.revisions: list[tuple[int, str]] = []
 
     async def create_plan(self, task_text: str) -> plan_pb2.Plan:
         if self.error:
             raise PlanError(self.error)
         return self.plan
+
+    async def revise_plan(
+        self, task_text: str, plan: plan_pb2.Plan, failed_step_index: int, failure: str
+    ) -> plan_pb2.Plan:
+        self.revisions.append((failed_step_index, failure))
+        if not self.revision.steps:
+            raise PlanError("the scripted planner has no revision")
+        return self.revision
 
 
 def python_step(code: str, title: str = "Run a script") -> plan_pb2.PlanStep:
@@ -52,12 +65,15 @@ async def parts(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, EventHub, Ev
 
 
 async def run_task(
-    parts: tuple[SqliteStore, EventHub, EventLog], tmp_path: Path, planner: ScriptedPlanner
+    parts: tuple[SqliteStore, EventHub, EventLog],
+    tmp_path: Path,
+    planner: ScriptedPlanner,
+    max_revisions: int = 0,
 ) -> tuple[TaskRunner, str]:
     store, _, log = parts
-    runner = TaskRunner(
-        log, planner, OfflineModel(pace=0), RunnerConfig(data_dir=tmp_path, tool_timeout=20)
-    )
+    agent = PlannedToolAgent(OfflineModel(pace=0))
+    config = RunnerConfig(data_dir=tmp_path, tool_timeout=20, max_revisions=max_revisions)
+    runner = TaskRunner(log, planner, agent, config)
     task = Task(task_id="0123456789abcdef", text="do it", state=Task.STATE_PENDING)
     task.create_time.FromNanoseconds(time.time_ns())
     await store.create_task(task)
@@ -168,3 +184,43 @@ def _alive(pid: int) -> bool:
         else "X"
     )
     return status not in ("Z", "X")
+
+
+async def test_a_step_that_still_fails_is_replanned_and_the_task_goes_on(
+    parts, tmp_path: Path
+) -> None:
+    revision = plan_pb2.Plan(steps=[python_step("print('plan b')", "Plan B")])
+    planner = ScriptedPlanner(
+        python_step("raise SystemExit('no luck')", "Plan A"),
+        python_step("print('never')", "Replaced"),
+        revision=revision,
+    )
+    _, task_id = await run_task(parts, tmp_path, planner, max_revisions=2)
+    events = await events_of(parts, task_id)
+    task = await parts[0].get_task(task_id)
+
+    assert task is not None
+    assert task.state == Task.STATE_SUCCEEDED
+    assert task.revisions == 1
+    assert [s.title for s in task.steps] == ["Plan A", "Plan B"]
+    assert [s.state for s in task.steps] == [Step.STATE_FAILED, Step.STATE_SUCCEEDED]
+    assert planner.revisions == [(0, "python exited with status 1: no luck")]
+    revised = [e.plan_revised for e in events if e.HasField("plan_revised")]
+    assert len(revised) == 1
+    assert revised[0].from_step_index == 1
+    assert revised[0].reason.startswith("step 1 (Plan A) failed")
+    assert events[-1].task_state_changed.message == "delivered 0 files after 1 plan revisions"
+
+
+async def test_revisions_are_capped(parts, tmp_path: Path) -> None:
+    failing = plan_pb2.Plan(steps=[python_step("raise SystemExit('again')", "Try again")])
+    planner = ScriptedPlanner(python_step("raise SystemExit('no')", "First"), revision=failing)
+    _, task_id = await run_task(parts, tmp_path, planner, max_revisions=2)
+    await events_of(parts, task_id)
+    task = await parts[0].get_task(task_id)
+
+    assert task is not None
+    assert task.state == Task.STATE_FAILED
+    assert task.revisions == 2
+    assert len(planner.revisions) == 2
+    assert task.error.endswith("(the plan was already revised 2 times)")

@@ -7,18 +7,16 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, cast
-
-from google.protobuf import json_format
+from typing import Protocol
 
 from mitosis.errors import FailedPrecondition, NotFound
 from mitosis.executor.eventlog import EventLog
-from mitosis.executor.pages import PageWriter
 from mitosis.executor.planner_client import PlanError
 from mitosis.executor.projection import TERMINAL_STATES
-from mitosis.executor.tools import ToolError, list_files, read_file, run_python
+from mitosis.executor.step_tools import RecordedTools
+from mitosis.executor.tools import ToolError
 from mitosis.executor.workspace import PathEscapeError, Workspace
-from mitosis.models.base import WritingModel
+from mitosis.models.base import FatalModelError, ModelUsage, StepAgent, StepFailure
 from mitosis.v1 import plan_pb2, task_pb2
 
 logger = logging.getLogger(__name__)
@@ -28,15 +26,18 @@ Step = task_pb2.Step
 Event = task_pb2.TaskEvent
 Source = task_pb2.LogLine
 
-READ_FILE_PREVIEW_LINES = 12
-"""Lines of a file that `read_file` shows in the log."""
-
 
 class PlanSource(Protocol):
     """Where plans come from: the planner service, or a planning model in tests."""
 
     async def create_plan(self, task_text: str) -> plan_pb2.Plan:
         """Return a plan for the task, or raise PlanError."""
+        ...
+
+    async def revise_plan(
+        self, task_text: str, plan: plan_pb2.Plan, failed_step_index: int, failure: str
+    ) -> plan_pb2.Plan:
+        """Return the steps to run instead of the failed one and the rest, or raise PlanError."""
         ...
 
 
@@ -47,6 +48,7 @@ class RunnerConfig:
     data_dir: Path
     tool_timeout: float = 60.0
     attempts_per_step: int = 2
+    max_revisions: int = 2
     page_window: float = 0.05
 
 
@@ -66,20 +68,35 @@ def steps_of(plan: plan_pb2.Plan, first_index: int = 0) -> list[Step]:
     ]
 
 
-class StepFailed(Exception):
-    """A step's tool failed; the message says why in a person's words."""
+def plan_of(task: Task) -> plan_pb2.Plan:
+    """Return the task's steps as the plan an agent reads."""
+    steps = [
+        plan_pb2.PlanStep(
+            title=step.title,
+            tool=step.tool,
+            rationale=step.rationale,
+            instructions=step.instructions,
+            arguments=step.arguments,
+        )
+        for step in task.steps
+    ]
+    return plan_pb2.Plan(steps=steps, model=task.model, summary=task.plan_summary)
+
+
+class _TaskFailed(Exception):
+    """The task cannot go on; the message is its error."""
 
 
 class TaskRunner:
     """Owns the running tasks of this executor: starts, cancels and resumes them."""
 
     def __init__(
-        self, log: EventLog, planner: PlanSource, writer: WritingModel, config: RunnerConfig
+        self, log: EventLog, planner: PlanSource, agent: StepAgent, config: RunnerConfig
     ) -> None:
         self._log = log
         self._store = log.store
         self._planner = planner
-        self._writer = writer
+        self._agent = agent
         self._config = config
         self._running: dict[str, asyncio.Task[None]] = {}
         self._cancel_reasons: dict[str, str] = {}
@@ -168,17 +185,23 @@ class TaskRunner:
         elif task.pages or any(step.attempts for step in task.steps):
             await self._recover(task)
         workspace = self.workspace(task_id)
-        for step in task.steps:
-            if step.state == Step.STATE_SUCCEEDED:
-                continue
-            failure = await self._run_step(task, step, workspace)
-            if failure is not None:
-                await self._cancel_pending_steps(task_id, after=step.index)
-                message = f"step {step.index + 1} ({step.title}) failed: {failure}"
-                await self._set_state(task_id, Task.STATE_FAILED, message)
-                return
-        delivered = len((await self._require(task_id)).artifacts)
-        await self._set_state(task_id, Task.STATE_SUCCEEDED, f"delivered {delivered} files")
+        index = 0
+        while index < len(task.steps):
+            step = task.steps[index]
+            if step.state in (Step.STATE_PENDING, Step.STATE_RUNNING):
+                try:
+                    await self._run_step(task, step, workspace)
+                except _TaskFailed as failed:
+                    await self._cancel_pending_steps(task_id, after=step.index)
+                    await self._set_state(task_id, Task.STATE_FAILED, str(failed))
+                    return
+                task = await self._require(task_id)  # a revision may have replaced the rest
+            index += 1
+        delivered = len(task.artifacts)
+        revised = f" after {task.revisions} plan revisions" if task.revisions else ""
+        await self._set_state(
+            task_id, Task.STATE_SUCCEEDED, f"delivered {delivered} files{revised}"
+        )
 
     async def _plan(self, task: Task) -> bool:
         await self._set_state(task.task_id, Task.STATE_PLANNING)
@@ -208,10 +231,16 @@ class TaskRunner:
             await self._set_state(task.task_id, Task.STATE_RUNNING)
         await self._note(task.task_id, -1, "resuming the task at its first unfinished step")
 
-    async def _run_step(self, task: Task, step: Step, workspace: Workspace) -> str | None:
-        """Run the step, retrying once; return None on success or why it failed."""
+    async def _run_step(self, task: Task, step: Step, workspace: Workspace) -> None:
+        """Run the step, retrying once, then revising the plan; raise _TaskFailed at the end."""
         attempt = step.attempts
         resumed = step.state == Step.STATE_RUNNING
+        usage = ModelUsage(
+            step.usage.model_calls,
+            step.usage.input_tokens,
+            step.usage.output_tokens,
+            step.usage.latency_ms,
+        )
         failure = ""
         for failures in range(self._config.attempts_per_step):
             attempt += 1
@@ -222,86 +251,60 @@ class TaskRunner:
                 message = "restarted: the executor stopped during the previous attempt"
             await self._set_step(task.task_id, step.index, Step.STATE_RUNNING, attempt, message)
             before = workspace.snapshot()
+            tools = RecordedTools(
+                self._log,
+                task.task_id,
+                step.index,
+                workspace,
+                tool_timeout=self._config.tool_timeout,
+                page_window=self._config.page_window,
+            )
             try:
-                await self._run_tool(task, step, workspace)
-            except (StepFailed, ToolError, PathEscapeError) as error:
+                await self._agent.run_step(task.text, plan_of(task), step.index, tools, usage)
+            except FatalModelError as error:
+                failure = str(error)
+                await self._set_step(
+                    task.task_id, step.index, Step.STATE_FAILED, attempt, failure, usage
+                )
+                message = f"step {step.index + 1} ({step.title}) failed: {failure}"
+                raise _TaskFailed(message) from error
+            except (StepFailure, ToolError, PathEscapeError) as error:
                 failure = str(error)
                 await self._note(task.task_id, step.index, f"attempt {attempt} failed: {failure}")
                 continue
-            await self._deliver(
-                task.task_id, step.index, workspace, workspace.changed_files(before)
+            changed = workspace.changed_files(before)
+            await self._deliver(task.task_id, step.index, workspace, changed)
+            await self._set_step(
+                task.task_id, step.index, Step.STATE_SUCCEEDED, attempt, usage=usage
             )
-            await self._set_step(task.task_id, step.index, Step.STATE_SUCCEEDED, attempt)
-            return None
-        await self._set_step(task.task_id, step.index, Step.STATE_FAILED, attempt, failure)
-        return failure
+            return
+        await self._set_step(task.task_id, step.index, Step.STATE_FAILED, attempt, failure, usage)
+        await self._revise(task, step, failure)
 
-    async def _run_tool(self, task: Task, step: Step, workspace: Workspace) -> None:
-        arguments = json_format.MessageToDict(step.arguments)
-        if step.tool == "write_document":
-            await self._write_document(task, step, workspace, arguments)
-        elif step.tool == "python":
-            code = arguments.get("code")
-            if not isinstance(code, str) or not code.strip():
-                raise StepFailed("the plan gave the python step no code to run")
-
-            async def on_line(source: int, text: str) -> None:
-                kind = cast("task_pb2.LogLine.Source.ValueType", source)
-                line = task_pb2.LogLine(step_index=step.index, source=kind, text=text)
-                await self._log.append(task.task_id, Event(log_line=line))
-
-            await run_python(code, workspace, on_line, timeout=self._config.tool_timeout)
-        elif step.tool == "list_files":
-            files = list_files(workspace)
-            await self._note(task.task_id, step.index, f"{len(files)} files in the workspace")
-            for path in files:
-                size = workspace.describe(path).size_bytes
-                await self._note(task.task_id, step.index, f"{size:>9,} B  {path}")
-        elif step.tool == "read_file":
-            wanted = arguments.get("path")
-            if not isinstance(wanted, str):
-                raise StepFailed("the plan gave the read_file step no path")
-            lines = read_file(workspace, wanted).splitlines()
-            await self._note(task.task_id, step.index, f"read {wanted}: {len(lines)} lines")
-            for line in lines[:READ_FILE_PREVIEW_LINES]:
-                await self._note(task.task_id, step.index, f"  {line}")
-            if len(lines) > READ_FILE_PREVIEW_LINES:
-                hidden = len(lines) - READ_FILE_PREVIEW_LINES
-                await self._note(task.task_id, step.index, f"  … {hidden} more lines")
-        else:
-            raise StepFailed(f"the plan asked for an unknown tool {step.tool!r}")
-
-    async def _write_document(
-        self, task: Task, step: Step, workspace: Workspace, arguments: dict[str, object]
-    ) -> None:
-        file_name = arguments.get("file_name")
-        if not isinstance(file_name, str):
-            raise StepFailed("the plan gave the write_document step no file_name")
-        title = arguments.get("title")
-        path = workspace.resolve(file_name)
+    async def _revise(self, task: Task, step: Step, failure: str) -> None:
+        """Replace the steps after a failed one with the planner's revision, within the cap."""
+        failed = f"step {step.index + 1} ({step.title}) failed: {failure}"
         current = await self._require(task.task_id)
-        page = PageWriter(
-            self._log,
-            task.task_id,
-            len(current.pages) + 1,
-            path,
-            window=self._config.page_window,
-        )
-        await page.open(title if isinstance(title, str) else step.title, step.index, file_name)
-        planned = plan_pb2.PlanStep(
-            title=step.title,
-            tool=step.tool,
-            rationale=step.rationale,
-            instructions=step.instructions,
-            arguments=step.arguments,
-        )
+        if current.revisions >= self._config.max_revisions:
+            if self._config.max_revisions:
+                failed += f" (the plan was already revised {current.revisions} times)"
+            raise _TaskFailed(failed)
+        await self._note(task.task_id, step.index, "asking the planner to revise the plan")
         try:
-            async for piece in self._writer.write_document(task.text, planned):
-                await page.write(piece)
-        except BaseException:
-            await page.abandon()
-            raise
-        await page.finish()
+            revision = await self._planner.revise_plan(
+                current.text, plan_of(current), step.index, failure
+            )
+        except PlanError as error:
+            raise _TaskFailed(f"{failed}; the plan could not be revised: {error}") from error
+        if not revision.steps:
+            raise _TaskFailed(f"{failed}; the planner offered no other way")
+        revised = task_pb2.PlanRevised(
+            from_step_index=step.index + 1,
+            steps=steps_of(revision, first_index=step.index + 1),
+            reason=failed,
+            revision=current.revisions + 1,
+        )
+        await self._log.append(task.task_id, Event(plan_revised=revised))
 
     async def _deliver(
         self, task_id: str, step_index: int, workspace: Workspace, paths: list[str]
@@ -361,10 +364,20 @@ class TaskRunner:
         state: Step.State.ValueType,
         attempt: int,
         message: str = "",
+        usage: ModelUsage | None = None,
     ) -> None:
         change = task_pb2.StepStateChanged(
             step_index=step_index, state=state, attempt=attempt, message=message
         )
+        if usage is not None and usage.model_calls:
+            change.usage.CopyFrom(
+                task_pb2.Usage(
+                    model_calls=usage.model_calls,
+                    input_tokens=usage.input_tokens,
+                    output_tokens=usage.output_tokens,
+                    latency_ms=usage.latency_ms,
+                )
+            )
         await self._log.append(task_id, Event(step_state_changed=change))
 
     async def _note(self, task_id: str, step_index: int, text: str) -> None:

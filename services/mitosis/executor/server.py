@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mitosis.executor.eventlog import EventLog
 from mitosis.executor.hub import EventHub
+from mitosis.executor.planned_agent import PlannedToolAgent
 from mitosis.executor.planner_client import PlannerClient
 from mitosis.executor.runner import RunnerConfig, TaskRunner
 from mitosis.executor.servicer import TaskServicer
@@ -77,6 +78,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="seconds a python step may run before it is killed (default %(default)s)",
     )
     parser.add_argument(
+        "--max-revisions",
+        type=int,
+        default=int(env("MITOSIS_MAX_REVISIONS", "2")),
+        help="times the plan may be revised after a step fails twice; 0 fails the task at once"
+        " (env MITOSIS_MAX_REVISIONS; default %(default)s)",
+    )
+    parser.add_argument(
         "--grace", type=float, default=5.0, help="seconds to finish calls on SIGTERM"
     )
     parser.add_argument("--log-level", default=env("MITOSIS_LOG_LEVEL", "info"))
@@ -113,10 +121,12 @@ async def start_executor(args: argparse.Namespace) -> Executor:
     hub = EventHub()
     log = EventLog(store, hub)
     planner = PlannerClient(args.planner)
-    model = OfflineModel(pace=args.offline_pace)
-    config = RunnerConfig(data_dir=args.data_dir, tool_timeout=args.tool_timeout)
-    runner = TaskRunner(log, planner, model, config)
-    tasks = Tasks(store, hub, runner, model.name, args.heartbeat_interval)
+    agent = PlannedToolAgent(OfflineModel(pace=args.offline_pace))
+    config = RunnerConfig(
+        data_dir=args.data_dir, tool_timeout=args.tool_timeout, max_revisions=args.max_revisions
+    )
+    runner = TaskRunner(log, planner, agent, config)
+    tasks = Tasks(store, hub, runner, agent.name, args.heartbeat_interval)
 
     serving = Serving([SERVICE_NAME])
     task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(tasks), serving.server)
@@ -126,7 +136,7 @@ async def start_executor(args: argparse.Namespace) -> Executor:
     logger.info(
         "executor serving on port %d; model %s; store %s; planner %s; resumed %d tasks",
         port,
-        model.name,
+        agent.name,
         args.data_dir / "mitosis.sqlite3",
         args.planner,
         len(resumed),

@@ -1,0 +1,56 @@
+"""The agent that does exactly what the plan says: the planned tool, the planned arguments."""
+
+from __future__ import annotations
+
+from google.protobuf import json_format
+
+from mitosis.models.base import ModelUsage, StepFailure, StepTools, WritingModel
+from mitosis.v1 import plan_pb2
+
+
+class PlannedToolAgent:
+    """Runs each step's planned tool with its planned arguments; a model writes the documents.
+
+    This is how the offline model executes: its plans carry every argument, so no model
+    needs to choose tools at run time.
+    """
+
+    def __init__(self, writer: WritingModel) -> None:
+        self._writer = writer
+
+    @property
+    def name(self) -> str:
+        return self._writer.name
+
+    async def run_step(
+        self,
+        task_text: str,
+        plan: plan_pb2.Plan,
+        step_index: int,
+        tools: StepTools,
+        usage: ModelUsage,
+    ) -> None:
+        step = plan.steps[step_index]
+        arguments = json_format.MessageToDict(step.arguments)
+        if step.tool == "write_document":
+            file_name = _string(arguments, "file_name", step.tool)
+            title = arguments.get("title")
+            document = self._writer.write_document(task_text, step)
+            await tools.write_document(
+                file_name, title if isinstance(title, str) else step.title, document
+            )
+        elif step.tool == "python":
+            await tools.python(_string(arguments, "code", step.tool))
+        elif step.tool == "list_files":
+            await tools.list_files()
+        elif step.tool == "read_file":
+            await tools.read_file(_string(arguments, "path", step.tool))
+        else:
+            raise StepFailure(f"the plan asked for an unknown tool {step.tool!r}")
+
+
+def _string(arguments: dict[str, object], key: str, tool: str) -> str:
+    value = arguments.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise StepFailure(f"the plan gave the {tool} step no {key}")
+    return value

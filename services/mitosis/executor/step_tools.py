@@ -1,0 +1,93 @@
+"""The tools as an agent sees them during one step: every use is recorded in the log."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import cast
+
+from mitosis.executor.eventlog import EventLog
+from mitosis.executor.pages import PageWriter
+from mitosis.executor.tools import list_files, read_file, run_python
+from mitosis.executor.workspace import Workspace
+from mitosis.v1 import task_pb2
+
+Event = task_pb2.TaskEvent
+Source = task_pb2.LogLine
+
+READ_FILE_PREVIEW_LINES = 12
+"""Lines of a file that `read_file` shows in the log."""
+
+OUTPUT_RETURNED_CHARS = 8192
+"""How much of a script's output goes back to the agent (the log keeps all of it)."""
+
+
+class RecordedTools:
+    """StepTools for one step of one task, in its workspace."""
+
+    def __init__(
+        self,
+        log: EventLog,
+        task_id: str,
+        step_index: int,
+        workspace: Workspace,
+        *,
+        tool_timeout: float,
+        page_window: float,
+    ) -> None:
+        self._log = log
+        self._task_id = task_id
+        self._step_index = step_index
+        self._workspace = workspace
+        self._tool_timeout = tool_timeout
+        self._page_window = page_window
+
+    async def write_document(self, file_name: str, title: str, text: AsyncIterator[str]) -> str:
+        path = self._workspace.resolve(file_name)
+        task = await self._log.store.get_task(self._task_id)
+        page_number = (len(task.pages) if task is not None else 0) + 1
+        page = PageWriter(self._log, self._task_id, page_number, path, window=self._page_window)
+        await page.open(title, self._step_index, file_name)
+        try:
+            async for piece in text:
+                await page.write(piece)
+        except BaseException:
+            await page.abandon()
+            raise
+        size, _ = await page.finish()
+        return f"wrote {file_name} as page {page_number} ({size:,} bytes)"
+
+    async def python(self, code: str) -> str:
+        output: list[str] = []
+
+        async def on_line(source: int, text: str) -> None:
+            output.append(text)
+            kind = cast("task_pb2.LogLine.Source.ValueType", source)
+            line = task_pb2.LogLine(step_index=self._step_index, source=kind, text=text)
+            await self._log.append(self._task_id, Event(log_line=line))
+
+        await run_python(code, self._workspace, on_line, timeout=self._tool_timeout)
+        return "\n".join(output)[-OUTPUT_RETURNED_CHARS:]
+
+    async def list_files(self) -> str:
+        files = list_files(self._workspace)
+        lines = [f"{self._workspace.describe(p).size_bytes:>9,} B  {p}" for p in files]
+        await self.log(f"{len(files)} files in the workspace")
+        for line in lines:
+            await self.log(line)
+        return "\n".join(lines) or "(the workspace is empty)"
+
+    async def read_file(self, path: str) -> str:
+        text = read_file(self._workspace, path)
+        lines = text.splitlines()
+        await self.log(f"read {path}: {len(lines)} lines")
+        for line in lines[:READ_FILE_PREVIEW_LINES]:
+            await self.log(f"  {line}")
+        if len(lines) > READ_FILE_PREVIEW_LINES:
+            await self.log(f"  … {len(lines) - READ_FILE_PREVIEW_LINES} more lines")
+        return text
+
+    async def log(self, text: str) -> None:
+        line = task_pb2.LogLine(
+            step_index=self._step_index, source=Source.SOURCE_EXECUTOR, text=text
+        )
+        await self._log.append(self._task_id, Event(log_line=line))
