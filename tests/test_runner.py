@@ -209,7 +209,7 @@ async def test_a_step_that_still_fails_is_replanned_and_the_task_goes_on(
     assert len(revised) == 1
     assert revised[0].from_step_index == 1
     assert revised[0].reason.startswith("step 1 (Plan A) failed")
-    assert events[-1].task_state_changed.message == "delivered 0 files after 1 plan revisions"
+    assert events[-1].task_state_changed.message == "delivered 0 files after 1 plan revision"
 
 
 async def test_revisions_are_capped(parts, tmp_path: Path) -> None:

@@ -198,7 +198,8 @@ class TaskRunner:
                 task = await self._require(task_id)  # a revision may have replaced the rest
             index += 1
         delivered = len(task.artifacts)
-        revised = f" after {task.revisions} plan revisions" if task.revisions else ""
+        plural = "s" if task.revisions > 1 else ""
+        revised = f" after {task.revisions} plan revision{plural}" if task.revisions else ""
         await self._set_state(
             task_id, Task.STATE_SUCCEEDED, f"delivered {delivered} files{revised}"
         )
