@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from mitosis.projection import apply_event
 from mitosis.v1 import task_pb2
 
 LOG_TAIL = 10
 """How many tool output lines a view keeps."""
-
-ENDED_BADLY = frozenset({task_pb2.Task.STATE_FAILED, task_pb2.Task.STATE_CANCELLED})
 
 
 @dataclass
@@ -54,21 +53,10 @@ class TaskProgress:
     def apply(self, event: task_pb2.TaskEvent) -> None:
         """Take one event into account."""
         self.last_seq = max(self.last_seq, event.seq)
+        apply_event(self.task, event)
         kind = event.WhichOneof("kind")
-        task = self.task
         if kind == "task_state_changed":
-            change = event.task_state_changed
-            task.state = change.state
-            if change.message and change.state in ENDED_BADLY:
-                task.error = change.message
-            self.final = change
-        elif kind == "plan_ready":
-            del task.steps[:]
-            task.steps.extend(event.plan_ready.steps)
-            task.model = event.plan_ready.model or task.model
-            task.plan_summary = event.plan_ready.summary
-        elif kind == "step_state_changed":
-            self._apply_step(event.step_state_changed)
+            self.final = event.task_state_changed
         elif kind == "page_started":
             started = event.page_started
             self.pages[started.page_number] = PageProgress(
@@ -83,15 +71,3 @@ class TaskProgress:
             page.size_bytes, page.sha256 = finished.size_bytes, finished.sha256
         elif kind == "log_line":
             self.logs.append(event.log_line)
-        elif kind == "artifact_ready":
-            task.artifacts.append(event.artifact_ready.artifact)
-
-    def _apply_step(self, change: task_pb2.StepStateChanged) -> None:
-        steps = self.task.steps
-        while len(steps) <= change.step_index:  # a step from before this watch's plan
-            steps.add(index=len(steps), title="(unknown step)")
-        step = steps[change.step_index]
-        step.state = change.state
-        step.attempts = max(step.attempts, change.attempt)
-        if change.message and change.state == task_pb2.Step.STATE_FAILED:
-            step.error = change.message

@@ -6,23 +6,12 @@ import enum
 import random
 from collections.abc import Callable
 
+from mitosis.projection import TERMINAL_STATES as TERMINAL_STATES
+from mitosis.projection import is_terminal_event
 from mitosis.v1 import task_pb2
 
-TERMINAL_STATES = frozenset(
-    {
-        task_pb2.Task.STATE_SUCCEEDED,
-        task_pb2.Task.STATE_FAILED,
-        task_pb2.Task.STATE_CANCELLED,
-    }
-)
-
-
-def is_terminal(event: task_pb2.TaskEvent) -> bool:
-    """Return True for the event that ends a task's log: its move to a terminal state."""
-    return (
-        event.WhichOneof("kind") == "task_state_changed"
-        and event.task_state_changed.state in TERMINAL_STATES
-    )
+# One definition of "the log has ended", shared with the executor.
+is_terminal = is_terminal_event
 
 
 def is_heartbeat(event: task_pb2.TaskEvent) -> bool:

@@ -12,11 +12,11 @@ from typing import Protocol
 from mitosis.errors import FailedPrecondition, NotFound
 from mitosis.executor.eventlog import EventLog
 from mitosis.executor.planner_client import PlanError
-from mitosis.executor.projection import TERMINAL_STATES
 from mitosis.executor.step_tools import RecordedTools
 from mitosis.executor.tools import ToolError
 from mitosis.executor.workspace import PathEscapeError, Workspace
 from mitosis.models.base import FatalModelError, ModelUsage, StepAgent, StepFailure
+from mitosis.projection import TERMINAL_STATES
 from mitosis.v1 import plan_pb2, task_pb2
 
 logger = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
-from mitosis.executor.projection import TERMINAL_STATES, stamp_events
 from mitosis.executor.store import TaskPage
+from mitosis.projection import TERMINAL_STATES, stamp_events
 from mitosis.v1 import task_pb2
 
 _SCHEMA = """

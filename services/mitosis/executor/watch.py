@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 from mitosis.errors import InvalidArgument, NotFound, OutOfRange
 from mitosis.executor.hub import EventHub, Overflowed, Subscription
-from mitosis.executor.projection import TERMINAL_STATES, is_terminal_event
 from mitosis.executor.store import Store
+from mitosis.projection import TERMINAL_STATES, is_terminal_event
 from mitosis.v1 import task_pb2
 
 REPLAY_BATCH = 1000

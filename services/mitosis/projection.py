@@ -1,4 +1,4 @@
-"""The task record as a fold over its events: one pure function both stores share."""
+"""The task record as a fold over its events: one pure function the stores and clients share."""
 
 from __future__ import annotations
 
@@ -69,6 +69,8 @@ def apply_event(task: task_pb2.Task, event: task_pb2.TaskEvent) -> None:
 
 
 def _apply_step_change(task: task_pb2.Task, change: task_pb2.StepStateChanged) -> None:
+    while len(task.steps) <= change.step_index:  # a client that joined after the plan
+        task.steps.add(index=len(task.steps), title="(unknown step)")
     step = task.steps[change.step_index]
     step.state = change.state
     step.attempts = max(step.attempts, change.attempt)
@@ -78,6 +80,8 @@ def _apply_step_change(task: task_pb2.Task, change: task_pb2.StepStateChanged) -
 
 
 def _page(task: task_pb2.Task, page_number: int) -> task_pb2.Page:
+    while len(task.pages) < page_number:  # a client that joined after the page opened
+        task.pages.add(page_number=len(task.pages) + 1, title="(earlier page)")
     return task.pages[page_number - 1]
 
 
