@@ -117,3 +117,40 @@ def test_watch_from_after_seq_prints_only_the_rest(tmp_path: Path, planner: Serv
     assert seqs == list(range(11, total + 1))
     assert missing.returncode == 4
     assert "0123456789abcdef" in missing.stderr
+
+
+def test_run_approve_waits_and_approve_runs_an_edited_plan(
+    tmp_path: Path, planner: Service
+) -> None:
+    executor = start_executor(tmp_path, planner)
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(
+        json.dumps(
+            {
+                "steps": [
+                    {
+                        "title": "Write my notes",
+                        "tool": "write_document",
+                        "arguments": {"file_name": "notes.md", "title": "Notes"},
+                    }
+                ]
+            }
+        )
+    )
+    try:
+        waiting = mitosis("--target", executor.target, "run", "--approve", TASK_TEXT)
+        task_id = waiting.stderr.split("created task ")[1].split()[0]
+        approved = mitosis(
+            "--target", executor.target, "approve", task_id, "--plan", str(plan_file)
+        )
+        watched = mitosis("--target", executor.target, "watch", task_id)
+        files = mitosis("--target", executor.target, "--json", "artifacts", task_id)
+    finally:
+        executor.stop()
+
+    assert waiting.returncode == 0, waiting.stderr
+    assert "task awaiting approval" in waiting.stdout
+    assert f"mitosis approve {task_id}" in waiting.stderr
+    assert approved.returncode == 0, approved.stderr
+    assert watched.returncode == 0, watched.stderr
+    assert [json.loads(line)["path"] for line in files.stdout.splitlines()] == ["notes.md"]

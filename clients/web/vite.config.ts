@@ -1,4 +1,4 @@
-import { defineConfig } from "vite";
+import { defineConfig } from "vitest/config";
 
 // `npm run dev` serves the UI with hot reload and passes gRPC-Web calls to an Envoy that
 // `make run` started (MITOSIS_GATEWAY, default http://127.0.0.1:8080).
@@ -9,7 +9,7 @@ export default defineConfig({
     outDir: "dist",
     emptyOutDir: true,
     target: "es2022",
-    sourcemap: true,
+    sourcemap: false,
     // The module preload polyfill is an inline-free script, but modern browsers do not
     // need it; leaving it out keeps the bundle small.
     modulePreload: { polyfill: false },

@@ -139,6 +139,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         action="store_true",
         help="print the new task's id (with --json: the task) and exit 0 without watching",
     )
+    run.add_argument(
+        "--approve",
+        action="store_true",
+        help="stop once the plan is ready and ask before any step runs (on a terminal;"
+        " elsewhere the plan waits for `mitosis approve`)",
+    )
 
     watch = command(
         "watch",
@@ -164,6 +170,18 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     ls.add_argument("--page-token", metavar="TOKEN", default="", help="the page to start at")
     ls.add_argument("--all", action="store_true", help="follow page tokens to the last task")
+
+    approve = command(
+        "approve",
+        "run a plan that awaits approval (a task made with run --approve)",
+        'FILE holds a plan as JSON, e.g. {"steps": [{"title": "Write it", "tool":\n'
+        '"write_document", "arguments": {"file_name": "a.md"}}]}; without it the\n'
+        "proposed plan runs.",
+    )
+    approve.add_argument("task_id", metavar="TASK_ID", help=TASK_ID_HELP)
+    approve.add_argument(
+        "--plan", metavar="FILE", help="run this plan instead of the proposed one ('-': stdin)"
+    )
 
     get = command("get", "show a task: state, model, steps, pages, files, error")
     get.add_argument("task_id", metavar="TASK_ID", help=TASK_ID_HELP)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -10,6 +11,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 
+from google.protobuf import json_format
 from rich.text import Text
 
 from mitosis.cli.describe import artifact_line, summary_lines, task_lines, task_row
@@ -20,7 +22,9 @@ from mitosis.cli.status import ExitStatus, status_for_task
 from mitosis.cli.terminal import Mode, Terminal
 from mitosis.cli.untrusted import clean_line
 from mitosis.client import AsyncClient, MitosisError
-from mitosis.v1 import task_pb2
+from mitosis.v1 import plan_pb2, task_pb2
+
+Task = task_pb2.Task
 
 
 @dataclass
@@ -46,14 +50,28 @@ async def run(
     """Create a task, follow it to its end, then download its files if --out was given."""
     words: list[str] = args.text
     text = sys.stdin.read() if words == ["-"] else " ".join(words)
-    task = await client.create_task(text)
+    task = await client.create_task(text, require_approval=args.approve)
     session.task_id = task.task_id
     term.note(f"created task {clean_line(task.task_id)} (model: {describe_model(task.model)})")
     if args.detach:
         _print_result(term, task, [Text(task.task_id)])
         term.note(f"it runs on; follow it with: mitosis watch {clean_line(task.task_id)}")
         return ExitStatus.SUCCESS
-    status = await follow(client, task, 0, term, session)
+    after_seq = 0
+    if args.approve:
+        ended = await follow(client, task, 0, term, session, stop_at_approval=True)
+        if ended is not None:
+            return ended  # the task ended before its plan was ready
+        if not _confirm(term, "Run this plan?"):
+            term.note(
+                f"the plan waits; run it with: mitosis approve {clean_line(task.task_id)}"
+                f" (or: mitosis cancel {clean_line(task.task_id)})"
+            )
+            return ExitStatus.SUCCESS
+        await client.approve_plan(task.task_id)
+        after_seq = session.last_seq
+    status = await follow(client, task, after_seq, term, session)
+    assert status is not None
     if args.out is not None:
         await download(client, task.task_id, Path(args.out), term)
     return status
@@ -64,13 +82,24 @@ async def watch(
 ) -> ExitStatus:
     """Follow an existing task to its end."""
     task = await client.get_task(args.task_id)
-    return await follow(client, task, args.after_seq, term, session)
+    status = await follow(client, task, args.after_seq, term, session)
+    assert status is not None
+    return status
 
 
 async def follow(
-    client: AsyncClient, task: task_pb2.Task, after_seq: int, term: Terminal, session: Session
-) -> ExitStatus:
-    """Show the task's events after `after_seq` until its end; print a summary; exit as it ended."""
+    client: AsyncClient,
+    task: task_pb2.Task,
+    after_seq: int,
+    term: Terminal,
+    session: Session,
+    *,
+    stop_at_approval: bool = False,
+) -> ExitStatus | None:
+    """Show the task's events after `after_seq` until its end; print a summary; exit as it ended.
+
+    With `stop_at_approval`, return None instead once the plan awaits approval.
+    """
     session.task_id, session.last_seq = task.task_id, after_seq
     progress = TaskProgress(task)
     with term.view(progress) as view:
@@ -79,6 +108,9 @@ async def follow(
             async for event in events:
                 view.on_event(event)
                 session.last_seq = event.seq
+                awaiting = event.task_state_changed.state == Task.STATE_AWAITING_APPROVAL
+                if stop_at_approval and awaiting:
+                    return None
     try:
         final = await client.get_task(task.task_id)
     except MitosisError:  # the summary from the events is good enough
@@ -150,6 +182,32 @@ async def artifacts(
     return ExitStatus.SUCCESS
 
 
+async def approve(
+    client: AsyncClient, args: argparse.Namespace, term: Terminal, session: Session
+) -> ExitStatus:
+    """Run a plan that awaits approval, as proposed or as edited in a JSON file."""
+    plan = None
+    if args.plan is not None:
+        read = sys.stdin.read if args.plan == "-" else Path(args.plan).read_text
+        source = await asyncio.to_thread(read)
+        try:
+            plan = json_format.Parse(source, plan_pb2.Plan())
+        except json_format.ParseError as error:
+            raise MitosisError(f"{args.plan} is not a plan in JSON: {error}") from error
+    task = await client.approve_plan(args.task_id, plan)
+    _print_result(term, task, task_lines(task))
+    term.note(f"follow it with: mitosis watch {clean_line(task.task_id)}")
+    return ExitStatus.SUCCESS
+
+
+def _confirm(term: Terminal, question: str) -> bool:
+    """Ask a yes/no question on a terminal; anywhere else the answer is no."""
+    if not sys.stdin.isatty() or term.mode is Mode.JSON:
+        return False
+    term.err.print(Text(f"{question} [y/N] "), end="")
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
 def _print_result(
     term: Terminal, message: task_pb2.Task | task_pb2.Artifact, lines: list[Text]
 ) -> None:
@@ -162,6 +220,7 @@ def _print_result(
 
 COMMANDS: dict[str, Command] = {
     "run": run,
+    "approve": approve,
     "watch": watch,
     "ls": list_tasks,
     "get": get,

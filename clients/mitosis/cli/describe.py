@@ -33,9 +33,20 @@ def step_line(step: task_pb2.Step) -> Text:
     line.append(f" {step_label(step.index)}  {clean_line(step.title)}  [{clean_line(step.tool)}]")
     if step.attempts:
         line.append(f"  attempt {step.attempts}", style="dim")
+    if step.usage.model_calls:
+        line.append(f"  {usage_text(step.usage)}", style="dim")
     if step.error:
         line.append(f"  {clean_line(step.error)}", style="red")
     return line
+
+
+def usage_text(usage: task_pb2.Usage) -> str:
+    """Return what model calls cost: calls, tokens in and out, time waited."""
+    calls = f"{usage.model_calls} model call{'s' if usage.model_calls != 1 else ''}"
+    return (
+        f"{calls}, {usage.input_tokens:,} tokens in, {usage.output_tokens:,} out,"
+        f" {usage.latency_ms / 1000:.1f} s"
+    )
 
 
 def artifact_line(artifact: task_pb2.Artifact) -> Text:
@@ -53,6 +64,16 @@ def summary_lines(task: task_pb2.Task) -> list[Text]:
     if task.artifacts:
         lines.append(Text("files:"))
         lines += [Text(f"  {clean_line(a.path)}  ({a.size_bytes} bytes)") for a in task.artifacts]
+    total = task_pb2.Usage()
+    for step in task.steps:
+        total.model_calls += step.usage.model_calls
+        total.input_tokens += step.usage.input_tokens
+        total.output_tokens += step.usage.output_tokens
+        total.latency_ms += step.usage.latency_ms
+    if total.model_calls:
+        lines.append(Text(f"model usage: {usage_text(total)}"))
+    if task.revisions:
+        lines.append(Text(f"plan revisions: {task.revisions}"))
     if task.error:
         lines.append(Text(f"error: {clean_line(task.error)}", style="red"))
     return lines

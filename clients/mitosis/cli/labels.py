@@ -68,4 +68,4 @@ def _enum_name(name_of: Callable[[_V], str], value: _V, prefix: str = "STATE_") 
         name = name_of(value)
     except ValueError:
         return f"unknown ({value})"
-    return name.removeprefix(prefix).lower()
+    return name.removeprefix(prefix).lower().replace("_", " ")

@@ -123,6 +123,17 @@ def event_lines(event: task_pb2.TaskEvent) -> list[str]:
             for s in plan.steps
         ]
         return lines
+    if kind == "plan_revised":
+        revised = event.plan_revised
+        lines = [
+            f"plan revised (revision {revised.revision}): {clean_line(revised.reason)}",
+            f"  the steps from {step_label(revised.from_step_index)} on are now:",
+        ]
+        lines += [
+            f"  {step_label(s.index)}: {clean_line(s.title)} [{clean_line(s.tool)}]"
+            for s in revised.steps
+        ]
+        return lines
     if kind == "step_state_changed":
         step = event.step_state_changed
         note = f": {clean_line(step.message)}" if step.message else ""

@@ -26,7 +26,7 @@ from mitosis.client.resume import (
     SequenceGapError,
     is_terminal,
 )
-from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
+from mitosis.v1 import plan_pb2, task_pb2, task_service_pb2, task_service_pb2_grpc
 
 if TYPE_CHECKING:
     from mitosis.v1.task_service_pb2_grpc import TaskServiceAsyncStub
@@ -113,9 +113,13 @@ class AsyncClient:
             self._stub = task_service_pb2_grpc.TaskServiceStub(self._channel)
         return self._stub
 
-    async def create_task(self, text: str) -> task_pb2.Task:
-        """Create a task and start it. Not retried: a retry could create it twice."""
-        request = task_service_pb2.CreateTaskRequest(text=text)
+    async def create_task(self, text: str, *, require_approval: bool = False) -> task_pb2.Task:
+        """Create a task and start it. Not retried: a retry could create it twice.
+
+        With `require_approval`, the task stops in STATE_AWAITING_APPROVAL once its plan is
+        ready, until `approve_plan` or `cancel_task`.
+        """
+        request = task_service_pb2.CreateTaskRequest(text=text, require_approval=require_approval)
         return await self._unary(self._service().CreateTask, request, idempotent=False)
 
     async def get_task(self, task_id: str) -> task_pb2.Task:
@@ -134,6 +138,11 @@ class AsyncClient:
         """Cancel a running task; FailedPreconditionError if it has already ended."""
         request = task_service_pb2.CancelTaskRequest(task_id=task_id)
         return await self._unary(self._service().CancelTask, request)
+
+    async def approve_plan(self, task_id: str, plan: plan_pb2.Plan | None = None) -> task_pb2.Task:
+        """Run a plan that awaits approval, as proposed or replaced by `plan`."""
+        request = task_service_pb2.ApprovePlanRequest(task_id=task_id, plan=plan)
+        return await self._unary(self._service().ApprovePlan, request, idempotent=False)
 
     async def _unary(
         self,

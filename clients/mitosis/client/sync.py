@@ -12,7 +12,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from mitosis.client.aio import AsyncClient, StateCallback
-from mitosis.v1 import task_pb2, task_service_pb2
+from mitosis.v1 import plan_pb2, task_pb2, task_service_pb2
 
 _T = TypeVar("_T")
 
@@ -76,9 +76,13 @@ class Client:
             self._thread.join()
             self._loop.close()
 
-    def create_task(self, text: str) -> task_pb2.Task:
-        """Create a task and start it."""
-        return self._run(self._aio.create_task(text))
+    def create_task(self, text: str, *, require_approval: bool = False) -> task_pb2.Task:
+        """Create a task and start it (or have it wait for approval once planned)."""
+        return self._run(self._aio.create_task(text, require_approval=require_approval))
+
+    def approve_plan(self, task_id: str, plan: plan_pb2.Plan | None = None) -> task_pb2.Task:
+        """Run a plan that awaits approval, as proposed or replaced by `plan`."""
+        return self._run(self._aio.approve_plan(task_id, plan))
 
     def get_task(self, task_id: str) -> task_pb2.Task:
         """Get a task with its steps, pages and delivered files."""
