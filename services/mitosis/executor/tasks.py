@@ -94,15 +94,13 @@ class Tasks:
     async def read_artifact(self, task_id: str, path: str) -> AsyncIterator[tuple[int, bytes]]:
         """Yield (offset, chunk) pairs of a delivered file."""
         task = await self.get(task_id)
-        if not any(artifact.path == path for artifact in task.artifacts):
-            workspace = self._runner.workspace(task.task_id)
-            try:
-                workspace.resolve(path)
-            except PathEscapeError as error:
-                raise InvalidArgument(str(error)) from error
-            raise NotFound(f"task {task_id} delivered no file {path!r}")
         workspace = self._runner.workspace(task.task_id)
+        delivered = any(artifact.path == path for artifact in task.artifacts)
         try:
+            # Checked even for paths never delivered, so an escape attempt is named as one.
+            workspace.resolve(path)
+            if not delivered:
+                raise NotFound(f"task {task_id} delivered no file {path!r}")
             file = workspace.open_for_read(path)
         except PathEscapeError as error:
             raise InvalidArgument(str(error)) from error
