@@ -33,3 +33,9 @@ class OutOfRange(MitosisError):
     """A position (such as `after_seq`) lies beyond what exists."""
 
     code = grpc.StatusCode.OUT_OF_RANGE
+
+
+class Unavailable(MitosisError):
+    """A service the request needs (the store, the planner) cannot be reached; try again."""
+
+    code = grpc.StatusCode.UNAVAILABLE

@@ -16,7 +16,8 @@ from mitosis.executor.planned_agent import PlannedToolAgent
 from mitosis.executor.planner_client import PlannerClient
 from mitosis.executor.runner import RunnerConfig, TaskRunner
 from mitosis.executor.servicer import TaskServicer
-from mitosis.executor.sqlite_store import SqliteStore
+from mitosis.executor.store import Store
+from mitosis.executor.stores import describe_store, open_store
 from mitosis.executor.tasks import Tasks
 from mitosis.models.offline import OfflineModel
 from mitosis.serving import Serving, configure_logging, serve_until_signalled
@@ -50,6 +51,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=Path(env("MITOSIS_DATA_DIR", "data")),
         help="folder of the SQLite store and the task workspaces (env MITOSIS_DATA_DIR;"
         " default %(default)s)",
+    )
+    parser.add_argument(
+        "--store",
+        default=env("MITOSIS_STORE", ""),
+        help="where tasks and events live: sqlite:PATH, or redis://host:port/db (env"
+        " MITOSIS_STORE; default: SQLite at DATA_DIR/mitosis.sqlite3)",
     )
     parser.add_argument(
         "--model",
@@ -98,7 +105,7 @@ class Executor:
     serving: Serving
     port: int
     runner: TaskRunner
-    store: SqliteStore
+    store: Store
     planner: PlannerClient
     stopped: bool = False
 
@@ -117,7 +124,7 @@ class Executor:
 
 async def start_executor(args: argparse.Namespace) -> Executor:
     """Build the executor from its settings, start serving and resume unfinished tasks."""
-    store = SqliteStore(args.data_dir / "mitosis.sqlite3")
+    store = open_store(args.store, args.data_dir)
     hub = EventHub()
     log = EventLog(store, hub)
     planner = PlannerClient(args.planner)
@@ -137,7 +144,7 @@ async def start_executor(args: argparse.Namespace) -> Executor:
         "executor serving on port %d; model %s; store %s; planner %s; resumed %d tasks",
         port,
         agent.name,
-        args.data_dir / "mitosis.sqlite3",
+        describe_store(args.store, args.data_dir),
         args.planner,
         len(resumed),
     )

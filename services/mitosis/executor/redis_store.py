@@ -1,0 +1,396 @@
+"""The scale-out store: Redis, shared by several executors.
+
+Key layout, under a prefix (default ``mitosis:``) so that several deployments can share one
+Redis database:
+
+``{prefix}task:{task_id}``   string: the `Task` record (protobuf bytes), the fold of its events
+``{prefix}events:{task_id}`` stream: one entry per event, entry id ``<seq>-0``, one field
+                             ``e`` holding the `TaskEvent` (protobuf bytes)
+``{prefix}tasks``            sorted set of every task, for the newest-first listing
+``{prefix}unfinished``       sorted set of the tasks that have not reached a terminal state
+
+Both sorted sets give every member the score 0 and order by the member itself:
+``<create time in ns, 20 digits, zero-padded>:<task_id>``. Lexicographic order on that
+string is exactly the order on ``(create_ns, task_id)`` that SQLite uses, with no loss: a
+score is a double, which cannot hold a nanosecond timestamp (2**53 ns is only 104 days).
+
+Stream entry ids are ``<seq>-0``. XADD refuses an id that is not greater than the newest
+entry's, so the stream itself rejects a duplicate or an out-of-order `seq`; ``XRANGE key
+<seq> +`` reads from a seq on (an incomplete id means ``<seq>-0``), and the stream's
+last-generated-id reads as the newest seq. (``<seq>-1`` would add nothing: ``1-0`` is
+already greater than the ``0-0`` that XADD forbids.)
+
+Appends are optimistic transactions: WATCH the record and the stream, read both, fold the
+events in Python with `stamp_events`, then MULTI/EXEC the XADDs, the new record and the
+unfinished set together. A concurrent writer makes EXEC fail and the append starts over.
+The keys of one task and the two sorted sets live in different hash slots: this is for a
+single Redis primary (with replicas or Sentinel), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Self
+from urllib.parse import urlsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.asyncio.retry import Retry
+from redis.backoff import EqualJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError, WatchError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from mitosis.errors import Unavailable
+from mitosis.executor.store import TaskPage
+from mitosis.projection import TERMINAL_STATES, stamp_events
+from mitosis.v1 import task_pb2
+
+DEFAULT_PREFIX = "mitosis:"
+
+_FIELD = b"e"
+_NS_DIGITS = 20
+_NS_LIMIT = 10**_NS_DIGITS
+
+
+class StoreUnavailable(Unavailable):
+    """Redis could not be reached, even after the bounded retries."""
+
+
+class AppendContention(RuntimeError):
+    """An append lost the optimistic-concurrency race too many times in a row."""
+
+
+class LogCorrupted(RuntimeError):
+    """A task's stream and its record disagree: something wrote outside the store."""
+
+
+class LeaseLost(Exception):
+    """The fence of an append did not hold: the lease has another owner (or none)."""
+
+
+class TaskExists(ValueError):
+    """`create_task` with the id of a task that already exists."""
+
+
+@dataclass
+class _Turn:
+    lock: asyncio.Lock
+    users: int = 0
+
+
+def _member(create_ns: int, task_id: str) -> bytes:
+    if not 0 <= create_ns < _NS_LIMIT:
+        raise ValueError(f"create time {create_ns} ns is out of range")
+    return f"{create_ns:0{_NS_DIGITS}d}:{task_id}".encode()
+
+
+def _cursor(member: bytes) -> tuple[int, str]:
+    return int(member[:_NS_DIGITS]), member[_NS_DIGITS + 1 :].decode()
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def _events(entries: list[Any] | None) -> list[task_pb2.TaskEvent]:
+    """The events of XRANGE's entries (each `(id, {b"e": bytes})`)."""
+    return [task_pb2.TaskEvent.FromString(_bytes(fields[_FIELD])) for _, fields in entries or []]
+
+
+def _entry_seq(entry_id: bytes | str) -> int:
+    return int(_bytes(entry_id).split(b"-", 1)[0])
+
+
+def _describe(url: str) -> str:
+    """The URL without credentials, for error messages and logs."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return f"unix://{parts.path}"
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path or '/0'}"
+
+
+class RedisStore:
+    """Store on one Redis primary, shared by any number of executors.
+
+    Connection loss is retried by redis-py (exponential backoff with jitter, bounded); when
+    the retries run out the call raises `StoreUnavailable` naming the server.
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        max_conflicts: int = 64,
+        where: str = "redis",
+    ) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._tasks_key = f"{prefix}tasks"
+        self._unfinished_key = f"{prefix}unfinished"
+        self._max_conflicts = max_conflicts
+        self._where = where
+        self._turns: dict[str, _Turn] = {}
+        self.conflicts = 0
+        """How many transactions were started over because a watched key changed."""
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        retries: int = 12,
+        backoff_base: float = 0.05,
+        backoff_cap: float = 2.0,
+        socket_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+        max_conflicts: int = 64,
+    ) -> Self:
+        """Open a store on `redis://host:port/db`, `rediss://…` or `unix://path`.
+
+        No connection is made until the first call. With the defaults a call rides out
+        roughly 9 to 17 s of Redis being away (a restart, a failover) before it fails.
+        """
+        client = Redis.from_url(
+            url,
+            decode_responses=False,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            socket_keepalive=True,
+            retry=Retry(EqualJitterBackoff(cap=backoff_cap, base=backoff_base), retries),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
+        return cls(client, prefix=prefix, max_conflicts=max_conflicts, where=_describe(url))
+
+    def record_key(self, task_id: str) -> str:
+        """The key of the task's record."""
+        return f"{self._prefix}task:{task_id}"
+
+    def events_key(self, task_id: str) -> str:
+        """The key of the task's event stream."""
+        return f"{self._prefix}events:{task_id}"
+
+    @contextlib.contextmanager
+    def _reported(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise StoreUnavailable(
+                f"Redis at {self._where} is unreachable ({what}), retries exhausted: {exc}"
+            ) from exc
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, task_id: str) -> AsyncIterator[None]:
+        """Appends to one task from this process take turns: WATCH is for other processes."""
+        turn = self._turns.get(task_id)
+        if turn is None:
+            turn = self._turns[task_id] = _Turn(asyncio.Lock())
+        turn.users += 1
+        try:
+            async with turn.lock:
+                yield
+        finally:
+            turn.users -= 1
+            if not turn.users:
+                del self._turns[task_id]
+
+    async def _start_over(self, conflicts: int) -> None:
+        self.conflicts += 1
+        # Two executors racing on one task is rare (only the lease holder runs it); a short
+        # growing pause with jitter keeps a burst of them from retrying in lockstep.
+        await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**conflicts)))
+
+    async def ping(self) -> None:
+        """Check that Redis answers (raises `StoreUnavailable` when it does not)."""
+        with self._reported("ping"):
+            await self._redis.ping()
+
+    async def create_task(self, task: task_pb2.Task) -> None:
+        member = _member(task.create_time.ToNanoseconds(), task.task_id)
+        record_key = self.record_key(task.task_id)
+        record = task.SerializeToString()
+        with self._reported(f"create task {task.task_id}"):
+            for conflicts in range(self._max_conflicts + 1):
+                if conflicts:
+                    await self._start_over(conflicts)
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    await pipe.watch(record_key)
+                    existing = await pipe.get(record_key)
+                    if existing is not None:
+                        if conflicts and existing == record:
+                            return  # our EXEC went through; only its reply was lost
+                        raise TaskExists(f"task {task.task_id} already exists")
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.set(record_key, record)
+                    pipe.delete(self.events_key(task.task_id))  # a new task has an empty log
+                    pipe.zadd(self._tasks_key, {member: 0})
+                    pipe.zadd(self._unfinished_key, {member: 0})
+                    try:
+                        await pipe.execute()
+                    except WatchError:
+                        continue
+                    return
+        raise AppendContention(
+            f"creating task {task.task_id} conflicted {self._max_conflicts + 1} times in a row"
+        )
+
+    async def get_task(self, task_id: str) -> task_pb2.Task | None:
+        with self._reported(f"get task {task_id}"):
+            record = await self._redis.get(self.record_key(task_id))
+        return None if record is None else task_pb2.Task.FromString(_bytes(record))
+
+    async def list_tasks(self, page_size: int, after: tuple[int, str] | None) -> TaskPage:
+        if page_size <= 0:
+            return TaskPage([], None)
+        if after is None or after[0] >= _NS_LIMIT:
+            high = b"+"
+        elif after[0] < 0:
+            return TaskPage([], None)
+        else:
+            high = b"(" + _member(*after)
+        with self._reported("list tasks"):
+            members = [
+                _bytes(m)
+                for m in await self._redis.zrevrangebylex(
+                    self._tasks_key, high, b"-", 0, page_size + 1
+                )
+            ]
+            page = members[:page_size]
+            records = (
+                await self._redis.mget([self.record_key(_cursor(m)[1]) for m in page])
+                if page
+                else []
+            )
+        tasks = [task_pb2.Task.FromString(_bytes(r)) for r in records if r is not None]
+        more = len(members) > page_size
+        return TaskPage(tasks, _cursor(page[-1]) if more else None)
+
+    async def append(
+        self,
+        task_id: str,
+        events: Sequence[task_pb2.TaskEvent],
+        *,
+        fence: tuple[str, str] | None = None,
+    ) -> list[task_pb2.TaskEvent]:
+        """Append events atomically; see `Store.append`.
+
+        `fence`, when given, is (lease key, expected owner): the append is refused with
+        `LeaseLost` unless the lease key holds that owner when the transaction commits (the
+        key is watched and checked inside the same optimistic transaction).
+        """
+        attempted: list[task_pb2.TaskEvent] = []
+        async with self._turn(task_id):
+            with self._reported(f"append to task {task_id}"):
+                for conflicts in range(self._max_conflicts + 1):
+                    if conflicts:
+                        await self._start_over(conflicts)
+                    try:
+                        return await self._append_once(task_id, events, fence, attempted)
+                    except WatchError:
+                        continue
+        raise AppendContention(
+            f"append to task {task_id} conflicted {self._max_conflicts + 1} times in a row:"
+            " another writer keeps changing it"
+        )
+
+    async def _append_once(
+        self,
+        task_id: str,
+        events: Sequence[task_pb2.TaskEvent],
+        fence: tuple[str, str] | None,
+        attempted: list[task_pb2.TaskEvent],
+    ) -> list[task_pb2.TaskEvent]:
+        """One optimistic try; raises WatchError when it must start over.
+
+        `attempted` holds what the previous try sent to EXEC: when that EXEC's reply was
+        lost with the connection, it may have committed, and appending again would store
+        the events twice.
+        """
+        record_key = self.record_key(task_id)
+        events_key = self.events_key(task_id)
+        watched = [record_key, events_key] if fence is None else [record_key, events_key, fence[0]]
+        async with self._redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(*watched)
+            # Read after WATCH, on another connection, in one round trip: any change from
+            # here on makes the EXEC below fail. MULTI makes the reads one snapshot, so a
+            # writer committing between them cannot pass for a corrupted log.
+            async with self._redis.pipeline(transaction=True) as snapshot:
+                snapshot.get(record_key)
+                snapshot.xrevrange(events_key, count=1)
+                if fence is not None:
+                    snapshot.get(fence[0])
+                raw_record, top, *owner = await snapshot.execute()
+            if raw_record is None:
+                raise KeyError(task_id)
+            task = task_pb2.Task.FromString(_bytes(raw_record))
+            stream_seq = _entry_seq(top[0][0]) if top else 0
+            if stream_seq != task.last_seq:
+                raise LogCorrupted(
+                    f"task {task_id}: its record ends at seq {task.last_seq} but its stream"
+                    f" {events_key} at {stream_seq}; refusing to append"
+                )
+            if attempted and await self._committed(events_key, task, attempted):
+                return attempted
+            if fence is not None and owner[0] != fence[1].encode():
+                raise LeaseLost(
+                    f"task {task_id}: lease {fence[0]} is held by"
+                    f" {owner[0]!r}, not {fence[1]!r}; append refused"
+                )
+            was_terminal = task.state in TERMINAL_STATES
+            stored = stamp_events(task, events)
+            if not stored:
+                return []
+            pipe.multi()  # type: ignore[no-untyped-call]
+            for event in stored:
+                pipe.xadd(events_key, {_FIELD: event.SerializeToString()}, id=f"{event.seq}-0")
+            pipe.set(record_key, task.SerializeToString())
+            member = _member(task.create_time.ToNanoseconds(), task_id)
+            if task.state in TERMINAL_STATES:
+                pipe.zrem(self._unfinished_key, member)
+            elif was_terminal:
+                pipe.zadd(self._unfinished_key, {member: 0})
+            attempted[:] = stored
+            try:
+                await self._commit(pipe)
+            except ResponseError as exc:
+                raise LogCorrupted(f"task {task_id}: the append was refused: {exc}") from exc
+            return stored
+
+    async def _commit(self, pipe: Pipeline) -> None:
+        await pipe.execute()
+
+    async def _committed(
+        self, events_key: str, task: task_pb2.Task, attempted: list[task_pb2.TaskEvent]
+    ) -> bool:
+        """Whether the events of an earlier try are in the log as they were sent."""
+        first, last = attempted[0].seq, attempted[-1].seq
+        if task.last_seq < last:
+            return False
+        entries = await self._redis.xrange(events_key, f"{first}-0", f"{last}-0")
+        return _events(entries) == attempted
+
+    async def read_events(
+        self, task_id: str, after_seq: int, limit: int
+    ) -> list[task_pb2.TaskEvent]:
+        if limit == 0:
+            return []
+        start = "-" if after_seq < 0 else f"{after_seq + 1}-0"
+        with self._reported(f"read events of task {task_id}"):
+            entries = await self._redis.xrange(
+                self.events_key(task_id), start, "+", count=limit if limit > 0 else None
+            )
+        return _events(entries)
+
+    async def unfinished_task_ids(self) -> list[str]:
+        with self._reported("list unfinished tasks"):
+            members = await self._redis.zrangebylex(self._unfinished_key, b"-", b"+")
+        return [_cursor(_bytes(m))[1] for m in members]
+
+    async def close(self) -> None:
+        await self._redis.aclose()

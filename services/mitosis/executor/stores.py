@@ -1,0 +1,73 @@
+"""Choose the store from configuration: `--store sqlite:PATH` (the default) or `--store redis://…`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from mitosis.executor.sqlite_store import SqliteStore
+from mitosis.executor.store import Store
+
+DEFAULT_SQLITE_NAME = "mitosis.sqlite3"
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def open_store(spec: str, data_dir: Path) -> Store:
+    """Open the store that `spec` names.
+
+    - empty, `sqlite` or `sqlite:`: SQLite at `data_dir/mitosis.sqlite3` (the default);
+    - `sqlite:PATH` or `sqlite://PATH`, or a bare PATH: SQLite at PATH (relative paths are
+      relative to the working directory, like any other path on the command line);
+    - `redis://[user:password@]host:port/db`, `rediss://…` (TLS) or `unix:///path/redis.sock`:
+      Redis. The query may carry `prefix=…` (default `mitosis:`) so that several
+      deployments can share one database; the other query options are redis-py's.
+
+    Opening does not connect: a Redis store connects on its first call.
+    """
+    spec = spec.strip()
+    found = _SCHEME.match(spec)
+    scheme = found.group(1).lower() if found else ""
+    if scheme in _REDIS_SCHEMES:
+        return _open_redis(spec)
+    if spec.lower() == "sqlite":
+        return SqliteStore(data_dir / DEFAULT_SQLITE_NAME)
+    if not scheme:
+        return SqliteStore(Path(spec).expanduser() if spec else data_dir / DEFAULT_SQLITE_NAME)
+    if scheme == "sqlite":
+        path = spec[len("sqlite:") :]
+        if path.startswith("//"):
+            path = path[2:]
+        return SqliteStore(Path(path).expanduser() if path else data_dir / DEFAULT_SQLITE_NAME)
+    raise ValueError(
+        f"unknown store {spec!r}: use sqlite:PATH, a path, redis://host:port/db or rediss://…"
+    )
+
+
+def _open_redis(spec: str) -> Store:
+    # Imported here so that a SQLite-only installation does not need redis-py.
+    from mitosis.executor.redis_store import DEFAULT_PREFIX, RedisStore
+
+    parts = urlsplit(spec)
+    if parts.scheme.lower() != "unix" and not parts.hostname:
+        raise ValueError(f"store {spec!r} names no Redis host")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefixes = [value for key, value in query if key == "prefix"]
+    rest = [(key, value) for key, value in query if key != "prefix"]
+    url = urlunsplit(parts._replace(query=urlencode(rest)))
+    return RedisStore.from_url(url, prefix=prefixes[-1] if prefixes else DEFAULT_PREFIX)
+
+
+def describe_store(spec: str, data_dir: Path) -> str:
+    """Return the store's spec as logs may show it: the default spelled out, no password."""
+    spec = spec.strip()
+    if not spec or spec.lower() in ("sqlite", "sqlite:"):
+        return f"sqlite:{data_dir / DEFAULT_SQLITE_NAME}"
+    parts = urlsplit(spec)
+    if parts.password:
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+        user = f"{parts.username}:***@" if parts.username else ":***@"
+        return parts._replace(netloc=f"{user}{host}{port}").geturl()
+    return spec

@@ -1,0 +1,601 @@
+"""One suite for the `Store` interface, run against SQLite and Redis alike.
+
+Redis tests start their own `redis-server` on a free port (tests/redis_server.py); the
+shared server gives each test its own key prefix, and tests that stop Redis get a server
+of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from google.protobuf import struct_pb2
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import ResponseError, WatchError
+
+from mitosis.executor.redis_store import (
+    LeaseLost,
+    LogCorrupted,
+    RedisStore,
+    StoreUnavailable,
+    TaskExists,
+)
+from mitosis.executor.sqlite_store import SqliteStore
+from mitosis.executor.store import Store
+from mitosis.executor.stores import open_store
+from mitosis.projection import apply_event
+from mitosis.v1 import task_pb2
+from tests.redis_server import RedisServer, running_redis
+
+Event = task_pb2.TaskEvent
+Task = task_pb2.Task
+Step = task_pb2.Step
+
+
+@dataclass
+class Backend:
+    """A fresh, empty store, and a way to open more stores on the same data."""
+
+    name: str
+    store: Store
+    open_another: Callable[[], Awaitable[Store]]
+    opened: list[Store] = field(default_factory=list)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the whole session; tests keep apart by key prefix."""
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "sqlite":
+        path = tmp_path / "store.sqlite3"
+
+        async def open_sqlite() -> Store:
+            return SqliteStore(path)
+
+        opener = open_sqlite
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        prefix = f"test-{uuid.uuid4().hex}:"
+
+        async def open_redis() -> Store:
+            return RedisStore.from_url(server.url, prefix=prefix)
+
+        opener = open_redis
+    result = Backend(request.param, await opener(), opener)
+
+    async def open_another() -> Store:
+        store = await opener()
+        result.opened.append(store)
+        return store
+
+    result.open_another = open_another
+    yield result
+    for store in [result.store, *result.opened]:
+        await store.close()
+
+
+@pytest.fixture
+def store(backend: Backend) -> Store:
+    return backend.store
+
+
+async def new_task(store: Store, task_id: str | None = None, create_ns: int | None = None) -> Task:
+    task = Task(task_id=task_id or uuid.uuid4().hex[:16], text="t", state=Task.STATE_PENDING)
+    task.create_time.FromNanoseconds(time.time_ns() if create_ns is None else create_ns)
+    await store.create_task(task)
+    return task
+
+
+def line(text: str) -> Event:
+    return Event(log_line=task_pb2.LogLine(step_index=0, text=text))
+
+
+def task_state(state: Task.State.ValueType, message: str = "") -> Event:
+    return Event(task_state_changed=task_pb2.TaskStateChanged(state=state, message=message))
+
+
+def step_state(
+    index: int, state: Step.State.ValueType, attempt: int = 1, message: str = ""
+) -> Event:
+    return Event(
+        step_state_changed=task_pb2.StepStateChanged(
+            step_index=index, state=state, attempt=attempt, message=message
+        )
+    )
+
+
+def seqs(events: list[Event]) -> list[int]:
+    return [e.seq for e in events]
+
+
+# --- tasks ---------------------------------------------------------------------------------
+
+
+async def test_a_created_task_reads_back_and_a_missing_one_is_none(store: Store) -> None:
+    task = await new_task(store, "00000000000000aa")
+
+    assert await store.get_task("00000000000000aa") == task
+    assert await store.get_task("00000000000000ff") is None
+
+
+async def test_creating_a_task_twice_is_refused_and_keeps_the_first(store: Store) -> None:
+    first = await new_task(store, "00000000000000aa")
+    second = Task(task_id="00000000000000aa", text="other")
+
+    with pytest.raises((TaskExists, sqlite3.IntegrityError)):
+        await store.create_task(second)
+    assert await store.get_task("00000000000000aa") == first
+    assert len((await store.list_tasks(10, None)).tasks) == 1
+
+
+# --- append --------------------------------------------------------------------------------
+
+
+async def test_appends_get_gapless_seqs_and_the_append_time(store: Store) -> None:
+    task = await new_task(store)
+    before = time.time_ns()
+    first = await store.append(task.task_id, [line("a"), line("b")])
+    second = await store.append(task.task_id, [line("c")])
+    after = time.time_ns()
+
+    assert seqs(first + second) == [1, 2, 3]
+    assert all(e.task_id == task.task_id for e in first + second)
+    assert all(before <= e.create_time.ToNanoseconds() <= after for e in first + second)
+    assert [e.log_line.text for e in first + second] == ["a", "b", "c"]
+    assert await store.read_events(task.task_id, 0, 100) == first + second
+    record = await store.get_task(task.task_id)
+    assert record is not None
+    assert record.last_seq == 3
+    assert record.update_time == second[-1].create_time
+
+
+async def test_appending_nothing_changes_nothing(store: Store) -> None:
+    task = await new_task(store)
+
+    assert await store.append(task.task_id, []) == []
+    assert await store.get_task(task.task_id) == task
+    with pytest.raises(KeyError):
+        await store.append("00000000000000ff", [])
+
+
+async def test_the_record_is_the_fold_of_its_events(store: Store) -> None:
+    task = await new_task(store)
+    arguments = struct_pb2.Struct()
+    arguments.update({"title": "Notes", "pages": 2})
+    plan = task_pb2.PlanReady(
+        model="offline",
+        summary="two steps",
+        steps=[
+            Step(index=0, title="write", tool="write_document", arguments=arguments),
+            Step(index=1, title="check", tool="python"),
+        ],
+    )
+    artifact_v1 = task_pb2.Artifact(path="notes.md", size_bytes=5, sha256="a" * 64)
+    artifact_v2 = task_pb2.Artifact(path="notes.md", size_bytes=11, sha256="b" * 64)
+    usage = task_pb2.Usage(model_calls=1, input_tokens=10, output_tokens=20)
+    finished_step = step_state(0, Step.STATE_SUCCEEDED)
+    finished_step.step_state_changed.usage.CopyFrom(usage)
+    await store.append(task.task_id, [task_state(Task.STATE_PLANNING), Event(plan_ready=plan)])
+    await store.append(
+        task.task_id, [task_state(Task.STATE_RUNNING), step_state(0, Step.STATE_RUNNING)]
+    )
+    await store.append(
+        task.task_id,
+        [
+            Event(
+                page_started=task_pb2.PageStarted(
+                    page_number=1, title="Notes", file_name="notes.md"
+                )
+            ),
+            Event(page_delta=task_pb2.PageDelta(page_number=1, offset=0, text="héllo")),
+            Event(page_delta=task_pb2.PageDelta(page_number=1, offset=6, text=" world")),
+            Event(
+                page_finished=task_pb2.PageFinished(page_number=1, size_bytes=12, sha256="c" * 64)
+            ),
+            Event(
+                page_started=task_pb2.PageStarted(page_number=2, title="Draft", file_name="d.md")
+            ),
+            Event(page_finished=task_pb2.PageFinished(page_number=2, abandoned=True)),
+        ],
+    )
+    await store.append(
+        task.task_id,
+        [
+            Event(artifact_ready=task_pb2.ArtifactReady(artifact=artifact_v1)),
+            Event(artifact_ready=task_pb2.ArtifactReady(artifact=artifact_v2)),
+            finished_step,
+            step_state(1, Step.STATE_RUNNING),
+            line("Traceback"),
+            step_state(1, Step.STATE_FAILED, attempt=2, message="exit status 1"),
+        ],
+    )
+    await store.append(task.task_id, [task_state(Task.STATE_FAILED, "step 2 failed")])
+
+    record = await store.get_task(task.task_id)
+    assert record is not None
+    assert record.state == Task.STATE_FAILED
+    assert record.error == "step 2 failed"
+    assert record.model == "offline"
+    assert record.plan_summary == "two steps"
+    assert [(s.state, s.attempts, s.error) for s in record.steps] == [
+        (Step.STATE_SUCCEEDED, 1, ""),
+        (Step.STATE_FAILED, 2, "exit status 1"),
+    ]
+    assert record.steps[0].arguments == arguments
+    assert record.steps[0].usage == usage
+    assert [(p.title, p.size_bytes, p.finished, p.abandoned) for p in record.pages] == [
+        ("Notes", 12, True, False),
+        ("Draft", 0, False, True),
+    ]
+    assert list(record.artifacts) == [artifact_v2]
+    # And it is exactly the fold of the stored log over the created record.
+    folded = Task()
+    folded.CopyFrom(task)
+    for event in await store.read_events(task.task_id, 0, 1000):
+        apply_event(folded, event)
+    assert record == folded
+    assert record.last_seq == 17
+
+
+async def test_append_to_a_missing_task_raises_and_writes_nothing(store: Store) -> None:
+    with pytest.raises(KeyError):
+        await store.append("00000000000000ff", [line("a"), task_state(Task.STATE_SUCCEEDED)])
+
+    assert await store.read_events("00000000000000ff", 0, 10) == []
+    assert await store.get_task("00000000000000ff") is None
+    assert (await store.list_tasks(10, None)).tasks == []
+    assert await store.unfinished_task_ids() == []
+
+
+# --- read_events ---------------------------------------------------------------------------
+
+
+async def test_read_events_from_any_seq_with_any_limit(store: Store) -> None:
+    task = await new_task(store)
+    await store.append(task.task_id, [line(str(i)) for i in range(10)])
+
+    for after in range(12):
+        for limit in (1, 3, 10, 1000):
+            got = await store.read_events(task.task_id, after, limit)
+            assert seqs(got) == list(range(after + 1, min(after + limit, 10) + 1)), (after, limit)
+    assert await store.read_events(task.task_id, 4, 0) == []
+    assert await store.read_events("00000000000000ff", 0, 10) == []
+
+
+async def test_each_task_has_its_own_log(store: Store) -> None:
+    one, two = await new_task(store), await new_task(store)
+    await store.append(one.task_id, [line("1a"), line("1b")])
+    await store.append(two.task_id, [line("2a")])
+
+    assert [e.log_line.text for e in await store.read_events(one.task_id, 0, 10)] == ["1a", "1b"]
+    assert [e.log_line.text for e in await store.read_events(two.task_id, 0, 10)] == ["2a"]
+
+
+# --- listings ------------------------------------------------------------------------------
+
+
+async def test_list_tasks_pages_newest_first_through_equal_times(store: Store) -> None:
+    base = 1_700_000_000_000_000_000
+    created = [await new_task(store, f"{i:016x}", base + i * 1000) for i in range(6)]
+    # Four tasks created in the same nanosecond: the task id breaks the tie.
+    created += [await new_task(store, f"{i:016x}", base + 3500) for i in (0xC, 0xA, 0xD, 0xB)]
+    expected = [
+        t.task_id
+        for t in sorted(
+            created, key=lambda t: (t.create_time.ToNanoseconds(), t.task_id), reverse=True
+        )
+    ]
+
+    for size in (1, 3, 4, 10, 11):
+        listed: list[str] = []
+        cursor: tuple[int, str] | None = None
+        for _ in range(20):
+            page = await store.list_tasks(size, cursor)
+            assert len(page.tasks) <= size
+            listed += [t.task_id for t in page.tasks]
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+            assert cursor == (page.tasks[-1].create_time.ToNanoseconds(), page.tasks[-1].task_id)
+        assert listed == expected, size
+    assert (await store.list_tasks(10, None)).tasks[0] == created[5]
+
+
+async def test_a_cursor_between_equal_times_continues_after_it(store: Store) -> None:
+    ns = 1_700_000_000_000_000_000
+    for task_id in ("00000000000000a1", "00000000000000a2", "00000000000000a3"):
+        await new_task(store, task_id, ns)
+
+    page = await store.list_tasks(5, (ns, "00000000000000a2"))
+    assert [t.task_id for t in page.tasks] == ["00000000000000a1"]
+    assert page.next_cursor is None
+    assert (await store.list_tasks(5, (ns - 1, "ffffffffffffffff"))).tasks == []
+
+
+async def test_unfinished_tasks_oldest_first_shrink_as_tasks_end(store: Store) -> None:
+    ns = 1_700_000_000_000_000_000
+    ids = ["00000000000000c3", "00000000000000c1", "00000000000000c2", "00000000000000c4"]
+    for i, task_id in enumerate(ids):
+        await new_task(store, task_id, ns + (0 if i < 3 else 1))
+    assert await store.unfinished_task_ids() == sorted(ids)
+
+    await store.append("00000000000000c2", [task_state(Task.STATE_RUNNING)])
+    assert await store.unfinished_task_ids() == sorted(ids)
+    await store.append("00000000000000c2", [line("x"), task_state(Task.STATE_SUCCEEDED)])
+    await store.append("00000000000000c4", [task_state(Task.STATE_CANCELLED, "by user")])
+    assert await store.unfinished_task_ids() == ["00000000000000c1", "00000000000000c3"]
+    await store.append("00000000000000c1", [task_state(Task.STATE_FAILED, "boom")])
+    assert await store.unfinished_task_ids() == ["00000000000000c3"]
+
+
+# --- concurrency ---------------------------------------------------------------------------
+
+
+async def _append_concurrently(stores: list[Store], task_id: str, writers: int, rounds: int) -> int:
+    """Append from `writers` coroutines per store; check each batch and return the total."""
+
+    async def writer(store: Store, name: str) -> list[list[int]]:
+        batches = []
+        for i in range(rounds):
+            events = [line(f"{name}.{i}.{j}") for j in range(1 + i % 3)]
+            batches.append(seqs(await store.append(task_id, events)))
+            if i % 2:
+                await asyncio.sleep(0)
+        return batches
+
+    results = await asyncio.gather(
+        *(writer(store, f"{s}.{w}") for s, store in enumerate(stores) for w in range(writers))
+    )
+    batches = [batch for result in results for batch in result]
+    total = sum(len(batch) for batch in batches)
+    for batch in batches:  # each append's events are contiguous
+        assert batch == list(range(batch[0], batch[0] + len(batch)))
+    assert sorted(seq for batch in batches for seq in batch) == list(range(1, total + 1))
+    return total
+
+
+async def test_concurrent_appends_get_seqs_without_gap_or_duplicate(store: Store) -> None:
+    task = await new_task(store)
+    total = await _append_concurrently([store], task.task_id, writers=20, rounds=10)
+
+    stored = await store.read_events(task.task_id, 0, 10_000)
+    assert seqs(stored) == list(range(1, total + 1))
+    assert len({e.log_line.text for e in stored}) == total  # every append stored once
+    record = await store.get_task(task.task_id)
+    assert record is not None
+    assert record.last_seq == total
+
+
+async def test_two_stores_on_the_same_data_never_write_the_same_seq(backend: Backend) -> None:
+    """Two stores are two executors: separate connections, one data set."""
+    other = await backend.open_another()
+    task = await new_task(backend.store)
+    total = await _append_concurrently([backend.store, other], task.task_id, writers=8, rounds=12)
+
+    for store in (backend.store, other):
+        stored = await store.read_events(task.task_id, 0, 10_000)
+        assert seqs(stored) == list(range(1, total + 1))
+        assert len({e.log_line.text for e in stored}) == total
+    if isinstance(backend.store, RedisStore) and isinstance(other, RedisStore):
+        # The two really raced: WATCH caught conflicts, and they were started over.
+        assert backend.store.conflicts + other.conflicts > 0
+
+
+# --- Redis only ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def raw_redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def redis_store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
+    store = RedisStore.from_url(redis_server.url, prefix=f"test-{uuid.uuid4().hex}:")
+    yield store
+    await store.close()
+
+
+async def test_the_stream_itself_refuses_a_duplicate_or_older_seq(
+    redis_store: RedisStore, raw_redis: Redis
+) -> None:
+    task = await new_task(redis_store)
+    await redis_store.append(task.task_id, [line("a"), line("b"), line("c")])
+    key = redis_store.events_key(task.task_id)
+    assert [entry_id for entry_id, _ in await raw_redis.xrange(key) or []] == [
+        b"1-0",
+        b"2-0",
+        b"3-0",
+    ]
+
+    for seq in (3, 2):
+        with pytest.raises(ResponseError, match="equal or smaller"):
+            await raw_redis.xadd(key, {b"e": b"forged"}, id=f"{seq}-0")
+    assert seqs(await redis_store.read_events(task.task_id, 0, 10)) == [1, 2, 3]
+
+
+async def test_an_entry_written_behind_the_stores_back_stops_appends(
+    redis_store: RedisStore, raw_redis: Redis
+) -> None:
+    task = await new_task(redis_store)
+    await redis_store.append(task.task_id, [line("a")])
+    await raw_redis.xadd(redis_store.events_key(task.task_id), {b"e": b""}, id="2-0")
+
+    with pytest.raises(LogCorrupted, match="record ends at seq 1 but its stream"):
+        await redis_store.append(task.task_id, [line("b")])
+    record = await redis_store.get_task(task.task_id)
+    assert record is not None
+    assert record.last_seq == 1
+
+
+class LostReplyStore(RedisStore):
+    """EXEC goes through but its reply is lost, as when the connection drops right then."""
+
+    lost = 0
+
+    async def _commit(self, pipe: Pipeline) -> None:
+        await super()._commit(pipe)
+        if not self.lost:
+            self.lost += 1
+            raise WatchError("A ConnectionError occurred while watching one or more keys")
+
+
+async def test_an_append_whose_reply_was_lost_is_not_stored_twice(
+    redis_server: RedisServer,
+) -> None:
+    store = LostReplyStore.from_url(redis_server.url, prefix=f"test-{uuid.uuid4().hex}:")
+    try:
+        task = await new_task(store)
+        stored = await store.append(task.task_id, [line("a"), line("b")])
+        assert store.lost == 1
+        assert seqs(stored) == [1, 2]
+        assert await store.read_events(task.task_id, 0, 10) == stored
+        assert seqs(await store.append(task.task_id, [line("c")])) == [3]
+    finally:
+        await store.close()
+
+
+async def test_a_fenced_append_needs_the_lease(redis_store: RedisStore, raw_redis: Redis) -> None:
+    task = await new_task(redis_store)
+    lease = f"{redis_store.record_key(task.task_id)}:lease"
+    await raw_redis.set(lease, "executor-a")
+
+    assert seqs(
+        await redis_store.append(task.task_id, [line("a")], fence=(lease, "executor-a"))
+    ) == [1]
+    with pytest.raises(LeaseLost, match="executor-a"):
+        await redis_store.append(task.task_id, [line("b")], fence=(lease, "executor-b"))
+    await raw_redis.delete(lease)
+    with pytest.raises(LeaseLost):
+        await redis_store.append(task.task_id, [line("c")], fence=(lease, "executor-a"))
+    assert seqs(await redis_store.read_events(task.task_id, 0, 10)) == [1]
+
+
+async def test_a_lease_taken_during_the_append_stops_it(
+    redis_server: RedisServer, raw_redis: Redis
+) -> None:
+    """The fence is checked inside the transaction: a takeover after the check still wins."""
+
+    class TakenOver(RedisStore):
+        async def _commit(self, pipe: Pipeline) -> None:
+            await raw_redis.set(lease, "executor-b")  # between our check and our EXEC
+            await super()._commit(pipe)
+
+    store = TakenOver.from_url(redis_server.url, prefix=f"test-{uuid.uuid4().hex}:")
+    try:
+        task = await new_task(store)
+        lease = f"{store.record_key(task.task_id)}:lease"
+        await raw_redis.set(lease, "executor-a")
+        with pytest.raises(LeaseLost, match="executor-b"):
+            await store.append(task.task_id, [line("late")], fence=(lease, "executor-a"))
+        assert await store.read_events(task.task_id, 0, 10) == []
+        assert store.conflicts == 1
+    finally:
+        await store.close()
+
+
+async def test_appends_continue_across_a_redis_restart(tmp_path: Path) -> None:
+    with running_redis(tmp_path / "redis", aof=True) as server:
+        store = RedisStore.from_url(server.url, backoff_base=0.02, backoff_cap=0.5, retries=30)
+        try:
+            task = await new_task(store)
+            await store.append(task.task_id, [line("before")])
+
+            server.stop()
+            pending = asyncio.create_task(store.append(task.task_id, [line("during")]))
+            await asyncio.sleep(0.3)  # the append retries while Redis is away
+            assert not pending.done()
+            server.start()
+            assert seqs(await pending) == [2]
+            assert seqs(await store.append(task.task_id, [line("after")])) == [3]
+
+            # Restarted with its data: the log and the record came back from the AOF.
+            server.restart()
+            assert [e.log_line.text for e in await store.read_events(task.task_id, 0, 10)] == [
+                "before",
+                "during",
+                "after",
+            ]
+            record = await store.get_task(task.task_id)
+            assert record is not None
+            assert record.last_seq == 3
+            assert await store.unfinished_task_ids() == [task.task_id]
+        finally:
+            await store.close()
+
+
+async def test_redis_gone_for_good_is_reported_not_retried_forever(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis")  # never started: nothing listens on its port
+    store = RedisStore.from_url(server.url, retries=2, backoff_base=0.01, backoff_cap=0.02)
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match=f"redis://127.0.0.1:{server.port}/0"):
+            await store.append("00000000000000aa", [line("a")])
+        with pytest.raises(StoreUnavailable):
+            await store.get_task("00000000000000aa")
+        assert time.monotonic() - started < 5
+    finally:
+        await store.close()
+
+
+# --- open_store ----------------------------------------------------------------------------
+
+
+async def test_open_store_understands_sqlite_specs(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    cases = {
+        "": data / "mitosis.sqlite3",
+        "sqlite": data / "mitosis.sqlite3",
+        "sqlite:": data / "mitosis.sqlite3",
+        f"sqlite:{tmp_path}/a.db": tmp_path / "a.db",
+        f"sqlite://{tmp_path}/b.db": tmp_path / "b.db",
+        f"{tmp_path}/c.db": tmp_path / "c.db",
+    }
+    for spec, path in cases.items():
+        store = open_store(spec, data)
+        try:
+            assert isinstance(store, SqliteStore), spec
+            assert path.exists(), spec
+        finally:
+            await store.close()
+        path.unlink()
+
+
+async def test_open_store_understands_redis_urls(redis_server: RedisServer) -> None:
+    one = open_store(f"{redis_server.url}?prefix=one:", Path("unused"))
+    two = open_store(redis_server.url.replace("redis://", "REDIS://") + "?prefix=two:", Path("x"))
+    default = open_store(redis_server.url, Path("unused"))
+    tls = open_store("rediss://user:secret@example.invalid:6380/2", Path("unused"))
+    try:
+        assert isinstance(one, RedisStore)
+        assert isinstance(default, RedisStore)
+        assert isinstance(tls, RedisStore)
+        assert one.record_key("t") == "one:task:t"
+        assert default.record_key("t") == "mitosis:task:t"
+        await new_task(one, "00000000000000aa")
+        assert await two.get_task("00000000000000aa") is None  # the prefix keeps them apart
+        assert await one.get_task("00000000000000aa") is not None
+    finally:
+        for store in (one, two, default, tls):
+            await store.close()
+
+
+@pytest.mark.parametrize("spec", ["postgres://db/x", "redis://", "redis:///0"])
+def test_open_store_refuses_what_it_cannot_open(spec: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="store"):
+        open_store(spec, tmp_path)
