@@ -494,6 +494,10 @@ class EnvoyProcess:
     def _launch(self) -> None:
         if self.running:
             raise RuntimeError("envoy is already running")
+        host = _connect_host(self.settings.listen_host)
+        if self.port is not None and _accepts(host, self.port):
+            # Otherwise the other server's answers would look like this Envoy being ready.
+            raise RuntimeError(f"cannot listen on port {self.port}: something already does")
         self.workdir.mkdir(parents=True, exist_ok=True)
         write_config(self.config_path, replace(self.settings, listen_port=self.port or 0))
         self._admin_address_path.unlink(missing_ok=True)

@@ -134,7 +134,8 @@ class RedisStore:
         self._tasks_key = f"{prefix}tasks"
         self._unfinished_key = f"{prefix}unfinished"
         self._max_conflicts = max_conflicts
-        self._where = where
+        self.where = where
+        """The server, without credentials, as logs and errors name it."""
         self._turns: dict[str, _Turn] = {}
         self.conflicts = 0
         """How many transactions were started over because a watched key changed."""
@@ -182,7 +183,7 @@ class RedisStore:
             yield
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise StoreUnavailable(
-                f"Redis at {self._where} is unreachable ({what}), retries exhausted: {exc}"
+                f"Redis at {self.where} is unreachable ({what}), retries exhausted: {exc}"
             ) from exc
 
     @contextlib.asynccontextmanager

@@ -17,7 +17,7 @@ from mitosis.executor.planner_client import PlannerClient
 from mitosis.executor.runner import RunnerConfig, TaskRunner
 from mitosis.executor.servicer import TaskServicer
 from mitosis.executor.store import Store
-from mitosis.executor.stores import describe_store, open_store
+from mitosis.executor.stores import open_store
 from mitosis.executor.tasks import Tasks
 from mitosis.models.offline import OfflineModel
 from mitosis.serving import Serving, configure_logging, serve_until_signalled
@@ -144,7 +144,7 @@ async def start_executor(args: argparse.Namespace) -> Executor:
         "executor serving on port %d; model %s; store %s; planner %s; resumed %d tasks",
         port,
         agent.name,
-        describe_store(args.store, args.data_dir),
+        store.where,
         args.planner,
         len(resumed),
     )

@@ -21,6 +21,9 @@ class TaskPage:
 class Store(Protocol):
     """Where tasks and events live. Implementations: SQLite (embedded), Redis (scale-out)."""
 
+    where: str
+    """The store's location as logs may show it (never with credentials)."""
+
     async def create_task(self, task: task_pb2.Task) -> None:
         """Store a new task record (with no events yet)."""
         ...

@@ -57,17 +57,3 @@ def _open_redis(spec: str) -> Store:
     rest = [(key, value) for key, value in query if key != "prefix"]
     url = urlunsplit(parts._replace(query=urlencode(rest)))
     return RedisStore.from_url(url, prefix=prefixes[-1] if prefixes else DEFAULT_PREFIX)
-
-
-def describe_store(spec: str, data_dir: Path) -> str:
-    """Return the store's spec as logs may show it: the default spelled out, no password."""
-    spec = spec.strip()
-    if not spec or spec.lower() in ("sqlite", "sqlite:"):
-        return f"sqlite:{data_dir / DEFAULT_SQLITE_NAME}"
-    parts = urlsplit(spec)
-    if parts.password:
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-        user = f"{parts.username}:***@" if parts.username else ":***@"
-        return parts._replace(netloc=f"{user}{host}{port}").geturl()
-    return spec

@@ -359,8 +359,9 @@ class Wire:
         attempts = self.settings.max_retries + 1
         left = self.settings.max_retries - retry
         reason = response.reason_phrase or ("Too Many Requests" if status == 429 else "error")
+        asked = _asked_wait(response.headers)
         then = (
-            f"the client retries with backoff (attempt {retry + 2} of {attempts} next)"
+            f"the client retries with backoff (attempt {retry + 2} of {attempts} next{asked})"
             if left > 0
             else f"no retries left after {attempts} attempt{'s' * (attempts > 1)}"
         )
@@ -397,6 +398,18 @@ def _take_chunk(chunk: ChatCompletionChunk, result: ChatResult, calls: dict[int,
                     call.arguments += piece.function.arguments
     result.content += text
     return text
+
+
+def _asked_wait(headers: httpx2.Headers) -> str:
+    """Return ", the endpoint asks for 2 s" from a Retry-After header, or nothing."""
+    for header, divisor in (("retry-after-ms", 1000), ("retry-after", 1)):
+        try:
+            seconds = float(headers.get(header, "")) / divisor
+        except ValueError:
+            continue
+        if seconds >= 1:
+            return f", the endpoint asks for {seconds:g} s"
+    return ""
 
 
 def _retry_count(request: httpx2.Request) -> int:
