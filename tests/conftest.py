@@ -38,6 +38,7 @@ async def start_executor_on(tmp_path: Path, planner_target: str) -> AsyncIterato
                 f"--data-dir={data_dir or tmp_path / 'data'}",
                 "--offline-pace=0",
                 "--heartbeat-interval=0.2",
+                "--model=offline",
                 *flags,
             ]
         )

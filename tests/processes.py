@@ -44,7 +44,8 @@ def start_service(
             [str(BIN / command), "--listen=127.0.0.1:0", *args],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            # The offline model unless a test says otherwise, whatever the developer's shell has.
+            env={**os.environ, "MITOSIS_MODEL": "offline", **(env or {})},
         )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

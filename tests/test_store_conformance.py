@@ -22,14 +22,13 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError, WatchError
 
 from mitosis.executor.redis_store import (
-    LeaseLost,
     LogCorrupted,
     RedisStore,
     StoreUnavailable,
     TaskExists,
 )
 from mitosis.executor.sqlite_store import SqliteStore
-from mitosis.executor.store import Store
+from mitosis.executor.store import LeaseLost, Store
 from mitosis.executor.stores import open_store
 from mitosis.projection import apply_event
 from mitosis.v1 import task_pb2
@@ -379,6 +378,39 @@ async def test_concurrent_appends_get_seqs_without_gap_or_duplicate(store: Store
     assert record.last_seq == total
 
 
+async def test_a_lease_has_one_holder_until_it_expires(store: Store) -> None:
+    task = await new_task(store)
+
+    assert await store.acquire_lease(task.task_id, "executor-a", ttl=0.3)
+    assert await store.acquire_lease(task.task_id, "executor-a", ttl=0.3)  # ours already
+    assert not await store.acquire_lease(task.task_id, "executor-b", ttl=0.3)
+    assert not await store.renew_lease(task.task_id, "executor-b", ttl=0.3)
+    assert await store.renew_lease(task.task_id, "executor-a", ttl=0.3)
+    assert seqs(await store.append(task.task_id, [line("a")], owner="executor-a")) == [1]
+    with pytest.raises(LeaseLost):
+        await store.append(task.task_id, [line("b")], owner="executor-b")
+
+    await asyncio.sleep(0.5)  # the holder stopped renewing: it is as good as dead
+    assert not await store.renew_lease(task.task_id, "executor-a", ttl=0.3)
+    assert await store.acquire_lease(task.task_id, "executor-b", ttl=5)
+    with pytest.raises(LeaseLost):
+        await store.append(task.task_id, [line("late")], owner="executor-a")
+    await store.release_lease(task.task_id, "executor-a")  # not its lease: no effect
+    assert not await store.acquire_lease(task.task_id, "executor-c", ttl=5)
+    await store.release_lease(task.task_id, "executor-b")
+    assert await store.acquire_lease(task.task_id, "executor-c", ttl=5)
+    assert seqs(await store.read_events(task.task_id, 0, 10)) == [1]
+
+
+async def test_a_cancel_request_waits_for_the_holder(store: Store) -> None:
+    task = await new_task(store)
+    assert await store.cancel_requested(task.task_id) is None
+
+    await store.request_cancel(task.task_id, "cancelled by request")
+
+    assert await store.cancel_requested(task.task_id) == "cancelled by request"
+
+
 async def test_two_stores_on_the_same_data_never_write_the_same_seq(backend: Backend) -> None:
     """Two stores are two executors: separate connections, one data set."""
     other = await backend.open_another()
@@ -472,17 +504,15 @@ async def test_an_append_whose_reply_was_lost_is_not_stored_twice(
 
 async def test_a_fenced_append_needs_the_lease(redis_store: RedisStore, raw_redis: Redis) -> None:
     task = await new_task(redis_store)
-    lease = f"{redis_store.record_key(task.task_id)}:lease"
+    lease = redis_store.lease_key(task.task_id)
     await raw_redis.set(lease, "executor-a")
 
-    assert seqs(
-        await redis_store.append(task.task_id, [line("a")], fence=(lease, "executor-a"))
-    ) == [1]
+    assert seqs(await redis_store.append(task.task_id, [line("a")], owner="executor-a")) == [1]
     with pytest.raises(LeaseLost, match="executor-a"):
-        await redis_store.append(task.task_id, [line("b")], fence=(lease, "executor-b"))
+        await redis_store.append(task.task_id, [line("b")], owner="executor-b")
     await raw_redis.delete(lease)
     with pytest.raises(LeaseLost):
-        await redis_store.append(task.task_id, [line("c")], fence=(lease, "executor-a"))
+        await redis_store.append(task.task_id, [line("c")], owner="executor-a")
     assert seqs(await redis_store.read_events(task.task_id, 0, 10)) == [1]
 
 
@@ -499,10 +529,10 @@ async def test_a_lease_taken_during_the_append_stops_it(
     store = TakenOver.from_url(redis_server.url, prefix=f"test-{uuid.uuid4().hex}:")
     try:
         task = await new_task(store)
-        lease = f"{store.record_key(task.task_id)}:lease"
+        lease = store.lease_key(task.task_id)
         await raw_redis.set(lease, "executor-a")
         with pytest.raises(LeaseLost, match="executor-b"):
-            await store.append(task.task_id, [line("late")], fence=(lease, "executor-a"))
+            await store.append(task.task_id, [line("late")], owner="executor-a")
         assert await store.read_events(task.task_id, 0, 10) == []
         assert store.conflicts == 1
     finally:

@@ -13,9 +13,20 @@ class EventLog:
     def __init__(self, store: Store, hub: EventHub) -> None:
         self.store = store
         self.hub = hub
+        self._owners: dict[str, str] = {}
+
+    def fence(self, task_id: str, owner: str | None) -> None:
+        """Append to the task only while `owner` holds its lease (None: stop fencing)."""
+        if owner is None:
+            self._owners.pop(task_id, None)
+        else:
+            self._owners[task_id] = owner
 
     async def append(self, task_id: str, *events: task_pb2.TaskEvent) -> list[task_pb2.TaskEvent]:
-        """Store the events in one transaction, then offer them to the task's watchers."""
-        stored = await self.store.append(task_id, events)
+        """Store the events in one transaction, then offer them to the task's watchers.
+
+        Raises LeaseLost when the task is fenced and its lease has moved to another executor.
+        """
+        stored = await self.store.append(task_id, events, owner=self._owners.get(task_id))
         self.hub.publish(task_id, stored)
         return stored

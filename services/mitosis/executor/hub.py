@@ -65,12 +65,21 @@ class EventHub:
     def __init__(self, capacity: int = 1024) -> None:
         self._capacity = capacity
         self._subscriptions: defaultdict[str, set[Subscription]] = defaultdict(set)
+        self._from_seq: dict[str, int] = {}
+        self.changed = asyncio.Event()
+        """Set whenever the set of watched tasks changes (a feed from another store waits on it)."""
 
     @contextmanager
-    def subscribe(self, task_id: str) -> Iterator[Subscription]:
-        """Yield a subscription to the task's live events, removed on exit."""
+    def subscribe(self, task_id: str, from_seq: int = 0) -> Iterator[Subscription]:
+        """Yield a subscription to the task's live events after `from_seq`, removed on exit.
+
+        Events up to `from_seq` are the watcher's to read from the store; a feed of events
+        written elsewhere (another executor) starts after the lowest such seq of a task.
+        """
         subscription = Subscription(self._capacity)
         self._subscriptions[task_id].add(subscription)
+        self._from_seq[task_id] = min(from_seq, self._from_seq.get(task_id, from_seq))
+        self.changed.set()
         try:
             yield subscription
         finally:
@@ -78,6 +87,12 @@ class EventHub:
             watchers.discard(subscription)
             if not watchers:
                 del self._subscriptions[task_id]
+                del self._from_seq[task_id]
+                self.changed.set()
+
+    def watched(self) -> dict[str, int]:
+        """Return each watched task with the seq its earliest watcher's live part starts after."""
+        return dict(self._from_seq)
 
     def publish(self, task_id: str, events: Sequence[task_pb2.TaskEvent]) -> None:
         """Offer stored events to every subscription of the task."""

@@ -32,9 +32,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Self, cast
 from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
@@ -46,7 +46,7 @@ from redis.exceptions import ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mitosis.errors import Unavailable
-from mitosis.executor.store import TaskPage
+from mitosis.executor.store import LeaseLost, TaskPage
 from mitosis.projection import TERMINAL_STATES, stamp_events
 from mitosis.v1 import task_pb2
 
@@ -67,10 +67,6 @@ class AppendContention(RuntimeError):
 
 class LogCorrupted(RuntimeError):
     """A task's stream and its record disagree: something wrote outside the store."""
-
-
-class LeaseLost(Exception):
-    """The fence of an append did not hold: the lease has another owner (or none)."""
 
 
 class TaskExists(ValueError):
@@ -112,6 +108,29 @@ def _describe(url: str) -> str:
     if parts.scheme == "unix":
         return f"unix://{parts.path}"
     return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path or '/0'}"
+
+
+# Compare-and-set on the lease key: only its holder may renew or release it.
+_ACQUIRE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1], KEYS[2])
+end
+return 0
+"""
 
 
 class RedisStore:
@@ -172,6 +191,14 @@ class RedisStore:
     def record_key(self, task_id: str) -> str:
         """The key of the task's record."""
         return f"{self._prefix}task:{task_id}"
+
+    def lease_key(self, task_id: str) -> str:
+        """The key that names the executor running the task, expiring with its lease."""
+        return f"{self._prefix}lease:{task_id}"
+
+    def cancel_key(self, task_id: str) -> str:
+        """The key that holds a pending cancel request's reason."""
+        return f"{self._prefix}cancel:{task_id}"
 
     def events_key(self, task_id: str) -> str:
         """The key of the task's event stream."""
@@ -277,14 +304,15 @@ class RedisStore:
         task_id: str,
         events: Sequence[task_pb2.TaskEvent],
         *,
-        fence: tuple[str, str] | None = None,
+        owner: str | None = None,
     ) -> list[task_pb2.TaskEvent]:
         """Append events atomically; see `Store.append`.
 
-        `fence`, when given, is (lease key, expected owner): the append is refused with
-        `LeaseLost` unless the lease key holds that owner when the transaction commits (the
-        key is watched and checked inside the same optimistic transaction).
+        With `owner`, the task's lease key is watched and checked inside the same
+        optimistic transaction: the append is refused with `LeaseLost` unless that key
+        holds `owner` when the transaction commits.
         """
+        fence = None if owner is None else (self.lease_key(task_id), owner)
         attempted: list[task_pb2.TaskEvent] = []
         async with self._turn(task_id):
             with self._reported(f"append to task {task_id}"):
@@ -388,10 +416,51 @@ class RedisStore:
             )
         return _events(entries)
 
+    async def read_new_events(
+        self, after: Mapping[str, int], block_ms: int
+    ) -> dict[str, list[task_pb2.TaskEvent]]:
+        """Return the events after each task's seq, waiting up to `block_ms` for any."""
+        streams: dict[Any, Any] = {
+            self.events_key(task_id): f"{seq}-0" for task_id, seq in after.items()
+        }
+        with self._reported("read live events"):
+            reply = cast("list[Any]", await self._redis.xread(streams, block=block_ms) or [])
+        prefix = len(self.events_key(""))
+        return {_bytes(key).decode()[prefix:]: _events(entries) for key, entries in reply}
+
     async def unfinished_task_ids(self) -> list[str]:
         with self._reported("list unfinished tasks"):
             members = await self._redis.zrangebylex(self._unfinished_key, b"-", b"+")
         return [_cursor(_bytes(m))[1] for m in members]
+
+    async def acquire_lease(self, task_id: str, owner: str, ttl: float) -> bool:
+        with self._reported(f"take the lease of task {task_id}"):
+            result = await self._redis.eval(
+                _ACQUIRE, 1, self.lease_key(task_id), owner, int(ttl * 1000)
+            )
+        return bool(result)
+
+    async def renew_lease(self, task_id: str, owner: str, ttl: float) -> bool:
+        with self._reported(f"renew the lease of task {task_id}"):
+            result = await self._redis.eval(
+                _RENEW, 1, self.lease_key(task_id), owner, int(ttl * 1000)
+            )
+        return bool(result)
+
+    async def release_lease(self, task_id: str, owner: str) -> None:
+        with self._reported(f"release the lease of task {task_id}"):
+            await self._redis.eval(
+                _RELEASE, 2, self.lease_key(task_id), self.cancel_key(task_id), owner
+            )
+
+    async def request_cancel(self, task_id: str, reason: str) -> None:
+        with self._reported(f"request the cancel of task {task_id}"):
+            await self._redis.set(self.cancel_key(task_id), reason.encode(), ex=3600)
+
+    async def cancel_requested(self, task_id: str) -> str | None:
+        with self._reported(f"read the cancel request of task {task_id}"):
+            reason = await self._redis.get(self.cancel_key(task_id))
+        return None if reason is None else _bytes(reason).decode()
 
     async def close(self) -> None:
         await self._redis.aclose()

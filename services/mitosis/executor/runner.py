@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+import os
+import secrets
+import socket
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from mitosis.errors import FailedPrecondition, NotFound
+from mitosis.errors import FailedPrecondition, NotFound, Unavailable
 from mitosis.executor.eventlog import EventLog
 from mitosis.executor.planner_client import PlanError
 from mitosis.executor.step_tools import RecordedTools
+from mitosis.executor.store import LeaseLost
 from mitosis.executor.tools import ToolError
 from mitosis.executor.workspace import PathEscapeError, Workspace
 from mitosis.models.base import FatalModelError, ModelUsage, StepAgent, StepFailure
@@ -50,6 +54,12 @@ class RunnerConfig:
     attempts_per_step: int = 2
     max_revisions: int = 2
     page_window: float = 0.05
+    lease_ttl: float = 10.0
+    """Seconds a task's lease lasts unrenewed: how long a dead executor's tasks wait."""
+    owner: str = field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    )
+    """This executor's name on the leases it holds."""
 
 
 def steps_of(plan: plan_pb2.Plan, first_index: int = 0) -> list[Step]:
@@ -114,11 +124,23 @@ class TaskRunner:
         runner.add_done_callback(lambda _: self._running.pop(task_id, None))
 
     async def resume_unfinished(self) -> list[str]:
-        """Start every task the store says has not ended; return their ids."""
+        """Start every task the store says has not ended that no other executor holds.
+
+        Starting takes the task's lease first, so of several executors only one runs it.
+        """
         task_ids = await self._store.unfinished_task_ids()
         for task_id in task_ids:
             self.start(task_id)
         return task_ids
+
+    async def claim_forever(self) -> None:
+        """Take over unfinished tasks whose executor stopped renewing their lease."""
+        while True:
+            await asyncio.sleep(self._config.lease_ttl / 2)
+            try:
+                await self.resume_unfinished()
+            except Unavailable as error:
+                logger.warning("cannot look for tasks to take over: %s", error)
 
     async def cancel(self, task_id: str, reason: str = "cancelled by request") -> None:
         """Stop the task's running step and end the task CANCELLED."""
@@ -129,13 +151,33 @@ class TaskRunner:
             state = Task.State.Name(task.state).removeprefix("STATE_").lower()
             raise FailedPrecondition(f"task {task_id} has already ended ({state})")
         runner = self._running.get(task_id)
-        if runner is None:
-            await self._record_cancel(task_id, reason)
+        if runner is not None:
+            self._cancel_reasons[task_id] = reason
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(runner)
             return
-        self._cancel_reasons[task_id] = reason
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(runner)
+        owner = self._config.owner
+        if await self._store.acquire_lease(task_id, owner, self._config.lease_ttl):
+            try:  # nobody runs it (it waits for approval, or its executor died)
+                self._log.fence(task_id, owner)
+                await self._record_cancel(task_id, reason)
+            finally:
+                self._log.fence(task_id, None)
+                await self._store.release_lease(task_id, owner)
+            return
+        await self._store.request_cancel(task_id, reason)
+        await self._until_ended(task_id, within=self._config.lease_ttl * 2)
+
+    async def _until_ended(self, task_id: str, within: float) -> None:
+        """Wait for the executor that runs the task to end it."""
+        deadline = asyncio.get_running_loop().time() + within
+        while asyncio.get_running_loop().time() < deadline:
+            task = await self._require(task_id)
+            if task.state in TERMINAL_STATES:
+                return
+            await asyncio.sleep(0.05)
+        raise Unavailable(f"the executor running task {task_id} did not stop it in {within:g} s")
 
     async def shutdown(self) -> None:
         """Stop every running task without ending it: the next start resumes them."""
@@ -145,6 +187,44 @@ class TaskRunner:
         await asyncio.gather(*runners, return_exceptions=True)
 
     async def _run(self, task_id: str) -> None:
+        owner = self._config.owner
+        if not await self._store.acquire_lease(task_id, owner, self._config.lease_ttl):
+            return  # another executor runs it
+        self._log.fence(task_id, owner)
+        runner = asyncio.current_task()
+        assert runner is not None
+        keeper = asyncio.create_task(self._keep_lease(task_id, runner))
+        try:
+            await self._run_leased(task_id)
+        except LeaseLost as error:
+            logger.warning("task %s: stopped, another executor took it over (%s)", task_id, error)
+        finally:
+            keeper.cancel()
+            self._log.fence(task_id, None)
+            with contextlib.suppress(Unavailable):
+                await self._store.release_lease(task_id, owner)
+
+    async def _keep_lease(self, task_id: str, runner: asyncio.Task[None]) -> None:
+        """Renew the lease while the task runs; stop the task if the lease is lost or a
+        cancel was asked for on another executor."""
+        owner, ttl = self._config.owner, self._config.lease_ttl
+        while True:
+            await asyncio.sleep(ttl / 3)
+            try:
+                if not await self._store.renew_lease(task_id, owner, ttl):
+                    logger.warning("task %s: lease lost; stopping it here", task_id)
+                    runner.cancel()
+                    return
+                reason = await self._store.cancel_requested(task_id)
+            except Unavailable as error:
+                logger.warning("task %s: cannot renew its lease: %s", task_id, error)
+                continue
+            if reason is not None:
+                self._cancel_reasons[task_id] = reason
+                runner.cancel()
+                return
+
+    async def _run_leased(self, task_id: str) -> None:
         try:
             await self._execute(task_id)
         except asyncio.CancelledError:
@@ -176,8 +256,8 @@ class TaskRunner:
 
     async def _execute(self, task_id: str) -> None:
         task = await self._require(task_id)
-        if task.state == Task.STATE_AWAITING_APPROVAL:
-            return
+        if task.state == Task.STATE_AWAITING_APPROVAL or task.state in TERMINAL_STATES:
+            return  # nothing to run (it may have ended while this executor took its lease)
         if not task.steps:
             if not await self._plan(task):
                 return

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,12 +14,17 @@ from mitosis.executor.eventlog import EventLog
 from mitosis.executor.hub import EventHub
 from mitosis.executor.planned_agent import PlannedToolAgent
 from mitosis.executor.planner_client import PlannerClient
+from mitosis.executor.redis_feed import RedisFeed
+from mitosis.executor.redis_store import RedisStore
 from mitosis.executor.runner import RunnerConfig, TaskRunner
 from mitosis.executor.servicer import TaskServicer
 from mitosis.executor.store import Store
 from mitosis.executor.stores import open_store
 from mitosis.executor.tasks import Tasks
+from mitosis.models.base import StepAgent
+from mitosis.models.choice import OPENAI, add_model_arguments, openai_settings
 from mitosis.models.offline import OfflineModel
+from mitosis.models.openai_model import OpenAIModel
 from mitosis.serving import Serving, configure_logging, serve_until_signalled
 from mitosis.v1 import task_service_pb2, task_service_pb2_grpc
 
@@ -46,6 +51,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="PlannerService address (env MITOSIS_PLANNER; default %(default)s)",
     )
     parser.add_argument(
+        "--planner-deadline",
+        type=float,
+        default=float(env("MITOSIS_PLANNER_DEADLINE", "300")),
+        help="seconds a plan may take (a model's retries included; default %(default)s)",
+    )
+    parser.add_argument(
         "--data-dir",
         type=Path,
         default=Path(env("MITOSIS_DATA_DIR", "data")),
@@ -58,13 +69,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="where tasks and events live: sqlite:PATH, or redis://host:port/db (env"
         " MITOSIS_STORE; default: SQLite at DATA_DIR/mitosis.sqlite3)",
     )
-    parser.add_argument(
-        "--model",
-        choices=["offline"],
-        default=env("MITOSIS_MODEL", "offline"),
-        help="model that writes documents (env MITOSIS_MODEL; default %(default)s:"
-        " deterministic, no network)",
-    )
+    add_model_arguments(parser, os.environ)
     parser.add_argument(
         "--offline-pace",
         type=float,
@@ -92,6 +97,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         " (env MITOSIS_MAX_REVISIONS; default %(default)s)",
     )
     parser.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=float(env("MITOSIS_LEASE_TTL", "10")),
+        help="seconds a task's lease lasts unrenewed: how soon another executor takes over"
+        " the tasks of one that died (default %(default)s)",
+    )
+    parser.add_argument(
         "--grace", type=float, default=5.0, help="seconds to finish calls on SIGTERM"
     )
     parser.add_argument("--log-level", default=env("MITOSIS_LOG_LEVEL", "info"))
@@ -107,6 +119,8 @@ class Executor:
     runner: TaskRunner
     store: Store
     planner: PlannerClient
+    background: list[asyncio.Task[None]]
+    close_model: Callable[[], Awaitable[None]]
     stopped: bool = False
 
     async def stop(self, grace: float | None = None) -> None:
@@ -117,8 +131,12 @@ class Executor:
     async def stop_work(self) -> None:
         """Stop the running tasks (they resume on the next start) and close connections."""
         self.stopped = True
+        for job in self.background:
+            job.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
         await self.runner.shutdown()
         await self.planner.close()
+        await self.close_model()
         await self.store.close()
 
 
@@ -127,10 +145,13 @@ async def start_executor(args: argparse.Namespace) -> Executor:
     store = open_store(args.store, args.data_dir)
     hub = EventHub()
     log = EventLog(store, hub)
-    planner = PlannerClient(args.planner)
-    agent = PlannedToolAgent(OfflineModel(pace=args.offline_pace))
+    planner = PlannerClient(args.planner, deadline=args.planner_deadline)
+    agent, close_model = step_agent(args)
     config = RunnerConfig(
-        data_dir=args.data_dir, tool_timeout=args.tool_timeout, max_revisions=args.max_revisions
+        data_dir=args.data_dir,
+        tool_timeout=args.tool_timeout,
+        max_revisions=args.max_revisions,
+        lease_ttl=args.lease_ttl,
     )
     runner = TaskRunner(log, planner, agent, config)
     tasks = Tasks(store, hub, runner, agent.name, args.heartbeat_interval)
@@ -140,6 +161,9 @@ async def start_executor(args: argparse.Namespace) -> Executor:
     port = serving.listen(args.listen)
     await serving.start()
     resumed = await runner.resume_unfinished()
+    background = [asyncio.create_task(runner.claim_forever(), name="claim tasks")]
+    if isinstance(store, RedisStore):
+        background.append(asyncio.create_task(RedisFeed(store, hub).run(), name="redis feed"))
     logger.info(
         "executor serving on port %d; model %s; store %s; planner %s; resumed %d tasks",
         port,
@@ -148,7 +172,20 @@ async def start_executor(args: argparse.Namespace) -> Executor:
         args.planner,
         len(resumed),
     )
-    return Executor(serving, port, runner, store, planner)
+    return Executor(serving, port, runner, store, planner, background, close_model)
+
+
+def step_agent(args: argparse.Namespace) -> tuple[StepAgent, Callable[[], Awaitable[None]]]:
+    """Return the agent that runs steps for the chosen model, and how to close it."""
+    if args.model == OPENAI:
+        model = OpenAIModel(openai_settings(args, os.environ))
+        return model, model.aclose
+    offline = PlannedToolAgent(OfflineModel(pace=args.offline_pace))
+
+    async def nothing_to_close() -> None:
+        return None
+
+    return offline, nothing_to_close
 
 
 async def serve(args: argparse.Namespace) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from mitosis.executor.store import TaskPage
+from mitosis.executor.store import LeaseLost, TaskPage
 from mitosis.projection import TERMINAL_STATES, stamp_events
 from mitosis.v1 import task_pb2
 
@@ -45,6 +46,9 @@ class SqliteStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        # One executor per SQLite file: leases and cancel requests live in its memory.
+        self._leases: dict[str, tuple[str, float]] = {}
+        self._cancel_requests: dict[str, str] = {}
 
     async def create_task(self, task: task_pb2.Task) -> None:
         self._db.execute(
@@ -74,8 +78,14 @@ class SqliteStore:
         return TaskPage(tasks, cursor)
 
     async def append(
-        self, task_id: str, events: Sequence[task_pb2.TaskEvent]
+        self,
+        task_id: str,
+        events: Sequence[task_pb2.TaskEvent],
+        *,
+        owner: str | None = None,
     ) -> list[task_pb2.TaskEvent]:
+        if owner is not None and not self._holds(task_id, owner):
+            raise LeaseLost(f"task {task_id}: the lease is not held by {owner}")
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -112,6 +122,34 @@ class SqliteStore:
             "SELECT task_id FROM tasks WHERE terminal = 0 ORDER BY create_ns, task_id"
         ).fetchall()
         return [row[0] for row in rows]
+
+    async def acquire_lease(self, task_id: str, owner: str, ttl: float) -> bool:
+        holder = self._leases.get(task_id)
+        if holder is not None and holder[0] != owner and holder[1] > time.monotonic():
+            return False
+        self._leases[task_id] = (owner, time.monotonic() + ttl)
+        return True
+
+    async def renew_lease(self, task_id: str, owner: str, ttl: float) -> bool:
+        if not self._holds(task_id, owner):
+            return False
+        self._leases[task_id] = (owner, time.monotonic() + ttl)
+        return True
+
+    async def release_lease(self, task_id: str, owner: str) -> None:
+        if self._holds(task_id, owner):
+            del self._leases[task_id]
+        self._cancel_requests.pop(task_id, None)
+
+    async def request_cancel(self, task_id: str, reason: str) -> None:
+        self._cancel_requests[task_id] = reason
+
+    async def cancel_requested(self, task_id: str) -> str | None:
+        return self._cancel_requests.get(task_id)
+
+    def _holds(self, task_id: str, owner: str) -> bool:
+        holder = self._leases.get(task_id)
+        return holder is not None and holder[0] == owner and holder[1] > time.monotonic()
 
     async def close(self) -> None:
         self._db.close()

@@ -9,6 +9,10 @@ from typing import Protocol
 from mitosis.v1 import task_pb2
 
 
+class LeaseLost(Exception):
+    """An append was fenced by a lease this executor no longer holds: another one took over."""
+
+
 @dataclass(frozen=True)
 class TaskPage:
     """One page of a task listing, newest first."""
@@ -37,13 +41,39 @@ class Store(Protocol):
         ...
 
     async def append(
-        self, task_id: str, events: Sequence[task_pb2.TaskEvent]
+        self,
+        task_id: str,
+        events: Sequence[task_pb2.TaskEvent],
+        *,
+        owner: str | None = None,
     ) -> list[task_pb2.TaskEvent]:
         """Append events atomically, assigning `seq` and `create_time`; return them stored.
 
         The task record is updated with the events in the same transaction, so the record
-        never disagrees with the log. Raises KeyError when the task does not exist.
+        never disagrees with the log. Raises KeyError when the task does not exist. With
+        `owner`, the append is fenced: it raises LeaseLost unless `owner` holds the task's
+        lease when the transaction commits.
         """
+        ...
+
+    async def acquire_lease(self, task_id: str, owner: str, ttl: float) -> bool:
+        """Take the task's lease for `ttl` seconds when it is free, expired or already ours."""
+        ...
+
+    async def renew_lease(self, task_id: str, owner: str, ttl: float) -> bool:
+        """Extend our lease by `ttl` seconds; False when it is no longer ours."""
+        ...
+
+    async def release_lease(self, task_id: str, owner: str) -> None:
+        """Give the lease up, if it is ours."""
+        ...
+
+    async def request_cancel(self, task_id: str, reason: str) -> None:
+        """Ask whichever executor runs the task to cancel it."""
+        ...
+
+    async def cancel_requested(self, task_id: str) -> str | None:
+        """Return the reason of a pending cancel request, or None."""
         ...
 
     async def read_events(

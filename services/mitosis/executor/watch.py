@@ -26,14 +26,15 @@ async def watch_events(
 
     Subscribes before reading the backlog, so an event appended during the replay is
     either in the backlog or in the subscription; what was already sent is dropped by seq.
-    Ends after the terminal event.
+    While quiet it checks the store before each heartbeat, so even an event a live feed
+    missed reaches the watcher within one heartbeat interval. Ends after the terminal event.
     """
     if after_seq < 0:
         raise InvalidArgument(f"after_seq must be 0 or more, not {after_seq}")
-    with hub.subscribe(task_id) as subscription:
-        task = await store.get_task(task_id)
-        if task is None:
-            raise NotFound(f"task {task_id!r} does not exist")
+    task = await store.get_task(task_id)
+    if task is None:
+        raise NotFound(f"task {task_id!r} does not exist")
+    with hub.subscribe(task_id, from_seq=task.last_seq) as subscription:
         if after_seq > task.last_seq:
             raise OutOfRange(
                 f"after_seq {after_seq} is beyond the task's newest event (seq {task.last_seq})"
@@ -48,7 +49,7 @@ async def watch_events(
                 if is_terminal_event(event):
                     return
             try:
-                async for event in _live(subscription, task_id, last, heartbeat_interval):
+                async for event in _live(store, subscription, task_id, last, heartbeat_interval):
                     if event.seq > last:
                         last = event.seq
                     yield event
@@ -73,11 +74,13 @@ async def _replay(store: Store, task_id: str, after_seq: int) -> AsyncIterator[t
 
 
 async def _live(
-    subscription: Subscription, task_id: str, last: int, heartbeat_interval: float
+    store: Store, subscription: Subscription, task_id: str, last: int, heartbeat_interval: float
 ) -> AsyncIterator[task_pb2.TaskEvent]:
     while True:
         batch = await subscription.next_batch(heartbeat_interval)
         if not batch:
+            if await store.read_events(task_id, last, 1):
+                raise _Gap  # stored, but never offered live: read it from the store
             yield heartbeat(task_id, last)
             continue
         for event in batch:

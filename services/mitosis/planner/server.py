@@ -8,7 +8,10 @@ import logging
 import os
 from collections.abc import Sequence
 
+from mitosis.models.base import PlanningModel
+from mitosis.models.choice import OPENAI, add_model_arguments, openai_settings
 from mitosis.models.offline import OfflineModel
+from mitosis.models.openai_model import OpenAIModel
 from mitosis.planner.servicer import PlannerServicer
 from mitosis.serving import Serving, configure_logging, serve_until_signalled
 from mitosis.v1 import planner_service_pb2, planner_service_pb2_grpc
@@ -29,12 +32,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=env("MITOSIS_PLANNER_LISTEN", "127.0.0.1:50052"),
         help="address to serve on (env MITOSIS_PLANNER_LISTEN; default %(default)s)",
     )
-    parser.add_argument(
-        "--model",
-        choices=["offline"],
-        default=env("MITOSIS_MODEL", "offline"),
-        help="planning model (env MITOSIS_MODEL; default %(default)s: deterministic, no network)",
-    )
+    add_model_arguments(parser, os.environ)
     parser.add_argument(
         "--grace", type=float, default=5.0, help="seconds to finish calls on SIGTERM"
     )
@@ -45,12 +43,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 async def start_planner(args: argparse.Namespace) -> tuple[Serving, int]:
     """Start serving PlannerService; return the server and its port."""
     serving = Serving([SERVICE_NAME])
+    model: PlanningModel = (
+        OpenAIModel(openai_settings(args, os.environ)) if args.model == OPENAI else OfflineModel()
+    )
     planner_service_pb2_grpc.add_PlannerServiceServicer_to_server(
-        PlannerServicer(OfflineModel()), serving.server
+        PlannerServicer(model), serving.server
     )
     port = serving.listen(args.listen)
     await serving.start()
-    logger.info("planner serving on port %d; model %s", port, args.model)
+    logger.info("planner serving on port %d; model %s", port, model.name)
     return serving, port
 
 
