@@ -20,9 +20,9 @@ StartExecutor = Callable[..., Coroutine[Any, Any, Executor]]
 @pytest.fixture
 async def planner_target() -> AsyncIterator[str]:
     """A real PlannerService on a free port."""
-    serving, port = await start_planner(parse_planner_args(["--listen", "127.0.0.1:0"]))
-    yield f"127.0.0.1:{port}"
-    await serving.stop(None)
+    planner = await start_planner(parse_planner_args(["--listen=127.0.0.1:0", "--model=offline"]))
+    yield f"127.0.0.1:{planner.port}"
+    await planner.stop()
 
 
 @pytest.fixture

@@ -33,12 +33,35 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
+__all__ = [
+    "DEFAULT_CORS_ORIGINS",
+    "DEFAULT_STATIC_DIR",
+    "REPO_ROOT",
+    "TEMPLATE",
+    "EnvoyProcess",
+    "GatewaySettings",
+    "StaticFile",
+    "Verbatim",
+    "dying_with_parent",
+    "envoy_binary",
+    "fill_template",
+    "find_static_files",
+    "parse_address",
+    "render_config",
+    "validate",
+    "write_config",
+]
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO_ROOT / "envoy" / "envoy.yaml"
 """The one Envoy configuration template."""
 DEFAULT_STATIC_DIR = REPO_ROOT / "clients" / "web" / "dist"
 """Where Vite writes the built UI."""
 DEFAULT_LISTEN_PORT = 8080
+DEFAULT_CORS_ORIGINS = (
+    f"http://localhost:{DEFAULT_LISTEN_PORT}",
+    f"http://127.0.0.1:{DEFAULT_LISTEN_PORT}",
+)
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 """Host names the gateway answers to (any port); others get 421 (DNS rebinding)."""
 DEFAULT_CSP = (
@@ -90,10 +113,7 @@ class GatewaySettings:
     executors: tuple[tuple[str, int], ...] = (("127.0.0.1", 50051),)
     static_dir: Path | None = None
     """The built UI (Vite's dist folder); None or a folder without index.html: "not built"."""
-    cors_origins: tuple[str, ...] = (
-        f"http://localhost:{DEFAULT_LISTEN_PORT}",
-        f"http://127.0.0.1:{DEFAULT_LISTEN_PORT}",
-    )
+    cors_origins: tuple[str, ...] = DEFAULT_CORS_ORIGINS
     """Origins other pages may call the API from (exact, scheme://host[:port]); never "*"."""
     hosts: tuple[str, ...] = DEFAULT_HOSTS
     """Host names served, port ignored; the listen address is added when it is specific."""
@@ -131,7 +151,7 @@ class GatewaySettings:
         static = find_static_files(self.static_dir) if self.static_dir is not None else None
         largest = max((f.size for f in static or ()), default=0)
         values: dict[str, object] = {
-            "admin": self._admin(),
+            "admin": Verbatim(self._admin()),
             "listen_host": _ip(self.listen_host, "listen host"),
             "listen_port": self.listen_port,
             "stream_idle_timeout": _duration(self.stream_idle_timeout_s),
@@ -294,8 +314,14 @@ def not_built_page(static_dir: str) -> str:
     )
 
 
+class Verbatim(str):
+    """A template value that goes in as the YAML text it is, not as JSON."""
+
+    __slots__ = ()
+
+
 def fill_template(template: str, values: dict[str, object]) -> str:
-    """Fill the template: strings of YAML as they are, everything else as JSON.
+    """Fill the template's placeholders: Verbatim values as they are, others as JSON.
 
     A placeholder named in _TEMPLATE_BLOCKS stands alone on its line; its list becomes one
     "- <json>" line per item at that column.
@@ -307,9 +333,10 @@ def fill_template(template: str, values: dict[str, object]) -> str:
             found = re.findall(rf"^([ \t]*)\$\{{{name}\}}[ \t]*$", template, flags=re.MULTILINE)
             if len(found) != 1:
                 raise ValueError(f"the template needs ${{{name}}} alone on one line")
-            items = [f"- {json.dumps(item)}" for item in value]
-            rendered[name] = ("\n" + found[0]).join(items) if items else "[]"
-        elif name == "admin":
+            if not value:
+                raise ValueError(f"{name}: a block needs at least one item")
+            rendered[name] = ("\n" + found[0]).join(f"- {json.dumps(item)}" for item in value)
+        elif isinstance(value, Verbatim):
             rendered[name] = str(value)
         else:
             rendered[name] = json.dumps(value)
@@ -322,7 +349,7 @@ def render_config(
     listen_port: int = DEFAULT_LISTEN_PORT,
     executors: Sequence[tuple[str, int]] = (("127.0.0.1", 50051),),
     static_dir: Path | None = None,
-    cors_origins: Sequence[str] = (),
+    cors_origins: Sequence[str] = DEFAULT_CORS_ORIGINS,
     hosts: Sequence[str] = DEFAULT_HOSTS,
     admin_port: int | None = 0,
     stream_idle_timeout_s: float = 300.0,
@@ -756,19 +783,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-__all__ = [
-    "DEFAULT_STATIC_DIR",
-    "TEMPLATE",
-    "EnvoyProcess",
-    "GatewaySettings",
-    "StaticFile",
-    "dying_with_parent",
-    "envoy_binary",
-    "find_static_files",
-    "parse_address",
-    "render_config",
-    "validate",
-    "write_config",
-]

@@ -180,12 +180,11 @@ def step_agent(args: argparse.Namespace) -> tuple[StepAgent, Callable[[], Awaita
     if args.model == OPENAI:
         model = OpenAIModel(openai_settings(args, os.environ))
         return model, model.aclose
-    offline = PlannedToolAgent(OfflineModel(pace=args.offline_pace))
+    return PlannedToolAgent(OfflineModel(pace=args.offline_pace)), _nothing_to_close
 
-    async def nothing_to_close() -> None:
-        return None
 
-    return offline, nothing_to_close
+async def _nothing_to_close() -> None:
+    return None
 
 
 async def serve(args: argparse.Namespace) -> None:

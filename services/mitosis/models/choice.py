@@ -47,6 +47,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str])
         default=float(env.get("MITOSIS_MODEL_TIMEOUT", "60")),
         help="seconds one model call may wait for an answer (default %(default)s)",
     )
+    group.add_argument(
+        "--model-retries",
+        type=int,
+        default=int(env.get("MITOSIS_MODEL_RETRIES", "3")),
+        help="retries of a model call that got a 429, a 5xx or no answer, with backoff"
+        " (env MITOSIS_MODEL_RETRIES; default %(default)s)",
+    )
 
 
 def openai_settings(args: argparse.Namespace, env: Mapping[str, str]) -> OpenAISettings:
@@ -62,4 +69,5 @@ def openai_settings(args: argparse.Namespace, env: Mapping[str, str]) -> OpenAIS
         plan_model=args.plan_model,
         step_model=args.step_model,
         timeout_s=args.model_timeout,
+        max_retries=args.model_retries,
     )

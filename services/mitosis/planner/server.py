@@ -6,7 +6,8 @@ import argparse
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 from mitosis.models.base import PlanningModel
 from mitosis.models.choice import OPENAI, add_model_arguments, openai_settings
@@ -40,25 +41,46 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def start_planner(args: argparse.Namespace) -> tuple[Serving, int]:
-    """Start serving PlannerService; return the server and its port."""
+@dataclass
+class Planner:
+    """A running planner: its server, its port, and the model it closes when it stops."""
+
+    serving: Serving
+    port: int
+    close_model: Callable[[], Awaitable[None]]
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop serving (NOT_SERVING first), then close the model's connections."""
+        await self.serving.stop(grace)
+        await self.close_model()
+
+
+async def start_planner(args: argparse.Namespace) -> Planner:
+    """Start serving PlannerService with the chosen model."""
     serving = Serving([SERVICE_NAME])
-    model: PlanningModel = (
-        OpenAIModel(openai_settings(args, os.environ)) if args.model == OPENAI else OfflineModel()
-    )
+    model: PlanningModel
+    if args.model == OPENAI:
+        openai_model = OpenAIModel(openai_settings(args, os.environ))
+        model, close_model = openai_model, openai_model.aclose
+    else:
+        model, close_model = OfflineModel(), _nothing_to_close
     planner_service_pb2_grpc.add_PlannerServiceServicer_to_server(
         PlannerServicer(model), serving.server
     )
     port = serving.listen(args.listen)
     await serving.start()
     logger.info("planner serving on port %d; model %s", port, model.name)
-    return serving, port
+    return Planner(serving, port, close_model)
+
+
+async def _nothing_to_close() -> None:
+    return None
 
 
 async def serve(args: argparse.Namespace) -> None:
     """Serve until SIGTERM or SIGINT."""
-    serving, _ = await start_planner(args)
-    await serve_until_signalled(serving, args.grace)
+    planner = await start_planner(args)
+    await serve_until_signalled(planner.serving, args.grace, planner.close_model)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
