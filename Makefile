@@ -5,6 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 NODE_STAMP := node_modules/.installed-stamp
+WEB := clients/web
+WEB_STAMP := $(WEB)/node_modules/.installed-stamp
+WEB_BUILD := $(WEB)/dist/index.html
+# What the built UI depends on (unit tests excluded: they do not ship).
+WEB_SOURCES := $(shell find $(WEB)/src -type f ! -name '*.test.ts' 2>/dev/null) \
+	$(WEB)/index.html $(WEB)/vite.config.ts $(WEB)/tsconfig.json $(WEB)/package-lock.json
 
 .DEFAULT_GOAL := help
 
@@ -22,33 +28,50 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-.PHONY: setup ## install Python and Node dependencies into .venv and node_modules
-setup: $(STAMP) $(NODE_STAMP)
+$(WEB_STAMP): $(WEB)/package.json $(WEB)/package-lock.json
+	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
-.PHONY: proto ## regenerate Python code and stubs from proto/
-proto: $(STAMP)
+$(WEB_BUILD): $(WEB_STAMP) $(WEB_SOURCES)
+	cd $(WEB) && npm run --silent build
+	touch $@
+
+.PHONY: setup ## install Python and Node dependencies (.venv, node_modules, clients/web/node_modules)
+setup: $(STAMP) $(NODE_STAMP) $(WEB_STAMP)
+
+.PHONY: web-deps ## install the browser UI's Node dependencies (npm ci in clients/web)
+web-deps: $(WEB_STAMP)
+
+.PHONY: web ## build the browser UI into clients/web/dist when its sources changed
+web: $(WEB_BUILD)
+
+.PHONY: proto ## regenerate code from proto/: Python code and stubs, and the UI's TypeScript
+proto: $(STAMP) $(WEB_STAMP)
 	$(BIN)/python scripts/gen_protos.py
 
-.PHONY: run ## start the planner and the executor on their embedded defaults (Ctrl-C stops)
-run: $(STAMP)
+.PHONY: run ## build the UI if needed, start planner, executor and Envoy (Ctrl-C stops)
+run: $(STAMP) web
 	$(BIN)/python scripts/run.py
 
-.PHONY: test ## run the whole test suite against real servers
-test: $(STAMP)
+.PHONY: test ## run the whole test suite: the UI's unit tests, then pytest against real servers
+test: $(STAMP) web
+	cd $(WEB) && npm test --silent
 	$(BIN)/pytest
 
-.PHONY: lint ## check: ruff, ruff format, mypy (strict), buf lint
-lint: $(STAMP) $(NODE_STAMP)
+.PHONY: lint ## check: ruff, ruff format, mypy (strict), buf lint, tsc (the UI, strict)
+lint: $(STAMP) $(NODE_STAMP) $(WEB_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy services clients
 	npx --no-install buf lint
+	cd $(WEB) && npm run --silent typecheck
 
 .PHONY: format ## fix what ruff can fix and format the code
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-.PHONY: clean ## remove the virtualenv, node_modules and local data
+.PHONY: clean ## remove the virtualenv, node_modules, the built UI and local data
 clean:
 	rm -rf $(VENV) node_modules data .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(WEB)/node_modules $(WEB)/dist test-artifacts

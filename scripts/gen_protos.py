@@ -63,7 +63,7 @@ def generate_web(out_dir: Path) -> None:
     )
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=ROOT / "services", help="Python output root")
     parser.add_argument(
@@ -77,6 +77,7 @@ def main() -> None:
         generate(args.out)
     if args.only in (None, "web"):
         generate_web(args.web_out)
+    return 0
 
 
 if __name__ == "__main__":

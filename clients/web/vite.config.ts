@@ -13,7 +13,7 @@ export default defineConfig({
     // The module preload polyfill is an inline-free script, but modern browsers do not
     // need it; leaving it out keeps the bundle small.
     modulePreload: { polyfill: false },
-    chunkSizeWarningLimit: 200,
+    chunkSizeWarningLimit: 256,
   },
   server: {
     proxy: { "/mitosis.v1.TaskService": { target: gateway, changeOrigin: false } },

@@ -17,8 +17,8 @@ export const TERMINAL_TASK_STATES: ReadonlySet<Task_State> = new Set([
 /** True for the event that ends a task's log (WatchTask ends after it). */
 export function isTerminalEvent(event: TaskEvent): boolean {
   return (
-    event.event.case === "taskStateChanged" &&
-    TERMINAL_TASK_STATES.has(event.event.value.state)
+    event.kind.case === "taskStateChanged" &&
+    TERMINAL_TASK_STATES.has(event.kind.value.state)
   );
 }
 

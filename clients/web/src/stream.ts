@@ -262,7 +262,7 @@ export class TaskStream {
       for await (const event of events) {
         heard();
         heardAnything = true;
-        if (event.event.case === "heartbeat") continue;
+        if (event.kind.case === "heartbeat") continue;
         if (event.seq <= this.lastSeq) {
           this.opts.onDuplicate?.(event);
           continue;
