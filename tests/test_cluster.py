@@ -16,6 +16,7 @@ from mitosis.client import AsyncClient
 from mitosis.v1 import task_pb2, task_service_pb2
 from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
 
+from .gateway import start_gateway
 from .processes import Service, start_service
 from .redis_server import RedisServer
 
@@ -147,3 +148,30 @@ async def test_a_paused_executor_cannot_write_after_takeover(cluster: Cluster) -
     )
     assert after.last_seq == final.last_seq
     assert "another executor took it over" in a.log.read_text()
+
+
+async def test_watchers_through_envoy_see_every_event_once_across_a_kill_9(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    a, b, c = cluster.start("a"), cluster.start("b"), cluster.start("c")
+    gateway = start_gateway(tmp_path, [a.port, b.port, c.port], None)
+    try:
+        task = await create(a.target)
+        async with AsyncClient(gateway.target) as client:
+            # Several watchers, spread by Envoy over the executors; each must see it all once.
+            states: list[str] = []
+            streams = [client.watch(task.task_id, on_state=states.append) for _ in range(6)]
+            firsts = [await anext(stream) for stream in streams]
+            a.stop(signal.SIGKILL)  # the executor running the task, and some watchers' host
+            received = [
+                [first.seq] + [event.seq async for event in stream]
+                for first, stream in zip(firsts, streams, strict=True)
+            ]
+            final = await client.get_task(task.task_id)
+    finally:
+        gateway.stop()
+
+    assert final.state == Task.STATE_SUCCEEDED
+    assert any(state.startswith("reconnecting") for state in states)  # some were on a
+    for seqs in received:
+        assert seqs == list(range(1, final.last_seq + 1))
