@@ -163,10 +163,20 @@ async def test_watchers_through_envoy_see_every_event_once_across_a_kill_9(
             streams = [client.watch(task.task_id, on_state=states.append) for _ in range(6)]
             firsts = [await anext(stream) for stream in streams]
             a.stop(signal.SIGKILL)  # the executor running the task, and some watchers' host
-            received = [
-                [first.seq] + [event.seq async for event in stream]
-                for first, stream in zip(firsts, streams, strict=True)
-            ]
+            received = []
+            for first, stream in zip(firsts, streams, strict=True):
+                got = [first.seq]
+                try:
+                    async with asyncio.timeout(30):
+                        async for event in stream:
+                            got.append(event.seq)
+                except TimeoutError:
+                    now = await client.get_task(task.task_id)
+                    raise AssertionError(
+                        f"a watcher stalled at seq {got[-1]}; the task is"
+                        f" {Task.State.Name(now.state)} at seq {now.last_seq}; states {states}"
+                    ) from None
+                received.append(got)
             final = await client.get_task(task.task_id)
     finally:
         gateway.stop()

@@ -139,8 +139,8 @@ class TaskRunner:
             await asyncio.sleep(self._config.lease_ttl / 2)
             try:
                 await self.resume_unfinished()
-            except Unavailable as error:
-                logger.warning("cannot look for tasks to take over: %s", error)
+            except Exception:  # the loop must outlive any one failure
+                logger.exception("cannot look for tasks to take over; trying again")
 
     async def cancel(self, task_id: str, reason: str = "cancelled by request") -> None:
         """Stop the task's running step and end the task CANCELLED."""
@@ -190,6 +190,7 @@ class TaskRunner:
         owner = self._config.owner
         if not await self._store.acquire_lease(task_id, owner, self._config.lease_ttl):
             return  # another executor runs it
+        logger.info("task %s: running it here (lease %s)", task_id, owner)
         self._log.fence(task_id, owner)
         runner = asyncio.current_task()
         assert runner is not None
