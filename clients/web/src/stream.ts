@@ -114,6 +114,7 @@ export class TaskStream {
   private running = false;
   private current: AbortController | undefined;
   private abortReason = "";
+  private abortImmediate = false;
   private lastMessageAt = 0;
   private wakeUp: (() => void) | undefined;
   private state: ConnectionState = { kind: "idle" };
@@ -150,15 +151,16 @@ export class TaskStream {
   }
 
   /**
-   * Reconnect without waiting: on the browser's `online` event, or when the tab comes
-   * back after sleep. `force` also replaces a connection that looks alive; otherwise only
-   * one that has been silent for longer than the watchdog allows is replaced.
+   * Reconnect without waiting: on the browser's `online` event, or when the tab comes back
+   * after sleep. A waiting reconnect starts at once; an open connection that has missed a
+   * heartbeat (silent for a third of the watchdog time) is replaced at once; one that is
+   * still receiving is kept.
    */
-  reconnectNow(reason: string, force = false): void {
+  reconnectNow(reason: string): void {
     if (this.stopped || !this.running) return;
     if (this.current) {
       const silentFor = this.opts.clock.now() - this.lastMessageAt;
-      if (force || silentFor > this.opts.watchdogMs) this.abort(reason);
+      if (silentFor > this.opts.watchdogMs / 3) this.abort(reason, true);
       return;
     }
     this.wake();
@@ -169,8 +171,9 @@ export class TaskStream {
     this.opts.onState(state);
   }
 
-  private abort(reason: string): void {
+  private abort(reason: string, immediate = false): void {
     this.abortReason = reason;
+    this.abortImmediate = immediate;
     this.current?.abort();
   }
 
@@ -210,6 +213,10 @@ export class TaskStream {
         this.setState({ kind: "error", message: outcome.message, code: outcome.code });
         return;
       }
+      if (outcome.immediate) {
+        failures = 0; // replaced on purpose (back online, tab visible): no backoff
+        continue;
+      }
       failures = outcome.heardAnything ? 1 : failures + 1;
       const delay = backoffDelay(
         failures,
@@ -232,12 +239,13 @@ export class TaskStream {
   ): Promise<
     | { kind: "done" }
     | { kind: "error"; message: string; code: Code }
-    | { kind: "retry"; reason: string; heardAnything: boolean }
+    | { kind: "retry"; reason: string; heardAnything: boolean; immediate?: boolean }
   > {
     const { clock, watchdogMs } = this.opts;
     const controller = new AbortController();
     this.current = controller;
     this.abortReason = "";
+    this.abortImmediate = false;
     this.connections += 1;
     this.setState({ kind: "connecting", attempt });
 
@@ -283,7 +291,10 @@ export class TaskStream {
       return { kind: "retry", reason: "the stream ended early", heardAnything };
     } catch (err) {
       if (this.stopped) return { kind: "done" };
-      if (this.abortReason) return { kind: "retry", reason: this.abortReason, heardAnything };
+      if (this.abortReason) {
+        const immediate = this.abortImmediate;
+        return { kind: "retry", reason: this.abortReason, heardAnything, immediate };
+      }
       const error = ConnectError.from(err);
       if (PERMANENT.has(error.code)) {
         return { kind: "error", message: describeError(error), code: error.code };
