@@ -53,6 +53,10 @@ proto: $(STAMP) $(WEB_STAMP)
 run: $(STAMP) web
 	$(BIN)/python scripts/run.py
 
+.PHONY: run-cluster ## like run, on Redis: a redis-server, a planner, 3 executors and Envoy
+run-cluster: $(STAMP) web
+	$(BIN)/python scripts/run.py --executors 3
+
 .PHONY: test ## run the whole test suite: the UI's unit tests, then pytest against real servers
 test: $(STAMP) web
 	cd $(WEB) && npm test --silent
@@ -74,4 +78,4 @@ format: $(STAMP)
 .PHONY: clean ## remove the virtualenv, node_modules, the built UI and local data
 clean:
 	rm -rf $(VENV) node_modules data .mypy_cache .ruff_cache .pytest_cache
-	rm -rf $(WEB)/node_modules $(WEB)/dist test-artifacts
+	rm -rf $(WEB)/node_modules $(WEB)/dist test-artifacts build
