@@ -16,7 +16,7 @@ WEB_SOURCES := $(shell find $(WEB)/src -type f ! -name '*.test.ts' 2>/dev/null) 
 
 .PHONY: help ## show the targets and what they do
 help:
-	@grep -E '^\.PHONY: [a-z-]+ ## ' $(MAKEFILE_LIST) | sed -E 's/^\.PHONY: ([a-z-]+) ## (.*)/  \1\t\2/' | expand -t 12
+	@grep -E '^\.PHONY: [a-z-]+ ## ' $(MAKEFILE_LIST) | sed -E 's/^\.PHONY: ([a-z-]+) ## (.*)/\1\t\2/' | awk -F '\t' '{ printf "  %-13s %s\n", $$1, $$2 }'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
