@@ -55,6 +55,8 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     async def WatchTask(
         self, request: task_service_pb2.WatchTaskRequest, context: Context
     ) -> AsyncIterator[task_pb2.TaskEvent]:
+        # Headers now, not with the first event: a client knows at once that it is live.
+        await context.send_initial_metadata(())
         try:
             async for event in self._tasks.watch(request.task_id, request.after_seq):
                 yield event
