@@ -62,6 +62,20 @@ test: $(STAMP) web
 	cd $(WEB) && npm test --silent
 	$(BIN)/pytest
 
+BENCH_STAMP := $(VENV)/.bench-stamp
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+.PHONY: bench ## run the benchmarks (~7 min): Markdown tables, JSON in bench/results/
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+.PHONY: bench-quick ## a short smoke run of every benchmark workload (~1 min)
+bench-quick: $(BENCH_STAMP)
+	$(BIN)/python -m bench --quick
+
 .PHONY: lint ## check: ruff, ruff format, mypy (strict), buf lint, tsc (the UI, strict)
 lint: $(STAMP) $(NODE_STAMP) $(WEB_STAMP)
 	$(BIN)/ruff check .

@@ -48,7 +48,8 @@ class Subscription:
         if not self._buffer and not self._overflowed:
             self._ready.clear()
             try:
-                await asyncio.wait_for(self._ready.wait(), max_wait)
+                async with asyncio.timeout(max_wait):  # no task per wait, unlike wait_for
+                    await self._ready.wait()
             except TimeoutError:
                 return []
         if self._overflowed:

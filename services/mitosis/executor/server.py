@@ -117,6 +117,7 @@ class Executor:
     serving: Serving
     port: int
     runner: TaskRunner
+    log: EventLog
     store: Store
     planner: PlannerClient
     background: list[asyncio.Task[None]]
@@ -172,7 +173,7 @@ async def start_executor(args: argparse.Namespace) -> Executor:
         args.planner,
         len(resumed),
     )
-    return Executor(serving, port, runner, store, planner, background, close_model)
+    return Executor(serving, port, runner, log, store, planner, background, close_model)
 
 
 def step_agent(args: argparse.Namespace) -> tuple[StepAgent, Callable[[], Awaitable[None]]]:

@@ -1,0 +1,1 @@
+"""Mitosis benchmarks: `python -m bench` (see bench/README.md)."""

@@ -1,0 +1,93 @@
+"""Workload 6: appends per second to the stores, one event per append (one transaction each).
+
+Measured in the benchmark's own process, straight on `SqliteStore` and `RedisStore` (a
+private redis-server on a free port, no persistence), with the same event mix as the streams.
+Batched appends (1000 events per transaction) are shown too: that is how catch-up data is
+loaded, and what a coalescing writer could reach. The time of each append is kept: SQLite's
+automatic WAL checkpoint (every 1000 pages, with an fsync) makes a few of them much slower.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.payloads import Shapes, task_event
+from bench.procs import Redis
+from bench.rig import Progress
+from bench.stats import percentile
+from mitosis.executor.redis_store import RedisStore
+from mitosis.executor.sqlite_store import SqliteStore
+from mitosis.executor.store import Store
+from mitosis.v1 import task_pb2
+
+
+async def _new_task(store: Store) -> str:
+    task = task_pb2.Task(
+        task_id=secrets.token_hex(8), text="store benchmark", state=task_pb2.Task.STATE_RUNNING
+    )
+    task.create_time.FromNanoseconds(time.time_ns())
+    await store.create_task(task)
+    return task.task_id
+
+
+async def _appends(store: Store, count: int, batch: int) -> tuple[float, list[float]]:
+    """Events per second appended to a new task in transactions of `batch` events, and the
+    time each append took."""
+    task_id = await _new_task(store)
+    shapes = Shapes()
+    events = [task_event(shapes.next()) for _ in range(count)]
+    each = []
+    start = time.perf_counter()
+    for first in range(0, count, batch):
+        t0 = time.perf_counter()
+        await store.append(task_id, events[first : first + batch])
+        each.append(time.perf_counter() - t0)
+    return count / (time.perf_counter() - start), each
+
+
+async def stores(
+    workdir: Path, reps: int, counts: dict[str, int], progress: Progress
+) -> list[dict[str, Any]]:
+    """SQLite and Redis, single-event and 1000-event appends, `reps` times each."""
+    rows: list[dict[str, Any]] = []
+    sqlite = SqliteStore(workdir / "store.sqlite3")
+    stores: list[tuple[str, Store]] = [("sqlite", sqlite)]
+    redis = redis_store = None
+    if shutil.which("redis-server"):
+        redis = await Redis(workdir / "redis").start()
+        redis_store = RedisStore.from_url(redis.url)
+        stores.append(("redis", redis_store))
+    else:
+        progress("store: redis-server is not installed, so no Redis figures")
+    try:
+        for rep in range(reps):
+            for name, store in stores:
+                for batch in (1, 1000):
+                    count = counts[name] if batch == 1 else 20 * batch
+                    rate, each = await _appends(store, count, batch)
+                    rows.append(
+                        {
+                            "workload": "store",
+                            "rep": rep,
+                            "store": name,
+                            "batch": batch,
+                            "events": count,
+                            "events_per_s": rate,
+                            "appends_per_s": rate / batch,
+                            "append_p50_us": percentile(each, 50) * 1e6,
+                            "append_p99_us": percentile(each, 99) * 1e6,
+                            "append_max_us": max(each) * 1e6,
+                        }
+                    )
+                    progress(f"store {name} batch {batch} rep {rep + 1}: {rate:,.0f} events/s")
+    finally:
+        if redis_store is not None:
+            await redis_store.close()
+        await sqlite.close()
+        if redis is not None:
+            await redis.stop()
+    return rows

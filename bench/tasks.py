@@ -1,0 +1,137 @@
+"""Workload 5: whole tasks on the offline model with pacing off, through the real services.
+
+A real planner and a real executor run as subprocesses (`mitosis-planner`, `mitosis-executor
+--offline-pace=0`, SQLite in a folder of their own), the way `make run` starts them. Every
+task is a client doing CreateTask and then WatchTask to the end, all at once; the time to the
+first event runs from just before CreateTask to that event's arrival at the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from bench.procs import Service, Usage
+from bench.rig import Progress
+from bench.stats import percentile
+from mitosis.projection import is_terminal_event
+from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
+
+if TYPE_CHECKING:
+    from mitosis.v1.task_service_pb2_grpc import TaskServiceAsyncStub
+
+TEXTS = (
+    "Write a short market brief on home solar batteries",
+    "Write a guide to composting at home",
+    "Compare heat pumps and gas boilers for a small house",
+    "Write a python script that computes compound interest over 10 years",
+    "Draft a one-page brief on e-bike adoption in cities",
+)
+"""What people ask for (the offline model plans by kind: brief, guide, comparison, code)."""
+
+
+@dataclass
+class TaskTiming:
+    created: float
+    """CreateTask's answer arrived, seconds after it was called."""
+    first_stored: float
+    """The first event's create_time (stamped when stored), seconds after CreateTask."""
+    first_event: float
+    """The first event arrived at the client, seconds after CreateTask."""
+    total: float
+    end: float
+    state: int
+    events: int
+
+
+async def _one(stub: TaskServiceAsyncStub, text: str, start: float) -> TaskTiming:
+    wall_start = time.time()
+    task = await stub.CreateTask(task_service_pb2.CreateTaskRequest(text=text), timeout=60)
+    created = time.perf_counter() - start
+    first = first_stored = 0.0
+    events = 0
+    state = task_pb2.Task.STATE_UNSPECIFIED
+    request = task_service_pb2.WatchTaskRequest(task_id=task.task_id)
+    async for event in stub.WatchTask(request, timeout=300):
+        if event.WhichOneof("kind") == "heartbeat":
+            continue
+        if not events:
+            first = time.perf_counter() - start
+            first_stored = event.create_time.ToNanoseconds() / 1e9 - wall_start
+        events += 1
+        if is_terminal_event(event):
+            state = event.task_state_changed.state
+    end = time.perf_counter()
+    return TaskTiming(created, first_stored, first, end - start, end, state, events)
+
+
+async def _batch(target: str, n: int, rep: int) -> tuple[list[TaskTiming], float]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = task_service_pb2_grpc.TaskServiceStub(channel)
+        await channel.channel_ready()
+        began = time.perf_counter()
+
+        async def one(i: int) -> TaskTiming:
+            return await _one(stub, f"{TEXTS[i % len(TEXTS)]} ({rep}.{i})", time.perf_counter())
+
+        timings = await asyncio.gather(*(one(i) for i in range(n)))
+        return list(timings), max(t.end for t in timings) - began
+
+
+async def tasks(
+    workdir: Path, reps: int, counts: tuple[int, ...], progress: Progress
+) -> list[dict[str, Any]]:
+    """Run `counts` concurrent tasks (e.g. 1, then 50) `reps` times on one planner+executor."""
+    planner = await Service.start("mitosis-planner", workdir / "planner.log", "--model=offline")
+    executor = None
+    try:
+        executor = await Service.start(
+            "mitosis-executor",
+            workdir / "executor.log",
+            f"--planner={planner.target}",
+            f"--data-dir={workdir / 'data'}",
+            "--model=offline",
+            "--offline-pace=0",
+        )
+        await _batch(executor.target, 2, -1)  # warm-up: imports, channel, first SQLite pages
+        rows = []
+        for rep in range(reps):
+            for n in counts:
+                usage = Usage(executor.process.pid).start()
+                timings, wall = await _batch(executor.target, n, rep)
+                await usage.stop()
+                firsts = [t.first_event for t in timings]
+                succeeded = sum(t.state == task_pb2.Task.STATE_SUCCEEDED for t in timings)
+                row = {
+                    "workload": "tasks",
+                    "rep": rep,
+                    "tasks": n,
+                    "succeeded": succeeded,
+                    "first_event_p50_ms": percentile(firsts, 50) * 1000,
+                    "first_event_p99_ms": percentile(firsts, 99) * 1000,
+                    "first_event_max_ms": max(firsts) * 1000,
+                    "created_p50_ms": percentile([t.created for t in timings], 50) * 1000,
+                    "first_stored_p50_ms": percentile([t.first_stored for t in timings], 50) * 1000,
+                    "task_p50_s": percentile([t.total for t in timings], 50),
+                    "wall_s": wall,
+                    "events": sum(t.events for t in timings),
+                    "executor_cores": usage.cores,
+                }
+                rows.append(row)
+                progress(
+                    f"tasks {n} rep {rep + 1}: first event p50"
+                    f" {row['first_event_p50_ms']:.1f} ms, p99 {row['first_event_p99_ms']:.1f} ms"
+                    f" (CreateTask answered at p50 {row['created_p50_ms']:.1f} ms, first event"
+                    f" stored at p50 {row['first_stored_p50_ms']:.1f} ms),"
+                    f" wall {wall:.2f} s, {succeeded}/{n} succeeded"
+                )
+        return rows
+    finally:
+        if executor is not None:
+            await executor.stop()
+        await planner.stop()
