@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from mitosis.executor.hub import EventHub
 from mitosis.executor.store import Store
 from mitosis.v1 import task_pb2
@@ -27,6 +29,9 @@ class EventLog:
 
         Raises LeaseLost when the task is fenced and its lease has moved to another executor.
         """
-        stored = await self.store.append(task_id, events, owner=self._owners.get(task_id))
+        # Shielded: a cancel (of a step, of the task) must not cut an append in half — the
+        # commit lands whole or not at all, and a store's connection is never left mid-reply.
+        append = self.store.append(task_id, events, owner=self._owners.get(task_id))
+        stored = await asyncio.shield(append)
         self.hub.publish(task_id, stored)
         return stored

@@ -78,14 +78,16 @@ class PageWriter:
         """Mark the page abandoned: its step was interrupted and no file is delivered."""
         await self._stop_flusher()
         finished = task_pb2.PageFinished(page_number=self._page_number, abandoned=True)
-        await self._log.append(self._task_id, task_pb2.TaskEvent(page_finished=finished))
+        async with self._lock:  # after a delta still being appended
+            await self._log.append(self._task_id, task_pb2.TaskEvent(page_finished=finished))
 
     async def _flush_after_window(self) -> None:
         while True:
             await self._wake.wait()
             await asyncio.sleep(self._window)
             self._wake.clear()
-            await self._flush()
+            # Shielded: stopping the flusher must not cut a delta out of the page.
+            await asyncio.shield(self._flush())
 
     async def _stop_flusher(self) -> None:
         if self._flusher is not None:

@@ -155,7 +155,7 @@ async def start_executor(args: argparse.Namespace) -> Executor:
         lease_ttl=args.lease_ttl,
     )
     runner = TaskRunner(log, planner, agent, config)
-    tasks = Tasks(store, hub, runner, agent.name, args.heartbeat_interval)
+    tasks = Tasks(log, runner, agent.name, args.heartbeat_interval)
 
     serving = Serving([SERVICE_NAME])
     task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(tasks), serving.server)

@@ -10,9 +10,8 @@ import time
 from collections.abc import AsyncIterator
 
 from mitosis.errors import InvalidArgument, NotFound
-from mitosis.executor.hub import EventHub
+from mitosis.executor.eventlog import EventLog
 from mitosis.executor.runner import TaskRunner
-from mitosis.executor.store import Store
 from mitosis.executor.watch import watch_events
 from mitosis.executor.workspace import PathEscapeError
 from mitosis.models.base import TOOLS
@@ -29,10 +28,11 @@ class Tasks:
     """What TaskService does, in plain calls that raise MitosisError subclasses."""
 
     def __init__(
-        self, store: Store, hub: EventHub, runner: TaskRunner, model: str, heartbeat_interval: float
+        self, log: EventLog, runner: TaskRunner, model: str, heartbeat_interval: float
     ) -> None:
-        self._store = store
-        self._hub = hub
+        self._log = log
+        self._store = log.store
+        self._hub = log.hub
         self._runner = runner
         self._model = model
         self._heartbeat_interval = heartbeat_interval
@@ -50,8 +50,11 @@ class Tasks:
         task.create_time.FromNanoseconds(time.time_ns())
         task.update_time.CopyFrom(task.create_time)
         await self._store.create_task(task)
+        # The first event at once: a watcher sees the task accepted before it is planned.
+        accepted = task_pb2.TaskStateChanged(state=task.state, message="accepted")
+        await self._log.append(task.task_id, task_pb2.TaskEvent(task_state_changed=accepted))
         self._runner.start(task.task_id)
-        return task
+        return await self.get(task.task_id)
 
     async def get(self, task_id: str) -> task_pb2.Task:
         """Return the task, or raise NotFound."""

@@ -223,7 +223,8 @@ class OfflineModel:
         document = _document(_profile(task_text), step)
         seed = f"{task_text}\0{_string_argument(step, 'file_name')}"
         for number, piece in enumerate(_pieces(document, seed)):
-            if number and self._pace > 0:
+            if number:
+                # Without pacing still yield to the loop, so one document cannot hold it.
                 await asyncio.sleep(self._pace)
             yield piece
 
