@@ -54,6 +54,8 @@ class RunnerConfig:
     attempts_per_step: int = 2
     max_revisions: int = 2
     page_window: float = 0.05
+    max_running: int = 8
+    """Tasks run at once; more wait their turn (leased, PENDING) so the loop stays responsive."""
     lease_ttl: float = 10.0
     """Seconds a task's lease lasts unrenewed: how long a dead executor's tasks wait."""
     owner: str = field(
@@ -110,6 +112,7 @@ class TaskRunner:
         self._config = config
         self._running: dict[str, asyncio.Task[None]] = {}
         self._cancel_reasons: dict[str, str] = {}
+        self._slots = asyncio.Semaphore(config.max_running)
 
     def workspace(self, task_id: str) -> Workspace:
         """Return the task's workspace folder, where its tools work and its files lie."""
@@ -227,7 +230,8 @@ class TaskRunner:
 
     async def _run_leased(self, task_id: str) -> None:
         try:
-            await self._execute(task_id)
+            async with self._slots:
+                await self._execute(task_id)
         except asyncio.CancelledError:
             reason = self._cancel_reasons.pop(task_id, None)
             if reason is None:

@@ -97,6 +97,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         " (env MITOSIS_MAX_REVISIONS; default %(default)s)",
     )
     parser.add_argument(
+        "--max-running",
+        type=int,
+        default=int(env("MITOSIS_MAX_RUNNING", "8")),
+        help="tasks this executor runs at once; more wait their turn (default %(default)s)",
+    )
+    parser.add_argument(
         "--lease-ttl",
         type=float,
         default=float(env("MITOSIS_LEASE_TTL", "10")),
@@ -153,6 +159,7 @@ async def start_executor(args: argparse.Namespace) -> Executor:
         tool_timeout=args.tool_timeout,
         max_revisions=args.max_revisions,
         lease_ttl=args.lease_ttl,
+        max_running=args.max_running,
     )
     runner = TaskRunner(log, planner, agent, config)
     tasks = Tasks(log, runner, agent.name, args.heartbeat_interval)
