@@ -237,6 +237,8 @@ class TaskRunner:
             if reason is None:
                 raise  # the executor is shutting down; the task resumes on the next start
             await self._record_cancel(task_id, reason)
+        except LeaseLost:
+            raise  # not a failure of the task: another executor runs it now
         except Exception as error:
             logger.exception("task %s failed unexpectedly", task_id)
             await self._set_state(
