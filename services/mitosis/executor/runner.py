@@ -15,7 +15,7 @@ from typing import Protocol
 from mitosis.errors import FailedPrecondition, NotFound, Unavailable
 from mitosis.executor.eventlog import EventLog
 from mitosis.executor.planner_client import PlanError
-from mitosis.executor.step_tools import RecordedTools
+from mitosis.executor.step_tools import RecordedTools, executor_line
 from mitosis.executor.store import LeaseLost
 from mitosis.executor.tools import ToolError
 from mitosis.executor.workspace import PathEscapeError, Workspace
@@ -28,7 +28,6 @@ logger = logging.getLogger(__name__)
 Task = task_pb2.Task
 Step = task_pb2.Step
 Event = task_pb2.TaskEvent
-Source = task_pb2.LogLine
 
 
 class PlanSource(Protocol):
@@ -469,5 +468,4 @@ class TaskRunner:
         await self._log.append(task_id, Event(step_state_changed=change))
 
     async def _note(self, task_id: str, step_index: int, text: str) -> None:
-        line = task_pb2.LogLine(step_index=step_index, source=Source.SOURCE_EXECUTOR, text=text)
-        await self._log.append(task_id, Event(log_line=line))
+        await self._log.append(task_id, executor_line(step_index, text))

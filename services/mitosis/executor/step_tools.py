@@ -87,7 +87,10 @@ class RecordedTools:
         return text
 
     async def log(self, text: str) -> None:
-        line = task_pb2.LogLine(
-            step_index=self._step_index, source=Source.SOURCE_EXECUTOR, text=text
-        )
-        await self._log.append(self._task_id, Event(log_line=line))
+        await self._log.append(self._task_id, executor_line(self._step_index, text))
+
+
+def executor_line(step_index: int, text: str) -> task_pb2.TaskEvent:
+    """Return a log line from the executor itself (-1: about the task as a whole)."""
+    line = task_pb2.LogLine(step_index=step_index, source=Source.SOURCE_EXECUTOR, text=text)
+    return Event(log_line=line)
