@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
 
 from mitosis.executor.hub import EventHub
 from mitosis.executor.store import Store
 from mitosis.v1 import task_pb2
+
+Observer = Callable[[str, Sequence[task_pb2.TaskEvent]], None]
+"""Called with a task id and the events just stored for it (metrics, for one)."""
 
 
 class EventLog:
@@ -16,6 +20,7 @@ class EventLog:
         self.store = store
         self.hub = hub
         self._owners: dict[str, str] = {}
+        self.observers: list[Observer] = []
 
     def fence(self, task_id: str, owner: str | None) -> None:
         """Append to the task only while `owner` holds its lease (None: stop fencing)."""
@@ -34,4 +39,6 @@ class EventLog:
         append = self.store.append(task_id, events, owner=self._owners.get(task_id))
         stored = await asyncio.shield(append)
         self.hub.publish(task_id, stored)
+        for observe in self.observers:
+            observe(task_id, stored)
         return stored

@@ -86,6 +86,7 @@ class Task(_message.Message):
     PAGES_FIELD_NUMBER: _builtins.int
     REQUIRE_APPROVAL_FIELD_NUMBER: _builtins.int
     REVISIONS_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Output only. The task's identifier, assigned by CreateTask."""
     text: _builtins.str
@@ -104,6 +105,10 @@ class Task(_message.Message):
     """Whether the plan waits for ApprovePlan before it runs, as CreateTask asked."""
     revisions: _builtins.int
     """Output only. How many times the plan was revised after a step failed."""
+    owner: _builtins.str
+    """Output only. The name of the API key that created the task; only that key sees it.
+    Empty when the executor runs without keys.
+    """
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___Step]:
         """Output only. The steps of the plan, with their states; empty until the plan is ready."""
@@ -141,10 +146,11 @@ class Task(_message.Message):
         pages: _abc.Iterable[Global___Page] | None = ...,
         require_approval: _builtins.bool = ...,
         revisions: _builtins.int = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "create_time", b"create_time", "error", b"error", "last_seq", b"last_seq", "model", b"model", "pages", b"pages", "plan_summary", b"plan_summary", "require_approval", b"require_approval", "revisions", b"revisions", "state", b"state", "steps", b"steps", "task_id", b"task_id", "text", b"text", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "create_time", b"create_time", "error", b"error", "last_seq", b"last_seq", "model", b"model", "owner", b"owner", "pages", b"pages", "plan_summary", b"plan_summary", "require_approval", b"require_approval", "revisions", b"revisions", "state", b"state", "steps", b"steps", "task_id", b"task_id", "text", b"text", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
