@@ -39,3 +39,15 @@ class Unavailable(MitosisError):
     """A service the request needs (the store, the planner) cannot be reached; try again."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class ResourceExhausted(MitosisError):
+    """A limit was reached (running tasks, watchers, sizes, events); the message names it."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unauthenticated(MitosisError):
+    """The call carries no API key, or one the service does not know."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
