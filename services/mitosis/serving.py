@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -13,15 +14,25 @@ from grpc_reflection.v1alpha import reflection
 
 logger = logging.getLogger(__name__)
 
+if TYPE_CHECKING:
+    ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    ServerInterceptor = grpc.aio.ServerInterceptor  # generic in the stubs only
+
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
 class Serving:
     """A grpc.aio server with health and reflection, for the named services."""
 
-    def __init__(self, service_names: Iterable[str]) -> None:
+    def __init__(
+        self,
+        service_names: Iterable[str],
+        interceptors: Sequence[ServerInterceptor] = (),
+    ) -> None:
         self.service_names = list(service_names)
         self.server = grpc.aio.server(
+            interceptors=interceptors,
             options=[
                 # Watchers sit on quiet streams; keep their connections alive through NATs.
                 ("grpc.keepalive_time_ms", 30_000),
@@ -29,16 +40,19 @@ class Serving:
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.max_receive_message_length", 1 << 20),
-            ]
+            ],
         )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # re-exported, untyped
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [*self.service_names, HEALTH_SERVICE, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, self.server)
 
-    def listen(self, address: str) -> int:
-        """Bind the address (port 0 picks a free port) and return the port."""
-        port = self.server.add_insecure_port(address)
+    def listen(self, address: str, credentials: grpc.ServerCredentials | None = None) -> int:
+        """Bind the address (port 0 picks a free port), with TLS when given; return the port."""
+        if credentials is None:
+            port = self.server.add_insecure_port(address)
+        else:
+            port = self.server.add_secure_port(address, credentials)
         if port == 0:
             raise OSError(f"cannot listen on {address}")
         return port

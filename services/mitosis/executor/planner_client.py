@@ -36,20 +36,33 @@ class PlanError(Exception):
 class PlannerClient:
     """Asks the planner service for plans over one long-lived channel."""
 
-    def __init__(self, target: str, *, deadline: float = 30.0) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        deadline: float = 30.0,
+        key: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.target = target
         self._deadline = deadline
-        self._channel = grpc.aio.insecure_channel(
-            target,
-            options=[("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)],
-        )
+        # The executor's own credential, as metadata: grpc refuses call credentials on
+        # plaintext channels, and a planner on loopback may well be plaintext.
+        self._metadata = (("authorization", f"Bearer {key}"),) if key else ()
+        options = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)]
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
         self._stub = planner_service_pb2_grpc.PlannerServiceStub(self._channel)
 
     async def create_plan(self, task_text: str) -> plan_pb2.Plan:
         """Return the planner's plan for the task, or raise PlanError."""
         request = planner_service_pb2.CreatePlanRequest(task_text=task_text)
         try:
-            return await self._stub.CreatePlan(request, timeout=self._deadline)
+            return await self._stub.CreatePlan(
+                request, timeout=self._deadline, metadata=self._metadata
+            )
         except grpc.aio.AioRpcError as error:
             raise PlanError(self._explain(error)) from error
 
@@ -61,7 +74,9 @@ class PlannerClient:
             task_text=task_text, plan=plan, failed_step_index=failed_step_index, failure=failure
         )
         try:
-            return await self._stub.RevisePlan(request, timeout=self._deadline)
+            return await self._stub.RevisePlan(
+                request, timeout=self._deadline, metadata=self._metadata
+            )
         except grpc.aio.AioRpcError as error:
             raise PlanError(self._explain(error)) from error
 
@@ -73,6 +88,11 @@ class PlannerClient:
             )
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return f"the planner at {self.target} gave no plan within {self._deadline:g} s"
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return (
+                f"the planner at {self.target} refused the executor's credential"
+                f" ({error.details()}); check the executor's --planner-key"
+            )
         return f"the planner refused the task: {code.name}: {error.details()}"
 
     async def close(self) -> None:

@@ -10,10 +10,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mitosis.auth import ApiKeyInterceptor, KeysFileError, add_key_arguments, load_keys
 from mitosis.executor.eventlog import EventLog
 from mitosis.executor.hub import EventHub
 from mitosis.executor.planned_agent import PlannedToolAgent
 from mitosis.executor.planner_client import PlannerClient
+from mitosis.executor.quotas import Limits
 from mitosis.executor.redis_feed import RedisFeed
 from mitosis.executor.redis_store import RedisStore
 from mitosis.executor.runner import RunnerConfig, TaskRunner
@@ -26,6 +28,7 @@ from mitosis.models.choice import OPENAI, add_model_arguments, openai_settings
 from mitosis.models.offline import OfflineModel
 from mitosis.models.openai_model import OpenAIModel
 from mitosis.serving import Serving, configure_logging, serve_until_signalled
+from mitosis.tls import TlsConfigError, add_tls_arguments, channel_credentials, server_credentials
 from mitosis.v1 import task_service_pb2, task_service_pb2_grpc
 
 logger = logging.getLogger("mitosis.executor")
@@ -110,6 +113,51 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         " the tasks of one that died (default %(default)s)",
     )
     parser.add_argument(
+        "--max-tasks-per-key",
+        type=int,
+        default=int(env("MITOSIS_MAX_TASKS_PER_KEY", str(Limits.tasks_per_key))),
+        help="unfinished tasks one API key may have at once; CreateTask past it is"
+        " RESOURCE_EXHAUSTED (env MITOSIS_MAX_TASKS_PER_KEY; default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-watchers-per-task",
+        type=int,
+        default=int(env("MITOSIS_MAX_WATCHERS_PER_TASK", str(Limits.watchers_per_task))),
+        help="WatchTask streams one task may have open on this executor (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-watchers-per-key",
+        type=int,
+        default=int(env("MITOSIS_MAX_WATCHERS_PER_KEY", str(Limits.watchers_per_key))),
+        help="WatchTask streams one API key may have open on this executor (default %(default)s)",
+    )
+    add_key_arguments(parser, os.environ)
+    add_tls_arguments(parser, os.environ)
+    parser.add_argument(
+        "--planner-key",
+        default=env("MITOSIS_PLANNER_KEY", ""),
+        help="API key the executor sends to the planner (env MITOSIS_PLANNER_KEY; the"
+        " environment is the better place for it: flags show in the process list)",
+    )
+    parser.add_argument(
+        "--planner-ca",
+        type=Path,
+        default=env("MITOSIS_PLANNER_CA") or None,
+        help="call the planner over TLS, trusting this PEM CA (env MITOSIS_PLANNER_CA)",
+    )
+    parser.add_argument(
+        "--planner-client-cert",
+        type=Path,
+        default=None,
+        help="PEM certificate the executor shows the planner (mutual TLS; with --planner-ca)",
+    )
+    parser.add_argument(
+        "--planner-client-key",
+        type=Path,
+        default=None,
+        help="the PEM private key of --planner-client-cert",
+    )
+    parser.add_argument(
         "--grace", type=float, default=5.0, help="seconds to finish calls on SIGTERM"
     )
     parser.add_argument("--log-level", default=env("MITOSIS_LOG_LEVEL", "info"))
@@ -149,10 +197,20 @@ class Executor:
 
 async def start_executor(args: argparse.Namespace) -> Executor:
     """Build the executor from its settings, start serving and resume unfinished tasks."""
+    keys = load_keys(args, args.listen, "executor")
+    tls = server_credentials(args)
+    planner_tls = channel_credentials(
+        args.planner_ca, args.planner_client_cert, args.planner_client_key
+    )
     store = open_store(args.store, args.data_dir)
     hub = EventHub()
     log = EventLog(store, hub)
-    planner = PlannerClient(args.planner, deadline=args.planner_deadline)
+    planner = PlannerClient(
+        args.planner,
+        deadline=args.planner_deadline,
+        key=args.planner_key or None,
+        credentials=planner_tls,
+    )
     agent, close_model = step_agent(args)
     config = RunnerConfig(
         data_dir=args.data_dir,
@@ -162,19 +220,26 @@ async def start_executor(args: argparse.Namespace) -> Executor:
         max_running=args.max_running,
     )
     runner = TaskRunner(log, planner, agent, config)
-    tasks = Tasks(log, runner, agent.name, args.heartbeat_interval)
+    limits = Limits(
+        tasks_per_key=args.max_tasks_per_key,
+        watchers_per_task=args.max_watchers_per_task,
+        watchers_per_key=args.max_watchers_per_key,
+    )
+    tasks = Tasks(log, runner, agent.name, args.heartbeat_interval, limits)
 
-    serving = Serving([SERVICE_NAME])
+    serving = Serving([SERVICE_NAME], [ApiKeyInterceptor(keys)] if keys else [])
     task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(tasks), serving.server)
-    port = serving.listen(args.listen)
+    port = serving.listen(args.listen, tls)
     await serving.start()
     resumed = await runner.resume_unfinished()
     background = [asyncio.create_task(runner.claim_forever(), name="claim tasks")]
     if isinstance(store, RedisStore):
         background.append(asyncio.create_task(RedisFeed(store, hub).run(), name="redis feed"))
     logger.info(
-        "executor serving on port %d; model %s; store %s; planner %s; resumed %d tasks",
+        "executor serving on port %d (%s, %s); model %s; store %s; planner %s; resumed %d tasks",
         port,
+        "TLS" if tls else "plaintext",
+        f"{len(keys.names)} API keys" if keys else "no API keys",
         agent.name,
         store.where,
         args.planner,
@@ -205,4 +270,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run the executor service."""
     args = parse_args(argv)
     configure_logging(args.log_level)
-    asyncio.run(serve(args))
+    try:
+        asyncio.run(serve(args))
+    except (KeysFileError, TlsConfigError) as error:
+        raise SystemExit(f"mitosis-executor: {error}") from None

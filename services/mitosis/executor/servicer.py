@@ -1,4 +1,5 @@
-"""TaskService on the wire: translates messages to Tasks calls and errors to statuses."""
+"""TaskService on the wire: translates messages (and the calling key) to Tasks calls, errors to
+statuses."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from mitosis.auth import current_caller
 from mitosis.errors import MitosisError
 from mitosis.executor.tasks import Tasks
 from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
@@ -23,7 +25,9 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         self, request: task_service_pb2.CreateTaskRequest, context: Context
     ) -> task_pb2.Task:
         try:
-            return await self._tasks.create(request.text, request.require_approval)
+            return await self._tasks.create(
+                request.text, request.require_approval, current_caller()
+            )
         except MitosisError as error:
             await context.abort(error.code, str(error))
 
@@ -31,7 +35,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         self, request: task_service_pb2.GetTaskRequest, context: Context
     ) -> task_pb2.Task:
         try:
-            return await self._tasks.get(request.task_id)
+            return await self._tasks.get(request.task_id, current_caller())
         except MitosisError as error:
             await context.abort(error.code, str(error))
 
@@ -39,7 +43,9 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         self, request: task_service_pb2.ListTasksRequest, context: Context
     ) -> task_service_pb2.ListTasksResponse:
         try:
-            tasks, next_token = await self._tasks.list(request.page_size, request.page_token)
+            tasks, next_token = await self._tasks.list(
+                request.page_size, request.page_token, current_caller()
+            )
         except MitosisError as error:
             await context.abort(error.code, str(error))
         return task_service_pb2.ListTasksResponse(tasks=tasks, next_page_token=next_token)
@@ -48,7 +54,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         self, request: task_service_pb2.CancelTaskRequest, context: Context
     ) -> task_pb2.Task:
         try:
-            return await self._tasks.cancel(request.task_id)
+            return await self._tasks.cancel(request.task_id, current_caller())
         except MitosisError as error:
             await context.abort(error.code, str(error))
 
@@ -58,7 +64,9 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         # Headers now, not with the first event: a client knows at once that it is live.
         await context.send_initial_metadata(())
         try:
-            async for event in self._tasks.watch(request.task_id, request.after_seq):
+            async for event in self._tasks.watch(
+                request.task_id, request.after_seq, current_caller()
+            ):
                 yield event
         except MitosisError as error:
             await context.abort(error.code, str(error))
@@ -68,7 +76,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     ) -> task_pb2.Task:
         plan = request.plan if request.HasField("plan") else None
         try:
-            return await self._tasks.approve(request.task_id, plan)
+            return await self._tasks.approve(request.task_id, plan, current_caller())
         except MitosisError as error:
             await context.abort(error.code, str(error))
 
@@ -76,7 +84,9 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         self, request: task_service_pb2.ReadArtifactRequest, context: Context
     ) -> AsyncIterator[task_service_pb2.ReadArtifactResponse]:
         try:
-            async for offset, data in self._tasks.read_artifact(request.task_id, request.path):
+            async for offset, data in self._tasks.read_artifact(
+                request.task_id, request.path, current_caller()
+            ):
                 yield task_service_pb2.ReadArtifactResponse(offset=offset, data=data)
         except MitosisError as error:
             await context.abort(error.code, str(error))

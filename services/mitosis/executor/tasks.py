@@ -9,8 +9,9 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 
-from mitosis.errors import InvalidArgument, NotFound
+from mitosis.errors import InvalidArgument, NotFound, ResourceExhausted
 from mitosis.executor.eventlog import EventLog
+from mitosis.executor.quotas import CreationGate, Limits, WatcherCount
 from mitosis.executor.runner import TaskRunner
 from mitosis.executor.watch import watch_events
 from mitosis.executor.workspace import PathEscapeError
@@ -28,7 +29,12 @@ class Tasks:
     """What TaskService does, in plain calls that raise MitosisError subclasses."""
 
     def __init__(
-        self, log: EventLog, runner: TaskRunner, model: str, heartbeat_interval: float
+        self,
+        log: EventLog,
+        runner: TaskRunner,
+        model: str,
+        heartbeat_interval: float,
+        limits: Limits,
     ) -> None:
         self._log = log
         self._store = log.store
@@ -36,67 +42,86 @@ class Tasks:
         self._runner = runner
         self._model = model
         self._heartbeat_interval = heartbeat_interval
+        self._limits = limits
+        self._watchers = WatcherCount(limits)
+        self._creation = CreationGate()
 
-    async def create(self, text: str, require_approval: bool = False) -> task_pb2.Task:
-        """Store a new task and start running it."""
+    async def create(self, text: str, require_approval: bool, owner: str) -> task_pb2.Task:
+        """Store a new task of the key `owner` and start running it."""
         text = validate_task_text(text)
         task = task_pb2.Task(
             task_id=secrets.token_hex(8),
             text=text,
             state=task_pb2.Task.STATE_PENDING,
             require_approval=require_approval,
+            owner=owner,
         )
         task.model = self._model
-        task.create_time.FromNanoseconds(time.time_ns())
-        task.update_time.CopyFrom(task.create_time)
-        await self._store.create_task(task)
+        async with self._creation.turn(owner):
+            unfinished = await self._store.count_unfinished(owner)
+            if unfinished >= self._limits.tasks_per_key:
+                raise ResourceExhausted(
+                    f"this key already has {unfinished} unfinished tasks, the most one key may"
+                    f" have ({self._limits.tasks_per_key}); wait for one to end or cancel one"
+                )
+            task.create_time.FromNanoseconds(time.time_ns())
+            task.update_time.CopyFrom(task.create_time)
+            await self._store.create_task(task)
         # The first event at once: a watcher sees the task accepted before it is planned.
         accepted = task_pb2.TaskStateChanged(state=task.state, message="accepted")
         await self._log.append(task.task_id, task_pb2.TaskEvent(task_state_changed=accepted))
         self._runner.start(task.task_id)
-        return await self.get(task.task_id)
+        return await self.get(task.task_id, owner)
 
-    async def get(self, task_id: str) -> task_pb2.Task:
-        """Return the task, or raise NotFound."""
+    async def get(self, task_id: str, owner: str) -> task_pb2.Task:
+        """Return the task, or raise NotFound when it does not exist or is another key's."""
         task = await self._store.get_task(validate_task_id(task_id))
-        if task is None:
+        # Another key's task is not found, so ids cannot be probed for what exists.
+        if task is None or task.owner != owner:
             raise NotFound(f"task {task_id!r} does not exist")
         return task
 
-    async def list(self, page_size: int, page_token: str) -> tuple[list[task_pb2.Task], str]:
-        """Return a page of tasks, newest first, and the token of the next page."""
+    async def list(
+        self, page_size: int, page_token: str, owner: str
+    ) -> tuple[list[task_pb2.Task], str]:
+        """Return a page of the key's tasks, newest first, and the token of the next page."""
         if page_size < 0:
             raise InvalidArgument(f"page_size must be 0 or more, not {page_size}")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        page = await self._store.list_tasks(size, decode_page_token(page_token))
+        page = await self._store.list_tasks(size, decode_page_token(page_token), owner=owner)
         next_token = "" if page.next_cursor is None else encode_page_token(page.next_cursor)
         return page.tasks, next_token
 
-    async def cancel(self, task_id: str) -> task_pb2.Task:
+    async def cancel(self, task_id: str, owner: str) -> task_pb2.Task:
         """Cancel the task and return it as it ended."""
-        await self._runner.cancel(validate_task_id(task_id))
-        return await self.get(task_id)
+        await self.get(task_id, owner)
+        await self._runner.cancel(task_id)
+        return await self.get(task_id, owner)
 
-    async def approve(self, task_id: str, plan: plan_pb2.Plan | None) -> task_pb2.Task:
+    async def approve(self, task_id: str, plan: plan_pb2.Plan | None, owner: str) -> task_pb2.Task:
         """Run a plan that waits for approval, as proposed or edited; return the task."""
         if plan is not None:
             validate_plan(plan)
-        await self._runner.approve(validate_task_id(task_id), plan)
-        return await self.get(task_id)
+        await self.get(task_id, owner)
+        await self._runner.approve(task_id, plan)
+        return await self.get(task_id, owner)
 
-    def watch(self, task_id: str, after_seq: int) -> AsyncIterator[task_pb2.TaskEvent]:
-        """Return the task's events after `after_seq`, live, ending after the terminal one."""
-        return watch_events(
-            self._store,
-            self._hub,
-            validate_task_id(task_id),
-            after_seq,
-            self._heartbeat_interval,
-        )
+    async def watch(
+        self, task_id: str, after_seq: int, owner: str
+    ) -> AsyncIterator[task_pb2.TaskEvent]:
+        """Yield the task's events after `after_seq`, live, ending after the terminal one."""
+        await self.get(task_id, owner)
+        with self._watchers.hold(task_id, owner):
+            async for event in watch_events(
+                self._store, self._hub, task_id, after_seq, self._heartbeat_interval
+            ):
+                yield event
 
-    async def read_artifact(self, task_id: str, path: str) -> AsyncIterator[tuple[int, bytes]]:
+    async def read_artifact(
+        self, task_id: str, path: str, owner: str
+    ) -> AsyncIterator[tuple[int, bytes]]:
         """Yield (offset, chunk) pairs of a delivered file."""
-        task = await self.get(task_id)
+        task = await self.get(task_id, owner)
         workspace = self._runner.workspace(task.task_id)
         delivered = any(artifact.path == path for artifact in task.artifacts)
         try:

@@ -9,12 +9,14 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from mitosis.auth import ApiKeyInterceptor, KeysFileError, add_key_arguments, load_keys
 from mitosis.models.base import PlanningModel
 from mitosis.models.choice import OPENAI, add_model_arguments, openai_settings
 from mitosis.models.offline import OfflineModel
 from mitosis.models.openai_model import OpenAIModel
 from mitosis.planner.servicer import PlannerServicer
 from mitosis.serving import Serving, configure_logging, serve_until_signalled
+from mitosis.tls import TlsConfigError, add_tls_arguments, server_credentials
 from mitosis.v1 import planner_service_pb2, planner_service_pb2_grpc
 
 logger = logging.getLogger("mitosis.planner")
@@ -34,6 +36,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="address to serve on (env MITOSIS_PLANNER_LISTEN; default %(default)s)",
     )
     add_model_arguments(parser, os.environ)
+    add_key_arguments(parser, os.environ)
+    add_tls_arguments(parser, os.environ)
     parser.add_argument(
         "--grace", type=float, default=5.0, help="seconds to finish calls on SIGTERM"
     )
@@ -57,7 +61,9 @@ class Planner:
 
 async def start_planner(args: argparse.Namespace) -> Planner:
     """Start serving PlannerService with the chosen model."""
-    serving = Serving([SERVICE_NAME])
+    keys = load_keys(args, args.listen, "planner")
+    tls = server_credentials(args)
+    serving = Serving([SERVICE_NAME], [ApiKeyInterceptor(keys)] if keys else [])
     model: PlanningModel
     if args.model == OPENAI:
         openai_model = OpenAIModel(openai_settings(args, os.environ))
@@ -67,9 +73,15 @@ async def start_planner(args: argparse.Namespace) -> Planner:
     planner_service_pb2_grpc.add_PlannerServiceServicer_to_server(
         PlannerServicer(model), serving.server
     )
-    port = serving.listen(args.listen)
+    port = serving.listen(args.listen, tls)
     await serving.start()
-    logger.info("planner serving on port %d; model %s", port, model.name)
+    logger.info(
+        "planner serving on port %d (%s, %s); model %s",
+        port,
+        "TLS" if tls else "plaintext",
+        f"{len(keys.names)} API keys" if keys else "no API keys",
+        model.name,
+    )
     return Planner(serving, port, close_model)
 
 
@@ -87,4 +99,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run the planner service."""
     args = parse_args(argv)
     configure_logging(args.log_level)
-    asyncio.run(serve(args))
+    try:
+        asyncio.run(serve(args))
+    except (KeysFileError, TlsConfigError) as error:
+        raise SystemExit(f"mitosis-planner: {error}") from None

@@ -1,0 +1,72 @@
+"""Per-key and per-task limits on what callers may hold open at once on this executor."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+
+from mitosis.errors import ResourceExhausted
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much one key may use. Watchers are counted per executor process."""
+
+    tasks_per_key: int = 100
+    """Unfinished tasks one key may have at once, across all executors."""
+    watchers_per_task: int = 2000
+    """WatchTask streams open on one task at once."""
+    watchers_per_key: int = 5000
+    """WatchTask streams one key has open at once."""
+
+
+class WatcherCount:
+    """Counts open watch streams; refuses one more past a limit with RESOURCE_EXHAUSTED."""
+
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits
+        self._by_task: Counter[str] = Counter()
+        self._by_key: Counter[str] = Counter()
+
+    @contextmanager
+    def hold(self, task_id: str, owner: str) -> Iterator[None]:
+        """Count one watcher of the task by the key while the block runs."""
+        if self._by_task[task_id] >= self._limits.watchers_per_task:
+            raise ResourceExhausted(
+                f"task {task_id} already has {self._limits.watchers_per_task} watchers, the"
+                " most one task may have; close one and try again"
+            )
+        if self._by_key[owner] >= self._limits.watchers_per_key:
+            raise ResourceExhausted(
+                f"this key already has {self._limits.watchers_per_key} WatchTask streams open,"
+                " the most one key may have; close one and try again"
+            )
+        self._by_task[task_id] += 1
+        self._by_key[owner] += 1
+        try:
+            yield
+        finally:
+            # Counter subtraction drops keys at zero, so the counts never grow with history.
+            self._by_task -= Counter({task_id: 1})
+            self._by_key -= Counter({owner: 1})
+
+    def watching(self, task_id: str) -> int:
+        """Return how many watchers the task has here."""
+        return self._by_task[task_id]
+
+
+class CreationGate:
+    """Lets one CreateTask per key at a time count the key's unfinished tasks and add one."""
+
+    def __init__(self) -> None:
+        # One lock per key name: names come from the keys file, so the dict stays small.
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    @asynccontextmanager
+    async def turn(self, owner: str) -> AsyncIterator[None]:
+        """Hold the key's turn while the block runs."""
+        async with self._locks.setdefault(owner, asyncio.Lock()):
+            yield
