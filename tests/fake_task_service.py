@@ -1,7 +1,9 @@
 """A scripted fake TaskService on a real grpc.aio server, for the client and CLI tests.
 
 Each WatchTask call takes the next behaviour from `script` (Serve when it is empty), so a
-test decides exactly how each stream breaks.
+test decides exactly how each stream breaks. With `api_key` set, every call must carry
+`authorization: Bearer <api_key>` (UNAUTHENTICATED otherwise, in the executor's words), and
+`authorizations` records what each call carried.
 """
 
 from __future__ import annotations
@@ -219,13 +221,31 @@ class FakeTaskService(task_service_pb2_grpc.TaskServiceServicer):
         self.unary_calls = 0
         self.stalled = threading.Event()
         self.chunk_size = 7
+        self.api_key: str | None = None
+        self.authorizations: list[tuple[str, str | None]] = []
+
+    async def _authorize(self, method: str, context: grpc.aio.ServicerContext) -> None:  # type: ignore[type-arg]
+        """Record the call's authorization metadata; refuse it as the executor would."""
+        values = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
+        sent = str(values[0]) if values else None
+        self.authorizations.append((method, sent))
+        if self.api_key is None:
+            return
+        if sent is None:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "this service needs an API key (metadata authorization: Bearer <key>)",
+            )
+        if sent != f"Bearer {self.api_key}":
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown API key")
 
     def add(self, fake: FakeTask) -> FakeTask:
         self.tasks[fake.task.task_id] = fake
         return fake
 
-    async def _unary(self, context: grpc.aio.ServicerContext) -> None:  # type: ignore[type-arg]
+    async def _unary(self, method: str, context: grpc.aio.ServicerContext) -> None:  # type: ignore[type-arg]
         """Count a unary call; fail it if the test queued a failure."""
+        await self._authorize(method, context)
         self.unary_calls += 1
         if self.unary_failures:
             await context.abort(self.unary_failures.pop(0), "scripted failure")
@@ -236,7 +256,7 @@ class FakeTaskService(task_service_pb2_grpc.TaskServiceServicer):
         return self.tasks[task_id]
 
     async def CreateTask(self, request, context):
-        await self._unary(context)
+        await self._unary("CreateTask", context)
         if not request.text.strip():
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "text is required")
         outcome = Task.STATE_SUCCEEDED
@@ -250,11 +270,11 @@ class FakeTaskService(task_service_pb2_grpc.TaskServiceServicer):
         )
 
     async def GetTask(self, request, context):
-        await self._unary(context)
+        await self._unary("GetTask", context)
         return (await self._find(request.task_id, context)).task
 
     async def ListTasks(self, request, context):
-        await self._unary(context)
+        await self._unary("ListTasks", context)
         tasks = [fake.task for fake in reversed(self.tasks.values())]
         start = int(request.page_token or 0)
         size = request.page_size or 50
@@ -263,7 +283,7 @@ class FakeTaskService(task_service_pb2_grpc.TaskServiceServicer):
         return task_service_pb2.ListTasksResponse(tasks=tasks[start:end], next_page_token=token)
 
     async def CancelTask(self, request, context):
-        await self._unary(context)
+        await self._unary("CancelTask", context)
         fake = await self._find(request.task_id, context)
         if fake.task.state in (Task.STATE_SUCCEEDED, Task.STATE_FAILED, Task.STATE_CANCELLED):
             await context.abort(
@@ -272,7 +292,16 @@ class FakeTaskService(task_service_pb2_grpc.TaskServiceServicer):
         fake.task.state = Task.STATE_CANCELLED
         return fake.task
 
+    async def ApprovePlan(self, request, context):
+        await self._unary("ApprovePlan", context)
+        fake = await self._find(request.task_id, context)
+        await context.abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"task {fake.task.task_id} has no plan awaiting approval",
+        )
+
     async def WatchTask(self, request, context) -> AsyncIterator[task_pb2.TaskEvent]:
+        await self._authorize("WatchTask", context)
         self.watch_calls.append(request.after_seq)
         fake = await self._find(request.task_id, context)
         if request.after_seq < 0:
@@ -317,6 +346,7 @@ class FakeTaskService(task_service_pb2_grpc.TaskServiceServicer):
                 await asyncio.sleep(3600)
 
     async def ReadArtifact(self, request, context):
+        await self._authorize("ReadArtifact", context)
         fake = await self._find(request.task_id, context)
         if request.path not in fake.files:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no artifact {request.path!r}")
@@ -328,8 +358,14 @@ class FakeTaskService(task_service_pb2_grpc.TaskServiceServicer):
 
 
 @contextlib.contextmanager
-def running(servicer: task_service_pb2_grpc.TaskServiceServicer) -> Iterator[str]:
-    """Serve `servicer` on 127.0.0.1:0 from a loop in a background thread; yield the target."""
+def running(
+    servicer: task_service_pb2_grpc.TaskServiceServicer,
+    tls: grpc.ServerCredentials | None = None,
+) -> Iterator[str]:
+    """Serve `servicer` on 127.0.0.1:0 from a loop in a background thread; yield the target.
+
+    With `tls` the port speaks TLS only.
+    """
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="fake-task-service", daemon=True)
     thread.start()
@@ -337,7 +373,10 @@ def running(servicer: task_service_pb2_grpc.TaskServiceServicer) -> Iterator[str
     async def start() -> tuple[grpc.aio.Server, int]:
         server = grpc.aio.server()
         task_service_pb2_grpc.add_TaskServiceServicer_to_server(servicer, server)
-        port = server.add_insecure_port("127.0.0.1:0")
+        if tls is None:
+            port = server.add_insecure_port("127.0.0.1:0")
+        else:
+            port = server.add_secure_port("127.0.0.1:0", tls)
         await server.start()
         return server, port
 

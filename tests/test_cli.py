@@ -292,6 +292,7 @@ def test_exit_statuses_are_stable() -> None:
         "INVALID_ARGUMENT": 5,
         "UNAVAILABLE": 6,
         "ERROR": 7,
+        "UNAUTHENTICATED": 8,
         "INTERRUPTED": 130,
     }
 

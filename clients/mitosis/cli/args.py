@@ -7,8 +7,7 @@ from collections.abc import Mapping, Sequence
 from importlib import metadata
 
 from mitosis.cli.status import epilog
-
-DEFAULT_TARGET = "localhost:50051"
+from mitosis.client.settings import DEFAULT_TARGET
 
 DESCRIPTION = """\
 Run tasks on Mitosis and watch them work, live.
@@ -24,8 +23,16 @@ such as seq as strings).
 ENVIRONMENT = """\
 environment:
   MITOSIS_TARGET   the default for --target
+  MITOSIS_API_KEY  the API key, sent as `authorization: Bearer <key>` on every call
+  MITOSIS_TLS_CA   the default for --tls-ca
+  MITOSIS_CONFIG   the config file (default ~/.config/mitosis/config.toml)
   NO_COLOR         set (non-empty) to turn colour off
   TTY_INTERACTIVE  0 to turn the live view off even on a terminal
+
+config file (TOML; what the environment does not set):
+  api_key = "..."          # the file must then be readable by you alone (chmod 600)
+  target = "host:port"
+  tls_ca = "ca.pem"        # relative to the file's folder
 """
 
 TASK_ID_HELP = "the task's id, as `run` and `ls` print it"
@@ -56,15 +63,24 @@ def _common_options(env: Mapping[str, str]) -> argparse.ArgumentParser:
     """Options accepted before or after the command; SUPPRESS keeps a later one from undoing
     an earlier one."""
     common = argparse.ArgumentParser(add_help=False)
-    default_target = env.get("MITOSIS_TARGET") or DEFAULT_TARGET
+    now = f" (now: {env['MITOSIS_TARGET']})" if env.get("MITOSIS_TARGET") else ""
     group = common.add_argument_group("common options")
     group.add_argument(
         "--target",
         metavar="HOST:PORT",
         default=argparse.SUPPRESS,
         help=(
-            "the TaskService (or Envoy) to talk to; default: $MITOSIS_TARGET, else "
-            f"{DEFAULT_TARGET} (now: {default_target})"
+            "the TaskService (or Envoy) to talk to; default: $MITOSIS_TARGET, else the config"
+            f" file's target, else {DEFAULT_TARGET}{now}"
+        ),
+    )
+    group.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help=(
+            "talk TLS, trusting the CA certificate(s) in this PEM file; default: "
+            "$MITOSIS_TLS_CA, else the config file's tls_ca, else plain text"
         ),
     )
     group.add_argument(
@@ -104,7 +120,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         parents=[_common_options(env)],
     )
     parser.set_defaults(
-        target=env.get("MITOSIS_TARGET") or DEFAULT_TARGET,
+        target=None,
+        tls_ca=None,
         json=False,
         plain=False,
         reconnect_deadline=None,

@@ -21,7 +21,7 @@ from mitosis.cli.progress import TaskProgress
 from mitosis.cli.status import ExitStatus, status_for_task
 from mitosis.cli.terminal import Mode, Terminal
 from mitosis.cli.untrusted import clean_line
-from mitosis.client import AsyncClient, MitosisError
+from mitosis.client import AsyncClient, ClientSettings, MitosisError
 from mitosis.v1 import plan_pb2, task_pb2
 
 Task = task_pb2.Task
@@ -38,9 +38,12 @@ class Session:
 Command = Callable[[AsyncClient, argparse.Namespace, Terminal, Session], Awaitable[ExitStatus]]
 
 
-async def dispatch(args: argparse.Namespace, term: Terminal, session: Session) -> ExitStatus:
-    """Run the command the arguments name."""
-    async with AsyncClient(args.target, reconnect_deadline=args.reconnect_deadline) as client:
+async def dispatch(
+    args: argparse.Namespace, settings: ClientSettings, term: Terminal, session: Session
+) -> ExitStatus:
+    """Run the command the arguments name, with a client as the settings say."""
+    client = AsyncClient.from_settings(settings, reconnect_deadline=args.reconnect_deadline)
+    async with client:
         return await COMMANDS[args.command](client, args, term, session)
 
 

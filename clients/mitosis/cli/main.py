@@ -10,11 +10,11 @@ from collections.abc import Mapping, Sequence
 
 from rich.text import Text
 
-from mitosis.cli.args import DEFAULT_TARGET, parse_args
+from mitosis.cli.args import parse_args
 from mitosis.cli.commands import Session, dispatch
 from mitosis.cli.status import ExitStatus, status_for_error
 from mitosis.cli.terminal import Terminal
-from mitosis.client import MitosisError, UnavailableError
+from mitosis.client import ClientSettings, MitosisError, UnauthenticatedError, UnavailableError
 
 
 class WatchInterruptedError(Exception):
@@ -26,11 +26,16 @@ class WatchInterruptedError(Exception):
         self.last_seq = last_seq
 
 
-def program(args: argparse.Namespace, term: Terminal) -> ExitStatus:
+def program(args: argparse.Namespace, settings: ClientSettings, term: Terminal) -> ExitStatus:
     """Run the command; raise on failure (main() turns failures into statuses)."""
     session = Session()
+    if settings.key_in_plain_text():
+        term.note(
+            f"warning: the API key goes to {settings.target} in plain text;"
+            " give --tls-ca to use TLS"
+        )
     try:
-        return asyncio.run(dispatch(args, term, session))
+        return asyncio.run(dispatch(args, settings, term, session))
     except KeyboardInterrupt:
         if session.task_id is None:
             raise
@@ -45,12 +50,16 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except SystemExit as exit_:  # --help, --version, or a usage error already printed
         return exit_.code if isinstance(exit_.code, int) else ExitStatus.USAGE
     term = Terminal.open(sys.stdout, sys.stderr, environ, json=args.json, plain=args.plain)
+    settings: ClientSettings | None = None
     try:
-        return program(args, term)
+        settings = ClientSettings.load(environ, target=args.target, tls_ca=args.tls_ca)
+        return program(args, settings, term)
     except WatchInterruptedError as stop:
         resume = f"mitosis watch {stop.task_id} --after-seq {stop.last_seq}"
-        if args.target != (environ.get("MITOSIS_TARGET") or DEFAULT_TARGET):
+        if args.target is not None:
             resume += f" --target {args.target}"
+        if args.tls_ca is not None:
+            resume += f" --tls-ca {args.tls_ca}"
         term.err.print(Text(f"interrupted: task {stop.task_id} keeps running on the server."))
         term.err.print(Text(f"to resume watching: {resume}"))
         return ExitStatus.INTERRUPTED
@@ -59,8 +68,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return ExitStatus.INTERRUPTED
     except MitosisError as error:
         message = error.message
-        if isinstance(error, UnavailableError):
-            message = f"cannot reach the TaskService at {args.target}: {message}"
+        if settings is not None and isinstance(error, UnavailableError):
+            message = f"cannot reach the TaskService at {settings.target}: {message}"
+        elif settings is not None and isinstance(error, UnauthenticatedError):
+            message = f"{message} ({settings.key_hint()})"
         term.error(message)
         return status_for_error(error)
     except BrokenPipeError:  # e.g. `mitosis ls | head -1`: the reader has gone, say nothing

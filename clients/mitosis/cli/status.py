@@ -6,12 +6,14 @@ import enum
 
 from mitosis.client import (
     AlreadyExistsError,
+    ConfigurationError,
     DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
     MitosisError,
     NotFoundError,
     OutOfRangeError,
+    UnauthenticatedError,
     UnavailableError,
 )
 from mitosis.v1 import task_pb2
@@ -28,18 +30,20 @@ class ExitStatus(enum.IntEnum):
     INVALID_ARGUMENT = 5
     UNAVAILABLE = 6
     ERROR = 7
+    UNAUTHENTICATED = 8
     INTERRUPTED = 130
 
 
 DESCRIPTIONS: dict[ExitStatus, str] = {
     ExitStatus.SUCCESS: "done; for run and watch: the task succeeded",
     ExitStatus.TASK_FAILED: "run/watch: the task failed",
-    ExitStatus.USAGE: "the command line is wrong",
+    ExitStatus.USAGE: "the command line, or the config file, is wrong",
     ExitStatus.TASK_CANCELLED: "run/watch: the task was cancelled",
     ExitStatus.NOT_FOUND: "no such task or file",
     ExitStatus.INVALID_ARGUMENT: "the server refused the request (invalid, or not possible now)",
     ExitStatus.UNAVAILABLE: "the server could not be reached, or stopped answering",
     ExitStatus.ERROR: "any other error (e.g. a download that failed its SHA-256 check)",
+    ExitStatus.UNAUTHENTICATED: "the server wants an API key, or refused the one given",
     ExitStatus.INTERRUPTED: "interrupted by Ctrl-C; the task keeps running",
 }
 
@@ -57,6 +61,8 @@ _BY_ERROR: list[tuple[type[MitosisError], ExitStatus]] = [
     (AlreadyExistsError, ExitStatus.INVALID_ARGUMENT),
     (UnavailableError, ExitStatus.UNAVAILABLE),
     (DeadlineExceededError, ExitStatus.UNAVAILABLE),
+    (UnauthenticatedError, ExitStatus.UNAUTHENTICATED),
+    (ConfigurationError, ExitStatus.USAGE),
 ]
 
 

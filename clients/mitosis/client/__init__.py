@@ -2,12 +2,15 @@
 
 `AsyncClient` (asyncio) and `Client` (blocking) call TaskService; their `watch` resumes from
 the last `seq` delivered whenever a stream breaks, so each event arrives once and in order.
+`ClientSettings.load()` finds the target, the API key and the TLS CA as the CLI does
+(environment, then ~/.config/mitosis/config.toml); `Client.from_settings(...)` uses them.
 """
 
 from mitosis.client.aio import RESUMABLE_CODES, AsyncClient, StateCallback
 from mitosis.client.artifacts import artifact_destination
 from mitosis.client.errors import (
     AlreadyExistsError,
+    ConfigurationError,
     DeadlineExceededError,
     FailedPreconditionError,
     IntegrityError,
@@ -33,6 +36,7 @@ from mitosis.client.resume import (
     is_heartbeat,
     is_terminal,
 )
+from mitosis.client.settings import ClientSettings
 from mitosis.client.sync import Client
 
 __all__ = [
@@ -43,6 +47,8 @@ __all__ = [
     "AsyncClient",
     "Backoff",
     "Client",
+    "ClientSettings",
+    "ConfigurationError",
     "DeadlineExceededError",
     "FailedPreconditionError",
     "IntegrityError",

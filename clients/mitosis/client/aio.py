@@ -7,12 +7,13 @@ import random
 from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
 from mitosis.client.artifacts import ArtifactWriter, artifact_destination
 from mitosis.client.errors import (
+    ConfigurationError,
     DeadlineExceededError,
     InternalError,
     UnavailableError,
@@ -26,6 +27,7 @@ from mitosis.client.resume import (
     SequenceGapError,
     is_terminal,
 )
+from mitosis.client.settings import ClientSettings, checked_api_key
 from mitosis.v1 import plan_pb2, task_pb2, task_service_pb2, task_service_pb2_grpc
 
 if TYPE_CHECKING:
@@ -51,6 +53,19 @@ RESUMABLE_CODES = frozenset(
 )
 
 
+def tls_credentials(ca_file: Path) -> grpc.ChannelCredentials:
+    """TLS channel credentials that trust the CA certificate(s) in a PEM file."""
+    try:
+        pem = ca_file.read_bytes()
+    except OSError as error:
+        raise ConfigurationError(
+            f"cannot read the TLS CA file {ca_file}: {error.strerror}"
+        ) from None
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise ConfigurationError(f"the TLS CA file {ca_file} holds no PEM certificate")
+    return grpc.ssl_channel_credentials(root_certificates=pem)
+
+
 class _StreamBrokenError(Exception):
     """The watch stream stopped being useful without a gRPC error."""
 
@@ -69,25 +84,43 @@ class AsyncClient:
         max_reconnect_wait: float = 5.0,
         reconnect_deadline: float | None = None,
         metadata: Sequence[tuple[str, str]] = (),
+        api_key: str | None = None,
+        tls_ca: Path | str | None = None,
         stall_timeout: float = 35.0,
         call_timeout: float = 10.0,
         rand: Callable[[], float] = random.random,
     ) -> None:
         """Prepare a client of the TaskService at `target` ("host:port"); connects lazily.
 
-        `reconnect_deadline` bounds, in seconds, how long a watch keeps failing to reconnect
-        (None: forever) and how long unary calls retry UNAVAILABLE (None: `call_timeout`).
-        `stall_timeout` is how long a watch may receive nothing, not even a heartbeat.
+        `api_key` goes as `authorization: Bearer <key>` on every call, resumed watches
+        included. `tls_ca` (a PEM file of the CA that signed the server's certificate) makes
+        the channel TLS; without it the channel is plain text (h2c). `reconnect_deadline`
+        bounds, in seconds, how long a watch keeps failing to reconnect (None: forever) and
+        how long unary calls retry UNAVAILABLE (None: `call_timeout`). `stall_timeout` is how
+        long a watch may receive nothing, not even a heartbeat.
         """
         self.target = target
         self._max_reconnect_wait = max_reconnect_wait
         self._reconnect_deadline = reconnect_deadline
+        if api_key is not None:
+            key = checked_api_key(api_key, "api_key")
+            metadata = (*metadata, ("authorization", f"Bearer {key}"))
         self._metadata = tuple(metadata)
+        self._credentials = None if tls_ca is None else tls_credentials(Path(tls_ca))
         self._stall_timeout = stall_timeout
         self._call_timeout = call_timeout
         self._rand = rand
         self._channel: grpc.aio.Channel | None = None
         self._stub: TaskServiceAsyncStub | None = None
+
+    @classmethod
+    def from_settings(cls, settings: ClientSettings, **options: Any) -> AsyncClient:
+        """A client as `settings` say (see ClientSettings.load); `options` as for __init__."""
+        return cls(settings.target, api_key=settings.api_key, tls_ca=settings.tls_ca, **options)
+
+    def __repr__(self) -> str:
+        secure = "TLS" if self._credentials is not None else "plain text"
+        return f"<AsyncClient {self.target} ({secure})>"
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -109,7 +142,10 @@ class AsyncClient:
     def _service(self) -> TaskServiceAsyncStub:
         # The channel binds to the running loop, so it is made on first use, not in __init__.
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self.target)
+            if self._credentials is None:
+                self._channel = grpc.aio.insecure_channel(self.target)
+            else:
+                self._channel = grpc.aio.secure_channel(self.target, self._credentials)
             self._stub = task_service_pb2_grpc.TaskServiceStub(self._channel)
         return self._stub
 

@@ -97,6 +97,10 @@ class UnsafePathError(MitosisError):
     """An artifact path would be written outside the chosen folder."""
 
 
+class ConfigurationError(MitosisError):
+    """The client's settings (config file, environment, TLS CA file) cannot be used."""
+
+
 _BY_CODE: dict[grpc.StatusCode, type[MitosisError]] = {
     cls.code: cls
     for cls in (

@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from mitosis.client.aio import AsyncClient, StateCallback
+from mitosis.client.settings import ClientSettings
 from mitosis.v1 import plan_pb2, task_pb2, task_service_pb2
 
 _T = TypeVar("_T")
@@ -31,26 +32,38 @@ class Client:
         max_reconnect_wait: float = 5.0,
         reconnect_deadline: float | None = None,
         metadata: Sequence[tuple[str, str]] = (),
+        api_key: str | None = None,
+        tls_ca: Path | str | None = None,
         stall_timeout: float = 35.0,
         call_timeout: float = 10.0,
         rand: Callable[[], float] = random.random,
     ) -> None:
         """Start the background loop; see AsyncClient for the arguments."""
+        self._aio = AsyncClient(
+            target,
+            max_reconnect_wait=max_reconnect_wait,
+            reconnect_deadline=reconnect_deadline,
+            metadata=metadata,
+            api_key=api_key,
+            tls_ca=tls_ca,
+            stall_timeout=stall_timeout,
+            call_timeout=call_timeout,
+            rand=rand,
+        )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="mitosis-client", daemon=True
         )
         self._thread.start()
         self._closed = False
-        self._aio = AsyncClient(
-            target,
-            max_reconnect_wait=max_reconnect_wait,
-            reconnect_deadline=reconnect_deadline,
-            metadata=metadata,
-            stall_timeout=stall_timeout,
-            call_timeout=call_timeout,
-            rand=rand,
-        )
+
+    @classmethod
+    def from_settings(cls, settings: ClientSettings, **options: Any) -> Client:
+        """A client as `settings` say (see ClientSettings.load); `options` as for __init__."""
+        return cls(settings.target, api_key=settings.api_key, tls_ca=settings.tls_ca, **options)
+
+    def __repr__(self) -> str:
+        return repr(self._aio).replace("AsyncClient", "Client", 1)
 
     def __enter__(self) -> Client:
         return self
