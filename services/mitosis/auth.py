@@ -15,14 +15,18 @@ import logging
 import re
 import secrets
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from mitosis.serving import HEALTH_SERVICE, ServerInterceptor
+from mitosis.handlers import Behaviour, Continuation, ServerInterceptor, wrap_handler
+from mitosis.serving import HEALTH_SERVICE
+
+if TYPE_CHECKING:
+    from mitosis.handlers import Handler
 
 logger = logging.getLogger(__name__)
 
@@ -133,12 +137,6 @@ class KeyRing:
         raise PermissionError(MISSING_KEY)
 
 
-Behaviour = Callable[..., Any]
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable["Handler"]]
-if TYPE_CHECKING:
-    Handler = grpc.RpcMethodHandler[Any, Any]
-
-
 class ApiKeyInterceptor(ServerInterceptor):
     """Refuses calls without a known key (UNAUTHENTICATED); names the caller for the rest."""
 
@@ -155,8 +153,8 @@ class ApiKeyInterceptor(ServerInterceptor):
         try:
             caller = self._keys.authenticate(details.invocation_metadata)
         except PermissionError as refusal:
-            return _wrap(handler, _refusing(str(refusal), handler.response_streaming))
-        return _wrap(handler, lambda behaviour: _as_caller(caller, behaviour, handler))
+            return wrap_handler(handler, _refusing(str(refusal), handler.response_streaming))
+        return wrap_handler(handler, lambda behaviour: _as_caller(caller, behaviour, handler))
 
 
 def _service_of(method: str) -> str:
@@ -192,22 +190,6 @@ def _refusing(message: str, streaming: bool) -> Callable[[Behaviour], Behaviour]
         yield  # pragma: no cover  # makes this an async generator; abort raises first
 
     return lambda _behaviour: refuse_streaming if streaming else refuse
-
-
-def _wrap(handler: Handler, wrap: Callable[[Behaviour], Behaviour]) -> Handler:
-    """Return the handler with its behaviour wrapped, serialisers kept."""
-    serialisers = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), **serialisers)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream), **serialisers)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary), **serialisers)
-    assert handler.stream_stream is not None
-    return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), **serialisers)
 
 
 def keygen_main(argv: Sequence[str] | None = None) -> None:

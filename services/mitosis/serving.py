@@ -6,18 +6,14 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-logger = logging.getLogger(__name__)
+from mitosis.handlers import ErrorStatusInterceptor, ServerInterceptor
 
-if TYPE_CHECKING:
-    ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:
-    ServerInterceptor = grpc.aio.ServerInterceptor  # generic in the stubs only
+logger = logging.getLogger(__name__)
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
@@ -32,7 +28,8 @@ class Serving:
     ) -> None:
         self.service_names = list(service_names)
         self.server = grpc.aio.server(
-            interceptors=interceptors,
+            # Outermost first: errors become statuses innermost, next to the servicer.
+            interceptors=[*interceptors, ErrorStatusInterceptor()],
             options=[
                 # Watchers sit on quiet streams; keep their connections alive through NATs.
                 ("grpc.keepalive_time_ms", 30_000),

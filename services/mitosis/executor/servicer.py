@@ -1,5 +1,7 @@
-"""TaskService on the wire: translates messages (and the calling key) to Tasks calls, errors to
-statuses."""
+"""TaskService on the wire: translates messages and the calling key to Tasks calls.
+
+A MitosisError raised below becomes its status in mitosis.handlers.ErrorStatusInterceptor.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ from collections.abc import AsyncIterator
 import grpc
 
 from mitosis.auth import current_caller
-from mitosis.errors import MitosisError
 from mitosis.executor.tasks import Tasks
 from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 
@@ -24,69 +25,43 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     async def CreateTask(
         self, request: task_service_pb2.CreateTaskRequest, context: Context
     ) -> task_pb2.Task:
-        try:
-            return await self._tasks.create(
-                request.text, request.require_approval, current_caller()
-            )
-        except MitosisError as error:
-            await context.abort(error.code, str(error))
+        return await self._tasks.create(request.text, request.require_approval, current_caller())
 
     async def GetTask(
         self, request: task_service_pb2.GetTaskRequest, context: Context
     ) -> task_pb2.Task:
-        try:
-            return await self._tasks.get(request.task_id, current_caller())
-        except MitosisError as error:
-            await context.abort(error.code, str(error))
+        return await self._tasks.get(request.task_id, current_caller())
 
     async def ListTasks(
         self, request: task_service_pb2.ListTasksRequest, context: Context
     ) -> task_service_pb2.ListTasksResponse:
-        try:
-            tasks, next_token = await self._tasks.list(
-                request.page_size, request.page_token, current_caller()
-            )
-        except MitosisError as error:
-            await context.abort(error.code, str(error))
+        tasks, next_token = await self._tasks.list(
+            request.page_size, request.page_token, current_caller()
+        )
         return task_service_pb2.ListTasksResponse(tasks=tasks, next_page_token=next_token)
 
     async def CancelTask(
         self, request: task_service_pb2.CancelTaskRequest, context: Context
     ) -> task_pb2.Task:
-        try:
-            return await self._tasks.cancel(request.task_id, current_caller())
-        except MitosisError as error:
-            await context.abort(error.code, str(error))
+        return await self._tasks.cancel(request.task_id, current_caller())
 
     async def WatchTask(
         self, request: task_service_pb2.WatchTaskRequest, context: Context
     ) -> AsyncIterator[task_pb2.TaskEvent]:
         # Headers now, not with the first event: a client knows at once that it is live.
         await context.send_initial_metadata(())
-        try:
-            async for event in self._tasks.watch(
-                request.task_id, request.after_seq, current_caller()
-            ):
-                yield event
-        except MitosisError as error:
-            await context.abort(error.code, str(error))
+        async for event in self._tasks.watch(request.task_id, request.after_seq, current_caller()):
+            yield event
 
     async def ApprovePlan(
         self, request: task_service_pb2.ApprovePlanRequest, context: Context
     ) -> task_pb2.Task:
         plan = request.plan if request.HasField("plan") else None
-        try:
-            return await self._tasks.approve(request.task_id, plan, current_caller())
-        except MitosisError as error:
-            await context.abort(error.code, str(error))
+        return await self._tasks.approve(request.task_id, plan, current_caller())
 
     async def ReadArtifact(
         self, request: task_service_pb2.ReadArtifactRequest, context: Context
     ) -> AsyncIterator[task_service_pb2.ReadArtifactResponse]:
-        try:
-            async for offset, data in self._tasks.read_artifact(
-                request.task_id, request.path, current_caller()
-            ):
-                yield task_service_pb2.ReadArtifactResponse(offset=offset, data=data)
-        except MitosisError as error:
-            await context.abort(error.code, str(error))
+        chunks = self._tasks.read_artifact(request.task_id, request.path, current_caller())
+        async for offset, data in chunks:
+            yield task_service_pb2.ReadArtifactResponse(offset=offset, data=data)

@@ -1,10 +1,13 @@
-"""PlannerService on the wire: validates requests and asks the planning model."""
+"""PlannerService on the wire: validates requests and asks the planning model.
+
+A MitosisError raised below becomes its status in mitosis.handlers.ErrorStatusInterceptor.
+"""
 
 from __future__ import annotations
 
 import grpc
 
-from mitosis.errors import InvalidArgument, MitosisError
+from mitosis.errors import InvalidArgument
 from mitosis.models.base import PlanningModel
 from mitosis.v1 import plan_pb2, planner_service_pb2, planner_service_pb2_grpc
 from mitosis.validation import validate_task_text
@@ -21,23 +24,17 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
     async def CreatePlan(
         self, request: planner_service_pb2.CreatePlanRequest, context: Context
     ) -> plan_pb2.Plan:
-        try:
-            return await self._model.create_plan(validate_task_text(request.task_text))
-        except MitosisError as error:
-            await context.abort(error.code, str(error))
+        return await self._model.create_plan(validate_task_text(request.task_text))
 
     async def RevisePlan(
         self, request: planner_service_pb2.RevisePlanRequest, context: Context
     ) -> plan_pb2.Plan:
-        try:
-            text = validate_task_text(request.task_text)
-            if not 0 <= request.failed_step_index < len(request.plan.steps):
-                raise InvalidArgument(
-                    f"failed_step_index {request.failed_step_index} is not a step of the plan"
-                    f" ({len(request.plan.steps)} steps)"
-                )
-            return await self._model.revise_plan(
-                text, request.plan, request.failed_step_index, request.failure
+        text = validate_task_text(request.task_text)
+        if not 0 <= request.failed_step_index < len(request.plan.steps):
+            raise InvalidArgument(
+                f"failed_step_index {request.failed_step_index} is not a step of the plan"
+                f" ({len(request.plan.steps)} steps)"
             )
-        except MitosisError as error:
-            await context.abort(error.code, str(error))
+        return await self._model.revise_plan(
+            text, request.plan, request.failed_step_index, request.failure
+        )

@@ -1,0 +1,77 @@
+"""Server interceptors' common part: wrapping a method's behaviour; MitosisError as a status."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from mitosis.errors import MitosisError
+
+Behaviour = Callable[..., Any]
+"""A method's implementation: (request, context) -> response, or an async iterator of them."""
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable["Handler"]]
+
+if TYPE_CHECKING:
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    ServerInterceptor = grpc.aio.ServerInterceptor  # generic in the stubs only
+
+
+def wrap_handler(handler: Handler, wrap: Callable[[Behaviour], Behaviour]) -> Handler:
+    """Return the handler with its behaviour wrapped, serialisers kept."""
+    serialisers = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), **serialisers)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream), **serialisers)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary), **serialisers)
+    assert handler.stream_stream is not None
+    return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), **serialisers)
+
+
+class ErrorStatusInterceptor(ServerInterceptor):
+    """Ends a call that raised a MitosisError with its status and message.
+
+    Servicers then only translate messages; any other exception stays UNKNOWN and is logged
+    by grpc, as a bug should be.
+    """
+
+    async def intercept_service(
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
+    ) -> Handler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        return wrap_handler(
+            handler, _streaming_statuses if handler.response_streaming else _unary_statuses
+        )
+
+
+def _unary_statuses(behaviour: Behaviour) -> Behaviour:
+    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await behaviour(request, context)
+        except MitosisError as error:
+            await context.abort(error.code, str(error))
+
+    return unary
+
+
+def _streaming_statuses(behaviour: Behaviour) -> Behaviour:
+    async def streaming(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        try:
+            async for response in behaviour(request, context):
+                yield response
+        except MitosisError as error:
+            await context.abort(error.code, str(error))
+
+    return streaming
