@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from mitosis.auth import is_loopback
 from mitosis.gateway import (
     DEFAULT_STATIC_DIR,
     REPO_ROOT,
@@ -93,6 +94,12 @@ def main() -> int:
         executors = [f"127.0.0.1:{CLUSTER_PORTS + i}" for i in range(count)]
         env["MITOSIS_STORE"] = f"redis://{CLUSTER_REDIS}/0"
     settings = gateway_settings(executors)
+    keyed = bool(env.get("MITOSIS_API_KEYS"))
+    if not keyed and not is_loopback(GATEWAY) and env.get("MITOSIS_ALLOW_NO_KEYS", "0") == "0":
+        raise SystemExit(
+            f"refusing to open {GATEWAY} to the network without API keys: set MITOSIS_API_KEYS"
+            " to a keys file (see mitosis-keygen), or MITOSIS_ALLOW_NO_KEYS=1"
+        )
     envoy = EnvoyProcess(
         settings, BUILD, log_path=BUILD / "envoy.log", log_level="warn", die_with_parent=True
     )
@@ -147,6 +154,12 @@ def main() -> int:
     shape = f"{count} executors on Redis {CLUSTER_REDIS}, " if count > 1 else ""
     print(
         f"\nMitosis is running ({shape}{model} model): open {url}\n"
+        + (
+            ""
+            if keyed
+            else "It runs WITHOUT API keys: fine on loopback; see docs/SECURITY.md before"
+            " you expose it.\n"
+        )
         + ("" if built else f"(The UI is not built: {DEFAULT_STATIC_DIR} has no index.html.)\n")
         + f"The CLI works through the same port:  .venv/bin/mitosis --target {host}:"
         f'{settings.listen_port} run "Write a short market brief on home solar batteries"\n'

@@ -245,8 +245,9 @@ def add_key_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -
     parser.add_argument(
         "--allow-no-keys",
         action="store_true",
+        default=env.get("MITOSIS_ALLOW_NO_KEYS", "") not in ("", "0"),
         help="serve a non-loopback address without --api-keys (anyone who can reach it may"
-        " call it); without this flag that is refused",
+        " call it; env MITOSIS_ALLOW_NO_KEYS=1); without it that is refused",
     )
 
 
