@@ -47,7 +47,8 @@ class ErrorStatusInterceptor(ServerInterceptor):
         self, continuation: Continuation, details: grpc.HandlerCallDetails
     ) -> Handler:
         handler = await continuation(details)
-        if handler is None:
+        # Only our own services raise MitosisError (health's Watch, for one, is no generator).
+        if handler is None or not details.method.startswith("/mitosis."):
             return handler
         return wrap_handler(
             handler, _streaming_statuses if handler.response_streaming else _unary_statuses
