@@ -27,7 +27,7 @@ from mitosis.executor.redis_store import (
     StoreUnavailable,
     TaskExists,
 )
-from mitosis.executor.sqlite_store import SqliteStore
+from mitosis.executor.sqlite_store import PURGE_CHUNK, SqliteStore
 from mitosis.executor.store import LeaseLost, Store
 from mitosis.executor.stores import open_store
 from mitosis.projection import apply_event
@@ -91,8 +91,12 @@ def store(backend: Backend) -> Store:
     return backend.store
 
 
-async def new_task(store: Store, task_id: str | None = None, create_ns: int | None = None) -> Task:
-    task = Task(task_id=task_id or uuid.uuid4().hex[:16], text="t", state=Task.STATE_PENDING)
+async def new_task(
+    store: Store, task_id: str | None = None, create_ns: int | None = None, owner: str = ""
+) -> Task:
+    task = Task(
+        task_id=task_id or uuid.uuid4().hex[:16], text="t", state=Task.STATE_PENDING, owner=owner
+    )
     task.create_time.FromNanoseconds(time.time_ns() if create_ns is None else create_ns)
     await store.create_task(task)
     return task
@@ -340,6 +344,135 @@ async def test_unfinished_tasks_oldest_first_shrink_as_tasks_end(store: Store) -
     assert await store.unfinished_task_ids() == ["00000000000000c3"]
 
 
+async def test_list_tasks_of_one_owner_pages_newest_first(store: Store) -> None:
+    base = 1_700_000_000_000_000_000
+    owners = ["alice", "bob", "alice", "", "alice", "bob", "alice", "alice:x"]
+    created = [
+        await new_task(store, f"{i:016x}", base + (i // 2) * 1000, owner)
+        for i, owner in enumerate(owners)
+    ]
+
+    for owner in ("alice", "bob", "", "alice:x", "carol"):
+        expected = [t.task_id for t in reversed(created) if t.owner == owner]
+        for size in (1, 2, 3, 10):
+            listed: list[str] = []
+            cursor: tuple[int, str] | None = None
+            for _ in range(20):
+                page = await store.list_tasks(size, cursor, owner=owner)
+                assert all(t.owner == owner for t in page.tasks)
+                listed += [t.task_id for t in page.tasks]
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+            assert listed == expected, (owner, size)
+    # Without an owner, every task.
+    assert len((await store.list_tasks(20, None)).tasks) == len(owners)
+    assert len((await store.list_tasks(20, None, owner=None)).tasks) == len(owners)
+
+
+async def test_count_unfinished_follows_each_owners_tasks_as_they_end(store: Store) -> None:
+    alice = [await new_task(store, owner="alice") for _ in range(3)]
+    bob = await new_task(store, owner="bob")
+    assert [await store.count_unfinished(o) for o in ("alice", "bob", "", "carol")] == [3, 1, 0, 0]
+
+    await store.append(alice[0].task_id, [task_state(Task.STATE_RUNNING)])
+    assert await store.count_unfinished("alice") == 3
+    await store.append(alice[0].task_id, [line("x"), task_state(Task.STATE_SUCCEEDED)])
+    await store.append(alice[1].task_id, [task_state(Task.STATE_CANCELLED, "by user")])
+    assert await store.count_unfinished("alice") == 1
+    await store.append(alice[0].task_id, [line("after the end")])  # still ended
+    assert await store.count_unfinished("alice") == 1
+    await store.append(bob.task_id, [task_state(Task.STATE_FAILED, "boom")])
+    assert [await store.count_unfinished(o) for o in ("alice", "bob")] == [1, 0]
+    await new_task(store, owner="bob")
+    assert await store.count_unfinished("bob") == 1
+
+
+# --- retention -----------------------------------------------------------------------------
+
+
+async def _end(store: Store, task: Task, state: Task.State.ValueType = Task.STATE_SUCCEEDED) -> int:
+    """End the task with a line and a terminal event; return a time after its end."""
+    await store.append(task.task_id, [line("work"), task_state(state, "done")])
+    return time.time_ns() + 1
+
+
+async def test_ended_before_lists_ended_tasks_the_earliest_first(store: Store) -> None:
+    first, running, second, third = [await new_task(store) for _ in range(4)]
+    await store.append(running.task_id, [task_state(Task.STATE_RUNNING)])
+    start = time.time_ns()
+    after_first = await _end(store, first, Task.STATE_FAILED)
+    after_second = await _end(store, second, Task.STATE_CANCELLED)
+    after_third = await _end(store, third)
+
+    assert await store.ended_before(start, 10) == []
+    assert await store.ended_before(after_first, 10) == [first.task_id]
+    assert await store.ended_before(after_second, 10) == [first.task_id, second.task_id]
+    all_ended = [first.task_id, second.task_id, third.task_id]
+    assert await store.ended_before(after_third, 10) == all_ended
+    assert await store.ended_before(after_third, 2) == all_ended[:2]
+    await store.append(first.task_id, [line("after the end")])  # does not move its end
+    assert await store.ended_before(after_first, 10) == [first.task_id]
+
+
+async def test_delete_ended_deletes_the_record_the_events_and_the_listings(
+    store: Store,
+) -> None:
+    old = await new_task(store, owner="alice")
+    kept = await new_task(store, owner="alice")
+    unfinished = await new_task(store, owner="alice")
+    await store.append(unfinished.task_id, [task_state(Task.STATE_RUNNING)])
+    cutoff = await _end(store, old)
+    await _end(store, kept)
+
+    deleted = await store.delete_ended(
+        [old.task_id, kept.task_id, unfinished.task_id, "00000000000000ff"], cutoff
+    )
+
+    assert deleted == [old.task_id]
+    assert await store.get_task(old.task_id) is None
+    assert await store.read_events(old.task_id, 0, 10) == []
+    for owner in (None, "alice"):
+        listed = [t.task_id for t in (await store.list_tasks(10, None, owner=owner)).tasks]
+        assert listed == [unfinished.task_id, kept.task_id]
+    assert await store.ended_before(time.time_ns(), 10) == [kept.task_id]
+    assert await store.count_unfinished("alice") == 1
+    assert await store.unfinished_task_ids() == [unfinished.task_id]
+    assert seqs(await store.read_events(kept.task_id, 0, 10)) == [1, 2]
+    # Deleting again deletes nothing; the task ended after this cutoff stays.
+    assert await store.delete_ended([old.task_id, kept.task_id], cutoff) == []
+    assert await store.get_task(kept.task_id) is not None
+
+
+async def test_a_deleted_task_is_gone_for_another_store_on_the_same_data(
+    backend: Backend,
+) -> None:
+    other = await backend.open_another()
+    task = await new_task(backend.store, owner="bob")
+    cutoff = await _end(backend.store, task)
+
+    assert await other.ended_before(cutoff, 10) == [task.task_id]
+    assert await other.delete_ended([task.task_id], cutoff) == [task.task_id]
+    assert await backend.store.delete_ended([task.task_id], cutoff) == []  # already done
+    assert await backend.store.get_task(task.task_id) is None
+    assert (await backend.store.list_tasks(10, None, owner="bob")).tasks == []
+
+
+async def test_a_task_that_leaves_its_end_is_unfinished_again(store: Store) -> None:
+    task = await new_task(store, owner="alice")
+    cutoff = await _end(store, task)
+    await store.append(task.task_id, [task_state(Task.STATE_RUNNING, "reopened")])
+
+    assert await store.count_unfinished("alice") == 1
+    assert await store.unfinished_task_ids() == [task.task_id]
+    assert await store.ended_before(time.time_ns(), 10) == []
+    assert await store.delete_ended([task.task_id], cutoff) == []
+    later = await _end(store, task)
+    assert await store.ended_before(later, 10) == [task.task_id]
+    assert await store.delete_ended([task.task_id], cutoff) == []  # its end moved past it
+    assert await store.delete_ended([task.task_id], later) == [task.task_id]
+
+
 # --- concurrency ---------------------------------------------------------------------------
 
 
@@ -424,6 +557,109 @@ async def test_two_stores_on_the_same_data_never_write_the_same_seq(backend: Bac
     if isinstance(backend.store, RedisStore) and isinstance(other, RedisStore):
         # The two really raced: WATCH caught conflicts, and they were started over.
         assert backend.store.conflicts + other.conflicts > 0
+
+
+# --- SQLite only ---------------------------------------------------------------------------
+
+_SCHEMA_BEFORE_OWNERS = """
+CREATE TABLE tasks (
+    task_id   TEXT PRIMARY KEY,
+    create_ns INTEGER NOT NULL,
+    terminal  INTEGER NOT NULL DEFAULT 0,
+    record    BLOB NOT NULL
+);
+CREATE INDEX tasks_newest_first ON tasks (create_ns DESC, task_id DESC);
+CREATE TABLE events (
+    task_id TEXT NOT NULL,
+    seq     INTEGER NOT NULL,
+    event   BLOB NOT NULL,
+    PRIMARY KEY (task_id, seq)
+) WITHOUT ROWID;
+"""
+
+
+async def test_a_database_from_before_owners_and_retention_is_brought_up_to_date(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.sqlite3"
+    ended = Task(task_id="00000000000000e1", state=Task.STATE_SUCCEEDED, last_seq=0)
+    ended.create_time.FromNanoseconds(1_700_000_000_000_000_000)
+    ended.update_time.FromNanoseconds(1_700_000_100_000_000_000)
+    running = Task(task_id="00000000000000e2", state=Task.STATE_RUNNING)
+    running.create_time.FromNanoseconds(1_700_000_200_000_000_000)
+    with sqlite3.connect(path) as db:
+        db.executescript(_SCHEMA_BEFORE_OWNERS)
+        db.executemany(
+            "INSERT INTO tasks (task_id, create_ns, terminal, record) VALUES (?, ?, ?, ?)",
+            [
+                (t.task_id, t.create_time.ToNanoseconds(), int(t is ended), t.SerializeToString())
+                for t in (ended, running)
+            ],
+        )
+    db.close()
+
+    store = SqliteStore(path)
+    try:
+        listed = await store.list_tasks(10, None, owner="")
+        assert [t.task_id for t in listed.tasks] == [running.task_id, ended.task_id]
+        assert await store.count_unfinished("") == 1
+        assert await store.ended_before(1_700_000_100_000_000_000, 10) == []
+        assert await store.ended_before(1_700_000_100_000_000_001, 10) == [ended.task_id]
+        await store.append(running.task_id, [task_state(Task.STATE_SUCCEEDED)])
+        assert await store.count_unfinished("") == 0
+    finally:
+        await store.close()
+    reopened = SqliteStore(path)  # a second open finds nothing to do
+    try:
+        assert await reopened.count_unfinished("") == 0
+    finally:
+        await reopened.close()
+
+
+async def test_deleting_a_long_task_deletes_its_events_a_chunk_at_a_time(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "store.sqlite3")
+    try:
+        long, short = await new_task(store), await new_task(store)
+        total = PURGE_CHUNK * 2 + 7
+        for first in range(0, total, 1000):
+            await store.append(
+                long.task_id, [line(str(i)) for i in range(first, min(first + 1000, total))]
+            )
+        await store.append(long.task_id, [task_state(Task.STATE_SUCCEEDED)])
+        cutoff = await _end(store, short)
+
+        assert await store.delete_ended([long.task_id, short.task_id], cutoff) == [
+            long.task_id,
+            short.task_id,
+        ]
+        assert await store.read_events(long.task_id, 0, 10) == []
+        assert await store.read_events(short.task_id, 0, 10) == []
+    finally:
+        await store.close()
+    with sqlite3.connect(tmp_path / "store.sqlite3") as db:
+        assert db.execute("SELECT count(*) FROM events").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM purged").fetchone() == (0,)
+    db.close()
+
+
+async def test_events_left_by_a_deletion_cut_short_are_deleted_next_time(tmp_path: Path) -> None:
+    """A crash after the records went but before all their events did."""
+    path = tmp_path / "store.sqlite3"
+    store = SqliteStore(path)
+    try:
+        task, other = await new_task(store), await new_task(store)
+        await store.append(task.task_id, [line("a"), task_state(Task.STATE_SUCCEEDED)])
+        cutoff = await _end(store, other)
+        with sqlite3.connect(path) as db:  # what delete_ended commits first, alone
+            db.execute("DELETE FROM tasks WHERE task_id = ?", (task.task_id,))
+            db.execute("INSERT INTO purged (task_id) VALUES (?)", (task.task_id,))
+        db.close()
+        assert len(await store.read_events(task.task_id, 0, 10)) == 2
+
+        assert await store.delete_ended([other.task_id], cutoff) == [other.task_id]
+        assert await store.read_events(task.task_id, 0, 10) == []
+    finally:
+        await store.close()
 
 
 # --- Redis only ----------------------------------------------------------------------------
@@ -535,6 +771,51 @@ async def test_a_lease_taken_during_the_append_stops_it(
             await store.append(task.task_id, [line("late")], owner="executor-a")
         assert await store.read_events(task.task_id, 0, 10) == []
         assert store.conflicts == 1
+    finally:
+        await store.close()
+
+
+async def test_without_retention_an_ended_task_never_expires(
+    redis_store: RedisStore, raw_redis: Redis
+) -> None:
+    task = await new_task(redis_store)
+    await _end(redis_store, task)
+
+    assert await raw_redis.pttl(redis_store.record_key(task.task_id)) == -1
+    assert await raw_redis.pttl(redis_store.events_key(task.task_id)) == -1
+
+
+async def test_an_ended_task_expires_in_redis_and_the_sweep_clears_its_entries(
+    redis_server: RedisServer, raw_redis: Redis
+) -> None:
+    prefix = f"test-{uuid.uuid4().hex}:"
+    store = RedisStore.from_url(redis_server.url, prefix=prefix, retain=0.5)
+    try:
+        task, running = await new_task(store, owner="ann"), await new_task(store, owner="ann")
+        await store.append(running.task_id, [task_state(Task.STATE_RUNNING)])
+        record, events = store.record_key(task.task_id), store.events_key(task.task_id)
+        cutoff = await _end(store, task)
+        await store.append(task.task_id, [line("after the end")])  # keeps the expiry
+
+        assert 0 < await raw_redis.pttl(record) <= 500
+        assert await raw_redis.pttl(events) > await raw_redis.pttl(record)
+        assert await raw_redis.pttl(store.record_key(running.task_id)) == -1
+        for _ in range(100):  # Redis deletes it on its own; nobody sweeps
+            if not await raw_redis.exists(record):
+                break
+            await asyncio.sleep(0.05)
+        assert await store.get_task(task.task_id) is None
+        assert [t.task_id for t in (await store.list_tasks(10, None)).tasks] == [running.task_id]
+
+        assert await store.ended_before(cutoff, 10) == [task.task_id]
+        assert await store.delete_ended([task.task_id], cutoff) == [task.task_id]
+        assert not await raw_redis.exists(events)
+        member = f"{task.create_time.ToNanoseconds():020d}:{task.task_id}".encode()
+        for listing in (f"{prefix}tasks", store.owner_tasks_key("ann")):
+            assert member not in await raw_redis.zrange(listing, 0, -1), listing
+        assert await raw_redis.zcard(f"{prefix}ended") == 0
+        assert not await raw_redis.hexists(f"{prefix}ended-info", task.task_id)
+        assert await store.get_task(running.task_id) is not None
     finally:
         await store.close()
 

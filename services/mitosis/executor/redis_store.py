@@ -8,8 +8,14 @@ Redis database:
                              ``e`` holding the `TaskEvent` (protobuf bytes)
 ``{prefix}tasks``            sorted set of every task, for the newest-first listing
 ``{prefix}unfinished``       sorted set of the tasks that have not reached a terminal state
+``{prefix}tasks-of:{owner}`` the same two, for the tasks of one owner (`Task.owner`)
+``{prefix}unfinished-of:{owner}``
+``{prefix}ended``            sorted set of the ended tasks, by the time their terminal event
+                             was appended: ``<end time in ns, 20 digits>:<task_id>``
+``{prefix}ended-info``       hash: task id -> ``<end ns>:<create ns>:<owner>``, what deleting
+                             the task needs after its record expired
 
-Both sorted sets give every member the score 0 and order by the member itself:
+The sorted sets give every member the score 0 and order by the member itself:
 ``<create time in ns, 20 digits, zero-padded>:<task_id>``. Lexicographic order on that
 string is exactly the order on ``(create_ns, task_id)`` that SQLite uses, with no loss: a
 score is a double, which cannot hold a nanosecond timestamp (2**53 ns is only 104 days).
@@ -23,8 +29,13 @@ already greater than the ``0-0`` that XADD forbids.)
 Appends are optimistic transactions: WATCH the record and the stream, read both, fold the
 events in Python with `stamp_events`, then MULTI/EXEC the XADDs, the new record and the
 unfinished set together. A concurrent writer makes EXEC fail and the append starts over.
-The keys of one task and the two sorted sets live in different hash slots: this is for a
+The keys of one task and the sorted sets live in different hash slots: this is for a
 single Redis primary (with replicas or Sentinel), not Redis Cluster.
+
+Retention: with `retain`, the transaction that appends a task's terminal event also gives
+its record and its stream an expiry (PEXPIREAT), so Redis deletes them on its own even if no
+executor is left to sweep; `delete_ended` (the retention sweep) deletes them on time and
+removes the index entries, which do not expire.
 """
 
 from __future__ import annotations
@@ -53,6 +64,9 @@ from mitosis.v1 import task_pb2
 DEFAULT_PREFIX = "mitosis:"
 
 _FIELD = b"e"
+_NS_PER_MS = 1_000_000
+_STREAM_OUTLIVES_RECORD_MS = 60_000
+"""The stream expires a minute after the record: a task is never visible without its log."""
 _NS_DIGITS = 20
 _NS_LIMIT = 10**_NS_DIGITS
 
@@ -131,13 +145,34 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# Delete the tasks whose member is still in the ended set (a task that was reopened, or
+# deleted by another executor meanwhile, is not).
+# KEYS: ended, ended-info, tasks, then per task: record, events, lease, cancel, tasks-of-owner.
+# ARGV: per task: its id, its member in the ended set, its member in the listings.
+_DELETE_ENDED = """
+local deleted = {}
+for i = 0, #ARGV / 3 - 1 do
+  local task_id, ended, listed = ARGV[1 + 3 * i], ARGV[2 + 3 * i], ARGV[3 + 3 * i]
+  if redis.call('ZSCORE', KEYS[1], ended) then
+    local k = 4 + 5 * i
+    redis.call('UNLINK', KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3])
+    redis.call('ZREM', KEYS[3], listed)
+    redis.call('ZREM', KEYS[k + 4], listed)
+    redis.call('ZREM', KEYS[1], ended)
+    redis.call('HDEL', KEYS[2], task_id)
+    deleted[#deleted + 1] = task_id
+  end
+end
+return deleted
+"""
 
 
 class RedisStore:
     """Store on one Redis primary, shared by any number of executors.
 
     Connection loss is retried by redis-py (exponential backoff with jitter, bounded); when
-    the retries run out the call raises `StoreUnavailable` naming the server.
+    the retries run out the call raises `StoreUnavailable` naming the server. With `retain`
+    (seconds, 0 for never) a task's record and events expire that long after it ended.
     """
 
     def __init__(
@@ -147,11 +182,16 @@ class RedisStore:
         prefix: str = DEFAULT_PREFIX,
         max_conflicts: int = 64,
         where: str = "redis",
+        retain: float = 0,
     ) -> None:
         self._redis = client
         self._prefix = prefix
         self._tasks_key = f"{prefix}tasks"
         self._unfinished_key = f"{prefix}unfinished"
+        self._ended_key = f"{prefix}ended"
+        self._ended_info_key = f"{prefix}ended-info"
+        self._retain_ms = round(retain * 1000)
+        self._delete_ended = client.register_script(_DELETE_ENDED)
         self._max_conflicts = max_conflicts
         self.where = where
         """The server, without credentials, as logs and errors name it."""
@@ -171,6 +211,7 @@ class RedisStore:
         socket_timeout: float = 5.0,
         connect_timeout: float = 2.0,
         max_conflicts: int = 64,
+        retain: float = 0,
     ) -> Self:
         """Open a store on `redis://host:port/db`, `rediss://…` or `unix://path`.
 
@@ -186,7 +227,13 @@ class RedisStore:
             retry=Retry(EqualJitterBackoff(cap=backoff_cap, base=backoff_base), retries),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
-        return cls(client, prefix=prefix, max_conflicts=max_conflicts, where=_describe(url))
+        return cls(
+            client,
+            prefix=prefix,
+            max_conflicts=max_conflicts,
+            where=_describe(url),
+            retain=retain,
+        )
 
     def record_key(self, task_id: str) -> str:
         """The key of the task's record."""
@@ -203,6 +250,14 @@ class RedisStore:
     def events_key(self, task_id: str) -> str:
         """The key of the task's event stream."""
         return f"{self._prefix}events:{task_id}"
+
+    def owner_tasks_key(self, owner: str) -> str:
+        """The key of the listing of one owner's tasks."""
+        return f"{self._prefix}tasks-of:{owner}"
+
+    def owner_unfinished_key(self, owner: str) -> str:
+        """The key of the set of one owner's unfinished tasks."""
+        return f"{self._prefix}unfinished-of:{owner}"
 
     @contextlib.contextmanager
     def _reported(self, what: str) -> Iterator[None]:
@@ -259,6 +314,8 @@ class RedisStore:
                     pipe.delete(self.events_key(task.task_id))  # a new task has an empty log
                     pipe.zadd(self._tasks_key, {member: 0})
                     pipe.zadd(self._unfinished_key, {member: 0})
+                    pipe.zadd(self.owner_tasks_key(task.owner), {member: 0})
+                    pipe.zadd(self.owner_unfinished_key(task.owner), {member: 0})
                     try:
                         await pipe.execute()
                     except WatchError:
@@ -273,7 +330,9 @@ class RedisStore:
             record = await self._redis.get(self.record_key(task_id))
         return None if record is None else task_pb2.Task.FromString(_bytes(record))
 
-    async def list_tasks(self, page_size: int, after: tuple[int, str] | None) -> TaskPage:
+    async def list_tasks(
+        self, page_size: int, after: tuple[int, str] | None, owner: str | None = None
+    ) -> TaskPage:
         if page_size <= 0:
             return TaskPage([], None)
         if after is None or after[0] >= _NS_LIMIT:
@@ -282,12 +341,11 @@ class RedisStore:
             return TaskPage([], None)
         else:
             high = b"(" + _member(*after)
+        listing = self._tasks_key if owner is None else self.owner_tasks_key(owner)
         with self._reported("list tasks"):
             members = [
                 _bytes(m)
-                for m in await self._redis.zrevrangebylex(
-                    self._tasks_key, high, b"-", 0, page_size + 1
-                )
+                for m in await self._redis.zrevrangebylex(listing, high, b"-", 0, page_size + 1)
             ]
             page = members[:page_size]
             records = (
@@ -295,9 +353,14 @@ class RedisStore:
                 if page
                 else []
             )
+        # A record that expired before the sweep removed its entry is left out.
         tasks = [task_pb2.Task.FromString(_bytes(r)) for r in records if r is not None]
         more = len(members) > page_size
         return TaskPage(tasks, _cursor(page[-1]) if more else None)
+
+    async def count_unfinished(self, owner: str) -> int:
+        with self._reported(f"count the unfinished tasks of {owner!r}"):
+            return int(await self._redis.zcard(self.owner_unfinished_key(owner)))
 
     async def append(
         self,
@@ -375,21 +438,55 @@ class RedisStore:
             stored = stamp_events(task, events)
             if not stored:
                 return []
+            is_terminal = task.state in TERMINAL_STATES
+            reopened = was_terminal and not is_terminal
+            # Rare (nothing in the executor reopens a task): the ended set needs the end time.
+            info = await self._redis.hget(self._ended_info_key, task_id) if reopened else None
             pipe.multi()  # type: ignore[no-untyped-call]
             for event in stored:
                 pipe.xadd(events_key, {_FIELD: event.SerializeToString()}, id=f"{event.seq}-0")
-            pipe.set(record_key, task.SerializeToString())
-            member = _member(task.create_time.ToNanoseconds(), task_id)
-            if task.state in TERMINAL_STATES:
-                pipe.zrem(self._unfinished_key, member)
-            elif was_terminal:
-                pipe.zadd(self._unfinished_key, {member: 0})
+            # KEEPTTL: an event appended after the end does not undo the expiry.
+            pipe.set(record_key, task.SerializeToString(), keepttl=True)
+            if is_terminal and not was_terminal:
+                self._record_end(pipe, task)
+            elif reopened:
+                self._record_reopen(pipe, task, info)
             attempted[:] = stored
             try:
                 await self._commit(pipe)
             except ResponseError as exc:
                 raise LogCorrupted(f"task {task_id}: the append was refused: {exc}") from exc
             return stored
+
+    def _record_end(self, pipe: Pipeline, task: task_pb2.Task) -> None:
+        """Queue what a task's end changes: the unfinished sets, the ended set, expiry."""
+        create_ns, end_ns = task.create_time.ToNanoseconds(), task.update_time.ToNanoseconds()
+        member = _member(create_ns, task.task_id)
+        pipe.zrem(self._unfinished_key, member)
+        pipe.zrem(self.owner_unfinished_key(task.owner), member)
+        pipe.zadd(self._ended_key, {_member(end_ns, task.task_id): 0})
+        info = f"{end_ns}:{create_ns}:{task.owner}"
+        pipe.hset(self._ended_info_key, task.task_id, info.encode())
+        if self._retain_ms:
+            end_ms = end_ns // _NS_PER_MS
+            pipe.pexpireat(self.record_key(task.task_id), end_ms + self._retain_ms)
+            pipe.pexpireat(
+                self.events_key(task.task_id),
+                end_ms + self._retain_ms + _STREAM_OUTLIVES_RECORD_MS,
+            )
+
+    def _record_reopen(self, pipe: Pipeline, task: task_pb2.Task, info: bytes | str | None) -> None:
+        """Queue the undoing of `_record_end`, for a task that left its terminal state;
+        `info` is its entry in the ended-info hash."""
+        member = _member(task.create_time.ToNanoseconds(), task.task_id)
+        pipe.zadd(self._unfinished_key, {member: 0})
+        pipe.zadd(self.owner_unfinished_key(task.owner), {member: 0})
+        if info is not None:
+            end_ns = int(_bytes(info).split(b":", 1)[0])
+            pipe.zrem(self._ended_key, _member(end_ns, task.task_id))
+        pipe.hdel(self._ended_info_key, task.task_id)
+        pipe.persist(self.record_key(task.task_id))
+        pipe.persist(self.events_key(task.task_id))
 
     async def _commit(self, pipe: Pipeline) -> None:
         await pipe.execute()
@@ -432,6 +529,47 @@ class RedisStore:
         with self._reported("list unfinished tasks"):
             members = await self._redis.zrangebylex(self._unfinished_key, b"-", b"+")
         return [_cursor(_bytes(m))[1] for m in members]
+
+    async def ended_before(self, before_ns: int, limit: int) -> list[str]:
+        if before_ns <= 0 or limit <= 0:
+            return []
+        # "<end ns>:<id>" sorts below "<before ns>" exactly when end ns < before ns.
+        high = b"(" + f"{min(before_ns, _NS_LIMIT - 1):0{_NS_DIGITS}d}".encode()
+        with self._reported("list ended tasks"):
+            members = await self._redis.zrangebylex(self._ended_key, b"-", high, 0, limit)
+        return [_cursor(_bytes(m))[1] for m in members]
+
+    async def delete_ended(self, task_ids: Sequence[str], before_ns: int) -> list[str]:
+        """Delete in one script, which checks each task's end time again: a task that left
+        the ended set meanwhile (or another executor's sweep deleted) is skipped."""
+        if not task_ids:
+            return []
+        with self._reported("delete ended tasks"):
+            infos = await self._redis.hmget(self._ended_info_key, list(task_ids))
+            keys = [self._ended_key, self._ended_info_key, self._tasks_key]
+            args: list[str] = []
+            for task_id, info in zip(task_ids, infos, strict=True):
+                if info is None:
+                    continue
+                end_ns, create_ns, owner = _bytes(info).decode().split(":", 2)
+                if int(end_ns) >= before_ns:
+                    continue
+                keys += [
+                    self.record_key(task_id),
+                    self.events_key(task_id),
+                    self.lease_key(task_id),
+                    self.cancel_key(task_id),
+                    self.owner_tasks_key(owner),
+                ]
+                args += [
+                    task_id,
+                    _member(int(end_ns), task_id).decode(),
+                    _member(int(create_ns), task_id).decode(),
+                ]
+            if len(keys) == 3:
+                return []
+            deleted = await self._delete_ended(keys=keys, args=args)
+        return [_bytes(task_id).decode() for task_id in deleted]
 
     async def acquire_lease(self, task_id: str, owner: str, ttl: float) -> bool:
         with self._reported(f"take the lease of task {task_id}"):

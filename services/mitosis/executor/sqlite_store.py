@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -11,21 +12,39 @@ from mitosis.executor.store import LeaseLost, TaskPage
 from mitosis.projection import TERMINAL_STATES, stamp_events
 from mitosis.v1 import task_pb2
 
-_SCHEMA = """
+_TABLES = """
 CREATE TABLE IF NOT EXISTS tasks (
     task_id   TEXT PRIMARY KEY,
     create_ns INTEGER NOT NULL,
     terminal  INTEGER NOT NULL DEFAULT 0,
-    record    BLOB NOT NULL
+    record    BLOB NOT NULL,
+    owner     TEXT NOT NULL DEFAULT '',
+    end_ns    INTEGER
 );
-CREATE INDEX IF NOT EXISTS tasks_newest_first ON tasks (create_ns DESC, task_id DESC);
 CREATE TABLE IF NOT EXISTS events (
     task_id TEXT NOT NULL,
     seq     INTEGER NOT NULL,
     event   BLOB NOT NULL,
     PRIMARY KEY (task_id, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS purged (
+    task_id TEXT PRIMARY KEY
+) WITHOUT ROWID;
 """
+"""`owner` is the API key name that created the task; `end_ns` the time its terminal event
+was appended (NULL while it runs). `purged` holds deleted tasks whose events are still
+being deleted, a chunk at a time."""
+
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS tasks_newest_first ON tasks (create_ns DESC, task_id DESC);
+CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks (owner, create_ns DESC, task_id DESC);
+CREATE INDEX IF NOT EXISTS tasks_unfinished ON tasks (create_ns, task_id) WHERE terminal = 0;
+CREATE INDEX IF NOT EXISTS tasks_unfinished_by_owner ON tasks (owner) WHERE terminal = 0;
+CREATE INDEX IF NOT EXISTS tasks_by_end ON tasks (end_ns, task_id) WHERE end_ns IS NOT NULL;
+"""
+
+PURGE_CHUNK = 2000
+"""Events deleted per transaction when a task is deleted: a few milliseconds of the loop."""
 
 
 class SqliteStore:
@@ -45,37 +64,55 @@ class SqliteStore:
         # the newest commits.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(_TABLES)
+        _add_missing_columns(self._db)
+        self._db.executescript(_INDEXES)
         # One executor per SQLite file: leases and cancel requests live in its memory.
         self._leases: dict[str, tuple[str, float]] = {}
         self._cancel_requests: dict[str, str] = {}
 
     async def create_task(self, task: task_pb2.Task) -> None:
         self._db.execute(
-            "INSERT INTO tasks (task_id, create_ns, record) VALUES (?, ?, ?)",
-            (task.task_id, task.create_time.ToNanoseconds(), task.SerializeToString()),
+            "INSERT INTO tasks (task_id, create_ns, owner, record) VALUES (?, ?, ?, ?)",
+            (
+                task.task_id,
+                task.create_time.ToNanoseconds(),
+                task.owner,
+                task.SerializeToString(),
+            ),
         )
 
     async def get_task(self, task_id: str) -> task_pb2.Task | None:
         row = self._db.execute("SELECT record FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         return None if row is None else task_pb2.Task.FromString(row[0])
 
-    async def list_tasks(self, page_size: int, after: tuple[int, str] | None) -> TaskPage:
-        if after is None:
-            rows = self._db.execute(
-                "SELECT record FROM tasks ORDER BY create_ns DESC, task_id DESC LIMIT ?",
-                (page_size + 1,),
-            ).fetchall()
-        else:
-            rows = self._db.execute(
-                "SELECT record FROM tasks WHERE (create_ns, task_id) < (?, ?)"
-                " ORDER BY create_ns DESC, task_id DESC LIMIT ?",
-                (*after, page_size + 1),
-            ).fetchall()
+    async def list_tasks(
+        self, page_size: int, after: tuple[int, str] | None, owner: str | None = None
+    ) -> TaskPage:
+        where: list[str] = []
+        params: list[object] = []
+        if owner is not None:
+            where.append("owner = ?")
+            params.append(owner)
+        if after is not None:
+            where.append("(create_ns, task_id) < (?, ?)")
+            params += after
+        # Only fixed fragments go into the text; the values are parameters.
+        condition = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._db.execute(
+            f"SELECT record FROM tasks {condition} ORDER BY create_ns DESC, task_id DESC LIMIT ?",
+            (*params, page_size + 1),
+        ).fetchall()
         tasks = [task_pb2.Task.FromString(row[0]) for row in rows[:page_size]]
         more = len(rows) > page_size
         cursor = (tasks[-1].create_time.ToNanoseconds(), tasks[-1].task_id) if more else None
         return TaskPage(tasks, cursor)
+
+    async def count_unfinished(self, owner: str) -> int:
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM tasks WHERE owner = ? AND terminal = 0", (owner,)
+        ).fetchone()
+        return int(row[0])
 
     async def append(
         self,
@@ -98,9 +135,18 @@ class SqliteStore:
                 "INSERT INTO events (task_id, seq, event) VALUES (?, ?, ?)",
                 [(task_id, e.seq, e.SerializeToString()) for e in stored],
             )
+            terminal = task.state in TERMINAL_STATES
+            # The end time is the first terminal event's; a later append does not move it.
             db.execute(
-                "UPDATE tasks SET record = ?, terminal = ? WHERE task_id = ?",
-                (task.SerializeToString(), int(task.state in TERMINAL_STATES), task_id),
+                "UPDATE tasks SET record = ?, terminal = ?,"
+                " end_ns = CASE WHEN ? THEN coalesce(end_ns, ?) END WHERE task_id = ?",
+                (
+                    task.SerializeToString(),
+                    int(terminal),
+                    terminal,
+                    task.update_time.ToNanoseconds(),
+                    task_id,
+                ),
             )
         except BaseException:
             db.execute("ROLLBACK")
@@ -122,6 +168,53 @@ class SqliteStore:
             "SELECT task_id FROM tasks WHERE terminal = 0 ORDER BY create_ns, task_id"
         ).fetchall()
         return [row[0] for row in rows]
+
+    async def ended_before(self, before_ns: int, limit: int) -> list[str]:
+        rows = self._db.execute(
+            "SELECT task_id FROM tasks WHERE end_ns < ? ORDER BY end_ns, task_id LIMIT ?",
+            (before_ns, limit),
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    async def delete_ended(self, task_ids: Sequence[str], before_ns: int) -> list[str]:
+        """Delete the records at once, in one transaction, then their events a chunk at a
+        time; a crash in between leaves the ids in `purged`, and the next call finishes."""
+        db = self._db
+        deleted = []
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for task_id in task_ids:
+                cursor = db.execute(
+                    "DELETE FROM tasks WHERE task_id = ? AND terminal = 1 AND end_ns < ?",
+                    (task_id, before_ns),
+                )
+                if cursor.rowcount:
+                    db.execute("INSERT OR IGNORE INTO purged (task_id) VALUES (?)", (task_id,))
+                    deleted.append(task_id)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        for task_id in deleted:
+            self._leases.pop(task_id, None)
+            self._cancel_requests.pop(task_id, None)
+        await self._purge_events()
+        return deleted
+
+    async def _purge_events(self) -> None:
+        """Delete the events of deleted tasks, yielding to the loop between chunks."""
+        db = self._db
+        for (task_id,) in db.execute("SELECT task_id FROM purged").fetchall():
+            while True:
+                chunk = db.execute(
+                    "DELETE FROM events WHERE task_id = ?1 AND seq <"
+                    " (SELECT min(seq) FROM events WHERE task_id = ?1) + ?2",
+                    (task_id, PURGE_CHUNK),
+                )
+                if not chunk.rowcount:
+                    break
+                await asyncio.sleep(0)  # other calls run between chunks
+            db.execute("DELETE FROM purged WHERE task_id = ?", (task_id,))
 
     async def acquire_lease(self, task_id: str, owner: str, ttl: float) -> bool:
         holder = self._leases.get(task_id)
@@ -153,3 +246,32 @@ class SqliteStore:
 
     async def close(self) -> None:
         self._db.close()
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Bring a database made before tasks had an owner and an end time up to date.
+
+    Tasks made then have no owner (""), and their end time is the record's update time,
+    which is the terminal event's time unless something was appended after it.
+    """
+    columns = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
+    if {"owner", "end_ns"} <= columns:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if "owner" not in columns:
+            db.execute("ALTER TABLE tasks ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+        if "end_ns" not in columns:
+            db.execute("ALTER TABLE tasks ADD COLUMN end_ns INTEGER")
+            ended = db.execute("SELECT task_id, record FROM tasks WHERE terminal = 1")
+            db.executemany(
+                "UPDATE tasks SET end_ns = ? WHERE task_id = ?",
+                [
+                    (task_pb2.Task.FromString(record).update_time.ToNanoseconds(), task_id)
+                    for task_id, record in ended.fetchall()
+                ],
+            )
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")

@@ -36,8 +36,18 @@ class Store(Protocol):
         """Return the task record as its events made it, or None when it does not exist."""
         ...
 
-    async def list_tasks(self, page_size: int, after: tuple[int, str] | None) -> TaskPage:
-        """Return up to `page_size` tasks older than the cursor `after`, newest first."""
+    async def list_tasks(
+        self, page_size: int, after: tuple[int, str] | None, owner: str | None = None
+    ) -> TaskPage:
+        """Return up to `page_size` tasks older than the cursor `after`, newest first.
+
+        With `owner`, only the tasks whose `Task.owner` is `owner` (an index, not a filter
+        over every task).
+        """
+        ...
+
+    async def count_unfinished(self, owner: str) -> int:
+        """Return how many of `owner`'s tasks have not reached a terminal state."""
         ...
 
     async def append(
@@ -84,6 +94,20 @@ class Store(Protocol):
 
     async def unfinished_task_ids(self) -> list[str]:
         """Return the ids of tasks that have not reached a terminal state, oldest first."""
+        ...
+
+    async def ended_before(self, before_ns: int, limit: int) -> list[str]:
+        """Return up to `limit` ids of tasks that reached a terminal state before `before_ns`
+        (Unix time in ns), the earliest ended first."""
+        ...
+
+    async def delete_ended(self, task_ids: Sequence[str], before_ns: int) -> list[str]:
+        """Delete the tasks (record, events, index entries) that ended before `before_ns`.
+
+        Ids not known to have ended before `before_ns` (unfinished, ended later, unknown)
+        are skipped. Returns the ids deleted; afterwards `get_task` gives None for them and
+        listings leave them out.
+        """
         ...
 
     async def close(self) -> None:

@@ -14,7 +14,7 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
-def open_store(spec: str, data_dir: Path) -> Store:
+def open_store(spec: str, data_dir: Path, *, retain: float = 0) -> Store:
     """Open the store that `spec` names.
 
     - empty, `sqlite` or `sqlite:`: SQLite at `data_dir/mitosis.sqlite3` (the default);
@@ -24,13 +24,15 @@ def open_store(spec: str, data_dir: Path) -> Store:
       Redis. The query may carry `prefix=…` (default `mitosis:`) so that several
       deployments can share one database; the other query options are redis-py's.
 
+    `retain` (seconds, 0 for never) is how long a task is kept after it ended, for a store
+    that expires tasks on its own (Redis); the retention sweep deletes them on any store.
     Opening does not connect: a Redis store connects on its first call.
     """
     spec = spec.strip()
     found = _SCHEME.match(spec)
     scheme = found.group(1).lower() if found else ""
     if scheme in _REDIS_SCHEMES:
-        return _open_redis(spec)
+        return _open_redis(spec, retain)
     if spec.lower() == "sqlite":
         return SqliteStore(data_dir / DEFAULT_SQLITE_NAME)
     if not scheme:
@@ -45,7 +47,7 @@ def open_store(spec: str, data_dir: Path) -> Store:
     )
 
 
-def _open_redis(spec: str) -> Store:
+def _open_redis(spec: str, retain: float) -> Store:
     # Imported here so that a SQLite-only installation does not need redis-py.
     from mitosis.executor.redis_store import DEFAULT_PREFIX, RedisStore
 
@@ -56,4 +58,5 @@ def _open_redis(spec: str) -> Store:
     prefixes = [value for key, value in query if key == "prefix"]
     rest = [(key, value) for key, value in query if key != "prefix"]
     url = urlunsplit(parts._replace(query=urlencode(rest)))
-    return RedisStore.from_url(url, prefix=prefixes[-1] if prefixes else DEFAULT_PREFIX)
+    prefix = prefixes[-1] if prefixes else DEFAULT_PREFIX
+    return RedisStore.from_url(url, prefix=prefix, retain=retain)
