@@ -17,7 +17,7 @@ from mitosis.cli.main import main
 from mitosis.cli.status import ExitStatus
 from mitosis.client import Client, ClientSettings, ConfigurationError, UnauthenticatedError
 from mitosis.client.settings import is_loopback
-from tests.certificates import ServerCertificate, make_server_certificate
+from tests.certs import TestAuthority
 from tests.fake_task_service import AbortAfter, EndAfter, FakeTaskService, running
 
 KEY = "mk_live_Q2hlY2sgdGhlIGtleSBuZXZlciBzaG93cw"
@@ -46,14 +46,16 @@ def home(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def certificate(tmp_path: Path) -> ServerCertificate:
-    return make_server_certificate(tmp_path / "tls")
+def authority(tmp_path: Path) -> TestAuthority:
+    return TestAuthority(tmp_path / "tls")
 
 
 @pytest.fixture
-def tls_target(fake: FakeTaskService, certificate: ServerCertificate) -> Iterator[str]:
-    """The fake on a TLS-only port with the test CA's certificate."""
-    with running(fake, grpc.ssl_server_credentials([certificate.pair()])) as address:
+def tls_target(fake: FakeTaskService, authority: TestAuthority) -> Iterator[str]:
+    """The fake on a TLS-only port with a certificate the test CA signed."""
+    issued = authority.issue("fake task service", server=True)
+    credentials = grpc.ssl_server_credentials([(issued.key.read_bytes(), issued.cert.read_bytes())])
+    with running(fake, credentials) as address:
         yield address
 
 
@@ -248,7 +250,7 @@ def test_a_missing_config_file_named_by_the_environment_is_an_error(
 def test_tls_with_the_ca_from_a_flag_the_environment_or_the_config_file(
     fake: FakeTaskService,
     tls_target: str,
-    certificate: ServerCertificate,
+    authority: TestAuthority,
     home: Path,
     capsys: pytest.CaptureFixture[str],
     source: str,
@@ -256,13 +258,13 @@ def test_tls_with_the_ca_from_a_flag_the_environment_or_the_config_file(
     env = {"MITOSIS_TARGET": tls_target, "HOME": str(home)}
     argv = ["ls"]
     if source == "flag":
-        argv += ["--tls-ca", str(certificate.ca)]
+        argv += ["--tls-ca", str(authority.cert)]
         env["MITOSIS_API_KEY"] = KEY
     elif source == "environment":
-        env |= {"MITOSIS_TLS_CA": str(certificate.ca), "MITOSIS_API_KEY": KEY}
+        env |= {"MITOSIS_TLS_CA": str(authority.cert), "MITOSIS_API_KEY": KEY}
     else:
         config = write_config(home, f'api_key = "{KEY}"\ntls_ca = "ca.pem"\n')
-        config.with_name("ca.pem").write_bytes(certificate.ca.read_bytes())  # relative to it
+        config.with_name("ca.pem").write_bytes(authority.cert.read_bytes())  # relative to it
 
     assert main(argv, env=env) == ExitStatus.SUCCESS, capsys.readouterr().err
     assert fake.authorizations == [("ListTasks", f"Bearer {KEY}")]
@@ -274,12 +276,12 @@ def test_tls_needs_the_servers_ca(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    other = make_server_certificate(tmp_path / "other", "another")
+    other = TestAuthority(tmp_path / "other", "another CA")
     env = {"MITOSIS_TARGET": tls_target, "MITOSIS_API_KEY": KEY}
     quick = ["--reconnect-deadline", "0.3"]
 
     assert main(["ls", *quick], env=env) == ExitStatus.UNAVAILABLE  # plain text to a TLS port
-    assert main(["ls", "--tls-ca", str(other.ca), *quick], env=env) == ExitStatus.UNAVAILABLE
+    assert main(["ls", "--tls-ca", str(other.cert), *quick], env=env) == ExitStatus.UNAVAILABLE
     assert fake.authorizations == []  # the key never reached the server
     assert KEY not in "".join(capsys.readouterr())
 
