@@ -7,17 +7,21 @@ exits 8 and says where the key was read from.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
+from mitosis.auth import key_line
 from mitosis.cli.main import main
 from mitosis.cli.status import ExitStatus
 from mitosis.client import Client, ClientSettings, ConfigurationError, UnauthenticatedError
 from mitosis.client.settings import is_loopback
 from tests.certs import TestAuthority
+from tests.conftest import StartExecutor
 from tests.fake_task_service import AbortAfter, EndAfter, FakeTaskService, running
 
 KEY = "mk_live_Q2hlY2sgdGhlIGtleSBuZXZlciBzaG93cw"
@@ -324,3 +328,71 @@ def test_help_lists_the_key_settings_and_exit_8(capsys: pytest.CaptureFixture[st
     for words in ("MITOSIS_API_KEY", "MITOSIS_CONFIG", "MITOSIS_TLS_CA", "--tls-ca FILE"):
         assert words in out
     assert "  8  the server wants an API key, or refused the one given" in out
+
+
+# --- against a real executor with --api-keys ------------------------------------------------
+
+ALICE_KEY = "mk_alice-cli-test-key-000000000000000000000000"
+BOB_KEY = "mk_bob-cli-test-key-1111111111111111111111111111"
+
+
+@pytest.fixture
+def keys_file(tmp_path: Path) -> Path:
+    path = tmp_path / "api-keys"
+    path.write_text(f"{key_line('alice', ALICE_KEY)}\n{key_line('bob', BOB_KEY)}\n")
+    return path
+
+
+async def cli(argv: list[str], env: dict[str, str]) -> int:
+    """`mitosis ...` in-process, off the loop that serves the executor."""
+    return await asyncio.to_thread(main, argv, env)
+
+
+async def test_the_cli_against_a_keyed_executor_over_tls(
+    start_executor_on: StartExecutor,
+    keys_file: Path,
+    authority: TestAuthority,
+    home: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    issued = authority.issue("executor", server=True)
+    executor = await start_executor_on(
+        f"--api-keys={keys_file}", f"--tls-cert={issued.cert}", f"--tls-key={issued.key}"
+    )
+    write_config(home, f'target = "127.0.0.1:{executor.port}"\ntls_ca = "{authority.cert}"\n')
+    alice = {"HOME": str(home), "MITOSIS_API_KEY": ALICE_KEY}
+    bob = {"HOME": str(home), "MITOSIS_API_KEY": BOB_KEY}
+
+    printed: list[str] = []
+
+    def output() -> tuple[str, str]:
+        out, err = capsys.readouterr()
+        printed.extend((out, err))
+        return out, err
+
+    # Alice's key runs a task end to end and downloads its files.
+    out = home / "out"
+    assert await cli(["--json", "run", "Write a haiku about keys", "--out", str(out)], alice) == 0
+    events = [json.loads(line) for line in output()[0].splitlines()]
+    events = [event for event in events if "seq" in event]
+    assert events[-1]["taskStateChanged"]["state"] == "STATE_SUCCEEDED"
+    task_id = str(events[0]["taskId"])
+    assert list(out.rglob("*.md"))
+
+    # Bob's key does not find it, and does not see it listed.
+    assert await cli(["get", task_id], bob) == ExitStatus.NOT_FOUND
+    assert await cli(["--json", "ls"], bob) == 0
+    assert task_id not in output()[0]
+    assert await cli(["--json", "ls"], alice) == 0
+    assert task_id in output()[0]
+
+    # A wrong key and no key: exit 8, in the executor's words, with where the key came from.
+    wrong = {**alice, "MITOSIS_API_KEY": "mk_not-a-key-at-all"}
+    assert await cli(["get", task_id], wrong) == ExitStatus.UNAUTHENTICATED
+    assert output()[1] == "error: unknown API key (the API key was read from $MITOSIS_API_KEY)\n"
+    assert await cli(["ls"], {"HOME": str(home)}) == ExitStatus.UNAUTHENTICATED
+    err = output()[1]
+    assert err.startswith("error: this service needs an API key")
+    assert "no API key is set" in err
+    for key in (ALICE_KEY, BOB_KEY):
+        assert key not in "".join(printed)
