@@ -28,16 +28,21 @@ class Subscription:
         self._overflowed = False
         self._ready = asyncio.Event()
 
-    def offer(self, events: Sequence[task_pb2.TaskEvent]) -> None:
-        """Buffer events for the watcher, or mark it overflowed when they do not fit."""
+    def offer(self, events: Sequence[task_pb2.TaskEvent]) -> bool:
+        """Buffer events for the watcher, or mark it overflowed when they do not fit.
+
+        Returns True when this offer overflowed the buffer.
+        """
         if self._overflowed:
-            return
-        if len(self._buffer) + len(events) > self._capacity:
+            return False
+        overflowed = len(self._buffer) + len(events) > self._capacity
+        if overflowed:
             self._overflowed = True
             self._buffer.clear()
         else:
             self._buffer.extend(events)
         self._ready.set()
+        return overflowed
 
     async def next_batch(self, max_wait: float) -> list[task_pb2.TaskEvent]:
         """Return the buffered events, waiting up to `max_wait` s; [] when none came.
@@ -69,6 +74,8 @@ class EventHub:
         self._from_seq: dict[str, int] = {}
         self.changed = asyncio.Event()
         """Set whenever the set of watched tasks changes (a feed from another store waits on it)."""
+        self.overflows = 0
+        """How many times a watcher's buffer overflowed (it then caught up from the store)."""
 
     @contextmanager
     def subscribe(self, task_id: str, from_seq: int = 0) -> Iterator[Subscription]:
@@ -98,8 +105,13 @@ class EventHub:
     def publish(self, task_id: str, events: Sequence[task_pb2.TaskEvent]) -> None:
         """Offer stored events to every subscription of the task."""
         for subscription in self._subscriptions.get(task_id, ()):
-            subscription.offer(events)
+            if subscription.offer(events):
+                self.overflows += 1
 
     def watcher_count(self, task_id: str) -> int:
         """Return how many watchers the task has now."""
         return len(self._subscriptions.get(task_id, ()))
+
+    def watcher_total(self) -> int:
+        """Return how many watchers all tasks have now."""
+        return sum(len(watchers) for watchers in self._subscriptions.values())
