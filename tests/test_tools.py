@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import textwrap
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from mitosis.executor.tools import MAX_LINE_CHARS, ToolError, list_files, read_file, run_python
 from mitosis.executor.workspace import HIDDEN_DIR, Workspace
 from mitosis.v1 import task_pb2
+from tests.sandbox_checks import processes_with
 
 STDOUT = task_pb2.LogLine.SOURCE_STDOUT
 STDERR = task_pb2.LogLine.SOURCE_STDERR
@@ -42,37 +42,18 @@ def script(code: str) -> str:
     return textwrap.dedent(code).strip() + "\n"
 
 
-def is_alive(pid: int) -> bool:
-    """Tell whether a process runs; a zombie nobody has reaped yet counts as dead."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-async def wait_until_dead(pid: int) -> bool:
-    """Give a killed process a moment to go; True once it has."""
-    for _ in range(200):
-        if not is_alive(pid):
-            return True
-        await asyncio.sleep(0.05)
-    return False
-
-
-SPAWN_SLEEPER = """
+def sleeper(marker: str) -> str:
+    """Return code that starts a child sleeping for ever, `marker` on its command line."""
+    return f"""
 import subprocess, sys
-sleeper = subprocess.Popen(["sleep", "1000"])
-print(sleeper.pid, flush=True)
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)", "{marker}"])
+print("started", flush=True)
 """
 
+
 SLEEP_FOREVER = """
-import os, time
-print(os.getpid(), flush=True)
+import time
+print("sleeping", flush=True)
 time.sleep(1000)
 """
 
@@ -136,51 +117,46 @@ async def test_nonzero_exit_without_stderr(workspace: Workspace) -> None:
 
 
 async def test_timeout_kills_the_script_and_its_children(workspace: Workspace) -> None:
-    lines = Lines()
-    code = script(SPAWN_SLEEPER + "while True:\n    pass\n")
+    marker = f"{workspace.root}/sleeper"
+    code = script(sleeper(marker) + "while True:\n    pass\n")
     with pytest.raises(ToolError, match=r"^python timed out after 1 s and was killed$"):
-        await run_python(code, workspace, lines, timeout=1)
+        await run_python(code, workspace, Lines(), timeout=1)
 
-    [pid] = lines.of(STDOUT)
-    assert await wait_until_dead(int(pid))
+    assert processes_with(str(workspace.root)) == []
 
 
 async def test_children_left_running_die_when_the_script_exits(workspace: Workspace) -> None:
     lines = Lines()
     # The sleeper keeps the output pipes open: run_python must not wait for it to end.
-    await run_python(script(SPAWN_SLEEPER), workspace, lines, timeout=30)
+    await run_python(script(sleeper(f"{workspace.root}/sleeper")), workspace, lines, timeout=30)
 
-    [pid] = lines.of(STDOUT)
-    assert await wait_until_dead(int(pid))
+    assert lines.of(STDOUT) == ["started"]
+    assert processes_with(str(workspace.root)) == []
 
 
-async def test_cancellation_kills_the_process_group(workspace: Workspace) -> None:
+async def test_cancellation_kills_the_script_and_its_children(workspace: Workspace) -> None:
     lines = Lines()
-    code = script(SPAWN_SLEEPER + SLEEP_FOREVER)
+    code = script(sleeper(f"{workspace.root}/sleeper") + SLEEP_FOREVER)
     run = asyncio.create_task(run_python(code, workspace, lines, timeout=60))
-    sleeper = int((await lines.arrived.get())[1])
-    script_pid = int((await lines.arrived.get())[1])
+    assert await lines.arrived.get() == (STDOUT, "started")
+    assert await lines.arrived.get() == (STDOUT, "sleeping")
 
     run.cancel()
     with pytest.raises(asyncio.CancelledError):
         await run
 
-    assert await wait_until_dead(script_pid)
-    assert await wait_until_dead(sleeper)
+    assert processes_with(str(workspace.root)) == []
 
 
 async def test_failing_line_sink_stops_the_script(workspace: Workspace) -> None:
-    pids: list[int] = []
-
     async def broken_sink(source: int, text: str) -> None:
-        pids.append(int(text))
         raise RuntimeError("the event log is gone")
 
     code = script(SLEEP_FOREVER)
     with pytest.raises(RuntimeError, match="the event log is gone"):
         await run_python(code, workspace, broken_sink, timeout=60)
 
-    assert await wait_until_dead(pids[0])
+    assert processes_with(str(workspace.root)) == []
 
 
 async def test_environment_is_clean(workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,6 +169,7 @@ async def test_environment_is_clean(workspace: Workspace, monkeypatch: pytest.Mo
     assert "hunter2" not in lines.of(STDOUT)[0]
     assert environment["PATH"] == "/usr/bin:/bin"
     assert environment["HOME"] == str(workspace.root)
+    assert environment["TMPDIR"] == str(workspace.root / HIDDEN_DIR / "tmp")
     assert environment["LANG"] == "C.UTF-8"
 
 
@@ -217,13 +194,15 @@ async def test_runs_in_the_workspace_with_empty_stdin(workspace: Workspace) -> N
 
 
 async def test_memory_limit_applies(workspace: Workspace) -> None:
-    with pytest.raises(ToolError, match="MemoryError"):
+    with pytest.raises(ToolError, match=r"MemoryError \(each process of a run may use at most"):
         await run_python("block = bytearray(2 << 30)\n", workspace, Lines())
 
 
 async def test_file_size_limit_applies(workspace: Workspace) -> None:
     code = "with open('big.bin', 'wb') as file:\n    file.write(bytes(65 << 20))\n"
-    with pytest.raises(ToolError, match="File too large"):
+    with pytest.raises(
+        ToolError, match=r"File too large.*\(a file may be at most 67,108,864 bytes\)"
+    ):
         await run_python(code, workspace, Lines())
 
 

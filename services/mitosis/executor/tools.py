@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import functools
 import math
 import os
 import signal
-import sys
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 
+from mitosis.executor.sandbox import Sandbox, SandboxRun, SandboxUnavailable
+from mitosis.executor.sandbox_boot import SETUP_FAILED
 from mitosis.executor.workspace import PathEscapeError, Workspace
 from mitosis.v1 import task_pb2
 
@@ -23,8 +26,6 @@ SCRIPT_NAME = "step.py"
 MAX_LINE_CHARS = 4096
 """Longer output lines are split into pieces of this many characters."""
 
-_MEMORY_LIMIT_BYTES = 1 << 30
-_FILE_SIZE_LIMIT_BYTES = 64 << 20
 _CPU_GRACE_SECONDS = 5
 _READ_CHUNK = 1 << 16
 _EXIT_POLL_SECONDS = 0.05
@@ -33,23 +34,6 @@ _SIGNAL_HINTS: dict[int, str] = {
     signal.SIGXCPU: "its CPU time limit was reached",
     signal.SIGKILL: "perhaps the system ran out of memory",
 }
-
-# Runs in the child before the script: sets the limits, then becomes the script's interpreter.
-_LIMITS_WRAPPER = """\
-import ctypes, os, resource, signal, sys
-# Die with the executor, even when it is killed with SIGKILL and cannot clean up.
-ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-cpu, memory, file_size = (int(arg) for arg in sys.argv[1:4])
-def cap(which, soft, hard):
-    _, current = resource.getrlimit(which)
-    if current != resource.RLIM_INFINITY:
-        soft, hard = min(soft, current), min(hard, current)
-    resource.setrlimit(which, (soft, hard))
-cap(resource.RLIMIT_CPU, cpu, cpu + 1)
-cap(resource.RLIMIT_AS, memory, memory)
-cap(resource.RLIMIT_FSIZE, file_size, file_size)
-os.execv(sys.executable, [sys.executable, "-I", "-u", "-X", "utf8", *sys.argv[4:]])
-"""
 
 
 class ToolError(Exception):
@@ -62,21 +46,41 @@ async def run_python(
     on_line: LineSink,
     *,
     timeout: float = 60.0,  # noqa: ASYNC109 - the timeout ends the script, not only the wait
+    sandbox: Sandbox | None = None,
 ) -> None:
     """Run `code` with Python in the workspace, passing each output line to `on_line`.
 
-    The script runs in its own process group with a clean environment and resource limits;
-    when it ends, times out or the caller is cancelled, the whole group is killed.
-    Raises ToolError if the script exits with a non-zero status or times out.
+    The script runs confined by `sandbox` (by default one with the default settings, in
+    the strongest mode this machine allows): its own session, a clean environment, resource
+    limits, and, where possible, its own uid, no network and only the workspace writable.
+    When it ends, times out or the caller is cancelled, it is killed with every process it
+    started. Raises ToolError if the script exits with a non-zero status or times out.
     """
+    sandbox = sandbox or default_sandbox()
     script = _write_script(workspace, code)
+    cpu_seconds = math.ceil(timeout) + _CPU_GRACE_SECONDS
+    try:
+        async with sandbox.run(workspace, script, cpu_seconds) as run:
+            returncode, stderr_line = await _run_process(run, workspace, on_line, timeout)
+    except SandboxUnavailable as error:
+        raise ToolError(str(error)) from None
+    if returncode is None:
+        raise ToolError(f"python timed out after {timeout:g} s and was killed")
+    _check_status(returncode, stderr_line, sandbox)
+
+
+async def _run_process(
+    run: SandboxRun, workspace: Workspace, on_line: LineSink, seconds: float
+) -> tuple[int | None, str]:
+    """Start the sandboxed script and pass its output on; return its exit status (None if it
+    timed out) and the last line it wrote on stderr."""
     process = await asyncio.create_subprocess_exec(
-        *_command(script, timeout),
+        *run.command,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         cwd=workspace.root,
-        env=_clean_environment(workspace),
+        env=run.environment,
         start_new_session=True,
     )
     stderr_tail = _LastLine(on_line)
@@ -89,15 +93,13 @@ async def run_python(
         ),
     ]
     try:
-        exited = await _exited_within(process, pumps, timeout)
+        exited = await _exited_within(process, pumps, seconds)
         # Kill what the script left running: its children would hold the pipes open.
         _kill_group(process)
         await _drain(pumps)
     finally:
         await _clean_up(process, pumps)
-    if not exited:
-        raise ToolError(f"python timed out after {timeout:g} s and was killed")
-    _check_status(process.returncode, stderr_tail.text)
+    return (process.returncode if exited else None), stderr_tail.text
 
 
 def list_files(workspace: Workspace) -> list[str]:
@@ -141,29 +143,18 @@ class _LastLine:
         await self._sink(source, text)
 
 
-def _write_script(workspace: Workspace, code: str) -> str:
+@functools.cache
+def default_sandbox() -> Sandbox:
+    """Return the sandbox of runs that were given none: default settings, made once."""
+    return Sandbox()
+
+
+def _write_script(workspace: Workspace, code: str) -> Path:
     """Write the code to the workspace's hidden folder and return the file's path."""
     try:
-        return str(workspace.write_hidden(SCRIPT_NAME, code.encode("utf-8")))
+        return workspace.write_hidden(SCRIPT_NAME, code.encode("utf-8"))
     except OSError as error:
         raise ToolError(f"could not write the script into the workspace: {error}") from None
-
-
-def _command(script: str, timeout: float) -> list[str]:
-    """Return the command that runs the script under resource limits."""
-    cpu_seconds = math.ceil(timeout) + _CPU_GRACE_SECONDS
-    limits = (cpu_seconds, _MEMORY_LIMIT_BYTES, _FILE_SIZE_LIMIT_BYTES)
-    return [sys.executable, "-I", "-c", _LIMITS_WRAPPER, *map(str, limits), script]
-
-
-def _clean_environment(workspace: Workspace) -> dict[str, str]:
-    """Return the only variables a script sees: nothing inherited, so no secrets."""
-    return {
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(workspace.root),
-        "LANG": "C.UTF-8",
-        "PYTHONIOENCODING": "utf-8",
-    }
 
 
 def _stream(reader: asyncio.StreamReader | None) -> asyncio.StreamReader:
@@ -268,15 +259,36 @@ def _kill_group(process: asyncio.subprocess.Process) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-def _check_status(returncode: int | None, last_stderr_line: str) -> None:
+def _check_status(returncode: int, last_stderr_line: str, sandbox: Sandbox) -> None:
     """Raise ToolError describing a failed exit, naming the last line on stderr."""
     if returncode == 0:
         return
-    if returncode is None or returncode > 0:
-        what = f"python exited with status {returncode}"
-    else:
-        what = _signal_death(-returncode)
-    raise ToolError(f"{what}: {last_stderr_line}" if last_stderr_line else what)
+    if returncode == SETUP_FAILED and last_stderr_line.startswith("sandbox:"):
+        reason = last_stderr_line.removeprefix("sandbox:").strip()
+        raise ToolError(f"the python tool's sandbox could not be set up: {reason}")
+    what = (
+        f"python exited with status {returncode}" if returncode > 0 else _signal_death(-returncode)
+    )
+    message = f"{what}: {last_stderr_line}" if last_stderr_line else what
+    if hint := _limit_hint(last_stderr_line, sandbox):
+        message += f" ({hint})"
+    raise ToolError(message)
+
+
+def _limit_hint(line: str, sandbox: Sandbox) -> str:
+    """Return which confinement a script's last error line most likely met, or ""."""
+    limits = sandbox.config.limits
+    if "Resource temporarily unavailable" in line:
+        return f"a run may have at most {limits.processes} processes and threads"
+    if line.startswith("MemoryError"):
+        return f"each process of a run may use at most {limits.memory_bytes:,} bytes of memory"
+    if "File too large" in line:
+        return f"a file may be at most {limits.file_size_bytes:,} bytes"
+    if "Read-only file system" in line:
+        return "only the workspace is writable"
+    if "Network is unreachable" in line and sandbox.mode == "isolated":
+        return "the python tool has no network"
+    return ""
 
 
 def _signal_death(signum: int) -> str:
