@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
+from mitosis.projection import apply_event
 from mitosis.v1 import task_pb2, task_service_pb2
 from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
 
@@ -52,3 +55,88 @@ async def test_a_task_runs_on_redis_and_resumes_after_a_restart(
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert events[-1].task_state_changed.state == task_pb2.Task.STATE_SUCCEEDED
     assert [t.task_id for t in listed.tasks] == [task.task_id]
+
+
+async def watch_reconnecting(
+    target: str, task_id: str, breaks: list[grpc.StatusCode]
+) -> list[task_pb2.TaskEvent]:
+    """Watch the task to its end as a resuming client does: when the stream breaks, watch
+    again from the last seq seen. Each break's status goes into `breaks`."""
+    events: list[task_pb2.TaskEvent] = []
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = TaskServiceStub(channel)
+        for _ in range(200):
+            after = events[-1].seq if events else 0
+            request = task_service_pb2.WatchTaskRequest(task_id=task_id, after_seq=after)
+            try:
+                async for event in stub.WatchTask(request, timeout=120):
+                    if not event.HasField("heartbeat"):
+                        events.append(event)
+            except grpc.aio.AioRpcError as error:
+                breaks.append(error.code())
+                await asyncio.sleep(0.2)
+                continue
+            return events
+    raise AssertionError(f"the watch broke {len(breaks)} times: {breaks}")
+
+
+@pytest.mark.parametrize(
+    ("lease_ttl", "taken_over"),
+    [("10", False), ("1", True)],
+    ids=["the lease outlives the outage", "the lease expires in the outage"],
+)
+async def test_a_task_finishes_and_is_watched_exactly_once_across_a_redis_restart(
+    start_executor_on: StartExecutor, redis: RedisServer, lease_ttl: str, taken_over: bool
+) -> None:
+    """Redis (appendonly) stops mid-task and starts again on the same port and data.
+
+    The executors ride it out on retries. When the outage outlasts the lease, the executor
+    running the task finds its lease gone and stops, and one of the two resumes the task.
+    Either way the task succeeds and two watchers, one on each executor, see every event
+    exactly once, reconnecting with their last seq if their stream breaks.
+    """
+    # Paced so that the task is still writing when Redis goes away.
+    flags = [f"--store={redis.url}", f"--lease-ttl={lease_ttl}"]
+    running = await start_executor_on(*flags, "--offline-pace=0.02")
+    other = await start_executor_on(*flags)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        stub = TaskServiceStub(channel)
+        created = await stub.CreateTask(
+            task_service_pb2.CreateTaskRequest(text="Write a guide to composting")
+        )
+        breaks: list[list[grpc.StatusCode]] = [[], []]
+        watchers = [
+            asyncio.create_task(watch_reconnecting(f"127.0.0.1:{e.port}", created.task_id, b))
+            for e, b in zip((running, other), breaks, strict=True)
+        ]
+        request = task_service_pb2.WatchTaskRequest(task_id=created.task_id)
+        async for event in stub.WatchTask(request):
+            if event.HasField("page_delta"):
+                break  # the task is writing its document
+
+        stopped_ns = time.time_ns()
+        await asyncio.to_thread(redis.stop)
+        await asyncio.sleep(1.5)
+        await asyncio.to_thread(redis.start)
+        restarted_ns = time.time_ns()
+
+        seen = await asyncio.gather(*watchers)
+        task = await stub.GetTask(task_service_pb2.GetTaskRequest(task_id=created.task_id))
+
+    events = seen[0]
+    # The outage fell mid-task: events were appended before it and after it.
+    times = [e.create_time.ToNanoseconds() for e in events]
+    assert times[0] < stopped_ns < restarted_ns < times[-1]
+    assert [e.seq for e in events] == list(range(1, len(events) + 1)), breaks
+    assert events[-1].task_state_changed.state == task_pb2.Task.STATE_SUCCEEDED
+    assert seen[1] == events
+    resumed = [e for e in events if e.log_line.text.startswith("resuming the task")]
+    assert bool(resumed) == taken_over
+    # GetTask agrees with the events: it is their fold.
+    assert task.state == task_pb2.Task.STATE_SUCCEEDED
+    assert task.last_seq == len(events)
+    folded = task_pb2.Task()
+    folded.CopyFrom(created)  # the record with the first event (accepted) folded in
+    for event in events[1:]:
+        apply_event(folded, event)
+    assert folded == task
