@@ -17,6 +17,7 @@ import pytest
 from google.protobuf import struct_pb2
 from playwright.async_api import Browser
 
+from mitosis.auth import key_line
 from mitosis.client import AsyncClient
 from mitosis.executor.server import Executor
 from mitosis.v1 import plan_pb2, task_pb2
@@ -149,6 +150,9 @@ async def test_submit_a_task_watch_it_live_and_download_a_file(
     assert hook["duplicates"] == 0
     assert hook["offsetMismatches"] == 0
     assert_no_script_errors(ui)
+    # A server without keys is never asked for one.
+    assert not await ui.page.locator("dialog.key-dialog").is_visible()
+    assert not await ui.page.locator(".key-button").is_visible()
 
     await ui.open_page(task.pages[-1].page_number)
     shot = await ui.screenshot("browser-finished-task.png")
@@ -454,6 +458,81 @@ async def test_offline_the_ui_says_so_and_reconnects_as_soon_as_it_is_back_onlin
         assert hook["seqs"] == list(range(1, task.last_seq + 1))
         assert "offline" in hook["states"], hook["states"]
         assert resumed_after < 3, f"resumed {resumed_after:.1f} s after coming back online"
+        assert_no_script_errors(ui)
+    finally:
+        await context.close()
+        await gateway.astop()
+
+
+ALICE_KEY = "mk_alice-browser-test-key-00000000000000000000"
+BOB_KEY = "mk_bob-browser-test-key-111111111111111111111111"
+
+
+async def test_a_keyed_server_asks_for_the_key_refuses_a_wrong_one_and_keeps_tasks_apart(
+    browser: Browser, start_executor_on: StartExecutor, tmp_path: Path, web_dist: Path
+) -> None:
+    keys_file = tmp_path / "api-keys"
+    keys_file.write_text(f"{key_line('alice', ALICE_KEY)}\n{key_line('bob', BOB_KEY)}\n")
+    executor = await start_executor_on("--offline-pace=0", f"--api-keys={keys_file}")
+    gateway = await start_gateway_async(tmp_path, executor.port, web_dist)
+    context = await browser.new_context(viewport={"width": 1440, "height": 960})
+    dialog = "dialog.key-dialog"
+    try:
+        async with AsyncClient(gateway.target, api_key=BOB_KEY) as bob:
+            bobs = await bob.create_task("Write a guide to composting at home")
+        ui = UI(await context.new_page(), gateway.url)
+        await ui.open("/")
+
+        # The first call is refused: the UI asks, saying why.
+        await ui.page.wait_for_selector(f"{dialog}[open]", timeout=15_000)
+        assert "needs an API key" in (await ui.page.text_content(".key-message") or "")
+        assert await ui.page.get_attribute("#api-key", "type") == "password"
+
+        # A wrong key is refused with the server's words, and asked for again.
+        await ui.page.fill("#api-key", "mk_wrong-key")
+        await ui.page.get_by_role("button", name="Use key").click()
+        await ui.page.wait_for_function(
+            "() => document.querySelector('.key-message')?.textContent?.includes('refused')",
+            timeout=15_000,
+        )
+        assert await ui.page.text_content(".key-detail") == "Server: unknown API key"
+        assert await ui.page.locator(dialog).is_visible()
+        await ui.screenshot("browser-api-key-refused.png")
+
+        # The right key: the dialog closes, the list loads, a task runs end to end.
+        await ui.page.fill("#api-key", ALICE_KEY)
+        await ui.page.get_by_role("button", name="Use key").click()
+        await ui.page.locator(dialog).wait_for(state="hidden")
+        await ui.page.wait_for_function(
+            "() => document.querySelector('.list-status')?.textContent === 'No tasks yet.'",
+            timeout=15_000,
+        )
+        task_id = await ui.submit(BRIEF)
+        assert await ui.wait_for_task_end() == "succeeded"
+        async with AsyncClient(gateway.target, api_key=ALICE_KEY) as alice:
+            task = await alice.get_task(task_id)
+        await ui.wait_until_applied(task.last_seq)
+        assert (await ui.debug())["seqs"] == list(range(1, task.last_seq + 1))
+        assert await ui.page.locator(f'li[data-task-id="{bobs.task_id}"]').count() == 0
+
+        # Kept for the session: a reload asks nothing. The key is never shown on the page.
+        await ui.open(f"/tasks/{task_id}")
+        assert await ui.wait_for_task_end() == "succeeded"
+        assert not await ui.page.locator(dialog).is_visible()
+        assert ALICE_KEY not in await ui.page.content()
+
+        # Bob's task is not found with Alice's key.
+        await ui.open(f"/tasks/{bobs.task_id}")
+        message = ui.page.locator(".error-panel .error-message")
+        await message.wait_for(timeout=15_000)
+        assert "NOT_FOUND" in (await message.text_content() or "")
+
+        # "Forget key" drops it: the next call asks again; declining leaves "Enter key".
+        await ui.page.get_by_role("button", name="Forget key").click()
+        await ui.page.wait_for_selector(f"{dialog}[open]", timeout=15_000)
+        assert await ui.page.evaluate("() => sessionStorage.length") == 0
+        await ui.page.get_by_role("button", name="Cancel").click()
+        await ui.page.get_by_role("button", name="Enter key").wait_for()
         assert_no_script_errors(ui)
     finally:
         await context.close()

@@ -2,9 +2,11 @@
 // tasks) and the open task, routed by the URL (`/` and `/tasks/<id>`).
 
 import { createTaskClient, type TaskClient } from "./api";
+import { KeyKeeper, keyInterceptor, type KeyStorage } from "./apikey";
 import { h, setText } from "./dom";
 import type { Task_State } from "./gen/mitosis/v1/task_pb";
 import { Sidebar } from "./sidebar";
+import { KeyDialog } from "./keydialog";
 import { describeError, TaskStream, type ConnectionState } from "./stream";
 import { TaskView, type DebugHook } from "./taskview";
 
@@ -35,6 +37,15 @@ function readConfig(): Config {
 }
 
 const TASK_PATH = /^\/tasks\/([^/]+)\/?$/;
+
+/** The tab's sessionStorage, or undefined where the browser refuses it. */
+function sessionStore(): KeyStorage | undefined {
+  try {
+    return window.sessionStorage;
+  } catch {
+    return undefined;
+  }
+}
 
 /** The pill in the header: what the live connection is doing right now. */
 class ConnectionIndicator {
@@ -110,6 +121,8 @@ class ConnectionIndicator {
 }
 
 class App {
+  private readonly keys: KeyKeeper;
+  private readonly keyButton: HTMLButtonElement;
   private readonly client: TaskClient;
   private readonly config = readConfig();
   private readonly indicator = new ConnectionIndicator();
@@ -122,7 +135,13 @@ class App {
   private route = 0;
 
   constructor(root: HTMLElement) {
-    this.client = createTaskClient();
+    const dialog = new KeyDialog();
+    this.keys = new KeyKeeper(sessionStore(), (reason, rejected) => dialog.ask(reason, rejected));
+    this.client = createTaskClient(window.location.origin, [keyInterceptor(this.keys)]);
+    this.keyButton = h("button", { class: "key-button", attrs: { type: "button", hidden: true } });
+    this.keyButton.addEventListener("click", () => void this.toggleKey());
+    this.keys.onChange = () => this.drawKeyButton();
+    this.drawKeyButton();
     this.sidebar = new Sidebar({
       client: this.client,
       open: (taskId) => this.navigate(`/tasks/${encodeURIComponent(taskId)}`),
@@ -142,8 +161,10 @@ class App {
         h("span", { class: "tagline", text: "an autonomous task agent, live" }),
         h("span", { class: "spacer" }),
         this.indicator.el,
+        this.keyButton,
       ),
       h("div", { class: "layout" }, this.sidebar.el, this.main),
+      dialog.el,
     );
     this.indicator.onChange = (text) => this.debug?.states.push(text);
 
@@ -166,6 +187,27 @@ class App {
 
     void this.sidebar.load(true);
     this.render();
+  }
+
+  /** "Forget key" drops the session's key; "Enter key" asks for one. Either way, reload. */
+  private async toggleKey(): Promise<void> {
+    if (this.keys.current() !== undefined) {
+      this.keys.forget();
+    } else if ((await this.keys.refused("", undefined)) === undefined) {
+      return;
+    }
+    void this.sidebar.load(true);
+    this.render();
+  }
+
+  /** The key button shows once the server has wanted a key, or while one is kept. */
+  private drawKeyButton(): void {
+    const kept = this.keys.current() !== undefined;
+    this.keyButton.hidden = !kept && !this.keys.needed;
+    setText(this.keyButton, kept ? "Forget key" : "Enter key");
+    this.keyButton.title = kept
+      ? "Drop the API key kept for this tab; the next call asks again"
+      : "Enter the API key this server needs";
   }
 
   navigate(path: string): void {
@@ -257,11 +299,15 @@ class App {
     this.sidebar.setState(task.taskId, task.state);
     this.main.replaceChildren(view.el);
 
+    let usedKey: string | undefined;
     const stream = new TaskStream({
       watch: (afterSeq, signal, onHeader) => {
         if (debug) debug.connections += 1;
+        usedKey = this.keys.current();
         return this.client.watchTask({ taskId, afterSeq }, { signal, onHeader, timeoutMs: 0 });
       },
+      onUnauthenticated: async (reason) =>
+        (await this.keys.refused(reason, usedKey)) !== undefined,
       onEvent: (event) => view.push(event),
       onState: (state) => {
         if (route === this.route) this.indicator.set(state);

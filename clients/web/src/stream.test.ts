@@ -45,7 +45,11 @@ type Script = (afterSeq: bigint, signal: AbortSignal) => AsyncIterable<TaskEvent
 
 function harness(
   scripts: Script[],
-  options: { watchdogMs?: number; initialBackoffMs?: number } = {},
+  options: {
+    watchdogMs?: number;
+    initialBackoffMs?: number;
+    onUnauthenticated?: (reason: string) => Promise<boolean>;
+  } = {},
 ) {
   const applied: number[] = [];
   const states: ConnectionState[] = [];
@@ -70,6 +74,7 @@ function harness(
     initialBackoffMs: options.initialBackoffMs ?? 5,
     maxBackoffMs: Math.max(40, options.initialBackoffMs ?? 0),
     random: () => 0.5,
+    ...(options.onUnauthenticated ? { onUnauthenticated: options.onUnauthenticated } : {}),
   });
   return { stream, applied, states, requests, duplicates: () => duplicates };
 }
@@ -204,6 +209,44 @@ describe("TaskStream", () => {
     const last = h.states.at(-1);
     expect(last).toMatchObject({ kind: "error", code: Code.NotFound });
     expect(last?.kind === "error" && last.message).toBe("NOT_FOUND: task 'x' does not exist");
+  });
+
+  it("a refused key is asked for again and the stream resumes at once with the new one", async () => {
+    const reasons: string[] = [];
+    const h = harness(
+      [
+        async function* () {
+          yield line(1);
+          yield line(2);
+          throw new ConnectError("unknown API key", Code.Unauthenticated); // the key was revoked
+        },
+        (_, signal) => until(signal, [line(3), done(4)]),
+      ],
+      {
+        initialBackoffMs: 10_000, // a backoff wait would time the test out
+        onUnauthenticated: async (reason) => {
+          reasons.push(reason);
+          return true;
+        },
+      },
+    );
+    await h.stream.start();
+    expect(reasons).toEqual(["unknown API key"]);
+    expect(h.requests).toEqual([0n, 2n]);
+    expect(h.applied).toEqual([1, 2, 3, 4]);
+  });
+
+  it("stops with UNAUTHENTICATED when no new key is given", async () => {
+    const h = harness(
+      [
+        async function* () {
+          throw new ConnectError("this service needs an API key", Code.Unauthenticated);
+        },
+      ],
+      { onUnauthenticated: async () => false },
+    );
+    await h.stream.start();
+    expect(h.states.at(-1)).toMatchObject({ kind: "error", code: Code.Unauthenticated });
   });
 
   it("stop() aborts the call and ends quietly", async () => {

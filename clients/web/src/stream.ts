@@ -62,6 +62,12 @@ export interface TaskStreamOptions {
   isOnline?: () => boolean;
   /** Called for an event with a seq already seen (dropped); for the debug hook. */
   onDuplicate?: (event: TaskEvent) => void;
+  /**
+   * The server refused the call's API key (UNAUTHENTICATED, with its words). Resolve true
+   * when there is a new key to try (the stream reconnects at once), false to stop with the
+   * error.
+   */
+  onUnauthenticated?: (reason: string) => Promise<boolean>;
 }
 
 /** Errors that another attempt cannot fix: show them and stop. */
@@ -107,9 +113,9 @@ export class TaskStream {
   connections = 0;
 
   private readonly opts: Required<
-    Omit<TaskStreamOptions, "afterSeq" | "onDuplicate" | "isOnline">
+    Omit<TaskStreamOptions, "afterSeq" | "onDuplicate" | "isOnline" | "onUnauthenticated">
   > &
-    Pick<TaskStreamOptions, "onDuplicate" | "isOnline">;
+    Pick<TaskStreamOptions, "onDuplicate" | "isOnline" | "onUnauthenticated">;
   private stopped = false;
   private running = false;
   private current: AbortController | undefined;
@@ -296,6 +302,11 @@ export class TaskStream {
         return { kind: "retry", reason: this.abortReason, heardAnything, immediate };
       }
       const error = ConnectError.from(err);
+      if (error.code === Code.Unauthenticated && this.opts.onUnauthenticated) {
+        const retry = await this.opts.onUnauthenticated(error.rawMessage);
+        if (this.stopped) return { kind: "done" };
+        if (retry) return { kind: "retry", reason: "a new API key", heardAnything, immediate: true };
+      }
       if (PERMANENT.has(error.code)) {
         return { kind: "error", message: describeError(error), code: error.code };
       }
