@@ -130,6 +130,7 @@ async def test_a_task_finishes_and_is_watched_exactly_once_across_a_redis_restar
     assert [e.seq for e in events] == list(range(1, len(events) + 1)), breaks
     assert events[-1].task_state_changed.state == task_pb2.Task.STATE_SUCCEEDED
     assert seen[1] == events
+    assert_pages_whole(events)
     resumed = [e for e in events if e.log_line.text.startswith("resuming the task")]
     assert bool(resumed) == taken_over
     # GetTask agrees with the events: it is their fold.
@@ -140,3 +141,17 @@ async def test_a_task_finishes_and_is_watched_exactly_once_across_a_redis_restar
     for event in events[1:]:
         apply_event(folded, event)
     assert folded == task
+
+
+def assert_pages_whole(events: list[task_pb2.TaskEvent]) -> None:
+    """Each delivered page's deltas follow one another without a hole, up to its size."""
+    ends: dict[int, int] = {}
+    for event in events:
+        if event.HasField("page_started"):
+            ends[event.page_started.page_number] = 0
+        elif event.HasField("page_delta"):
+            delta = event.page_delta
+            assert delta.offset == ends[delta.page_number], f"a hole before seq {event.seq}"
+            ends[delta.page_number] += len(delta.text.encode())
+        elif event.HasField("page_finished") and not event.page_finished.abandoned:
+            assert event.page_finished.size_bytes == ends[event.page_finished.page_number]
