@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +18,7 @@ from mitosis.executor.sqlite_store import SqliteStore
 from mitosis.executor.watch import watch_events
 from mitosis.models.offline import OfflineModel
 from mitosis.v1 import plan_pb2, task_pb2
+from tests.sandbox_checks import processes_with
 
 Task = task_pb2.Task
 Step = task_pb2.Step
@@ -146,19 +145,20 @@ async def test_an_unknown_tool_fails_the_step(parts, tmp_path: Path) -> None:
 
 
 async def test_cancel_kills_the_running_python_and_its_children(parts, tmp_path: Path) -> None:
+    marker = f"{tmp_path}/tasks/0123456789abcdef/workspace"
     code = (
-        "import subprocess, time\n"
-        "child = subprocess.Popen(['sleep', '600'])\n"
-        "print(child.pid, flush=True)\n"
+        "import subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', {marker!r}])\n"
+        "print('started', flush=True)\n"
         "time.sleep(600)\n"
     )
     runner, task_id = await run_task(parts, tmp_path, ScriptedPlanner(python_step(code)))
     store, hub, _ = parts
-    pid = 0
     async for event in watch_events(store, hub, task_id, 0, 5):
         if event.log_line.source == task_pb2.LogLine.SOURCE_STDOUT:
-            pid = int(event.log_line.text)
+            assert event.log_line.text == "started"
             break
+    assert len(processes_with(marker)) >= 2
 
     await runner.cancel(task_id)
     task = await store.get_task(task_id)
@@ -166,24 +166,7 @@ async def test_cancel_kills_the_running_python_and_its_children(parts, tmp_path:
     assert task is not None
     assert task.state == Task.STATE_CANCELLED
     assert task.steps[0].state == Step.STATE_CANCELLED
-    for _ in range(100):
-        if not _alive(pid):
-            break
-        await asyncio.sleep(0.05)
-    assert not _alive(pid)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    status = (
-        Path(f"/proc/{pid}/stat").read_text().split()[2]
-        if Path(f"/proc/{pid}/stat").exists()
-        else "X"
-    )
-    return status not in ("Z", "X")
+    assert processes_with(marker) == []
 
 
 async def test_a_step_that_still_fails_is_replanned_and_the_task_goes_on(

@@ -8,14 +8,19 @@ import hashlib
 from pathlib import Path
 
 from mitosis.executor.eventlog import EventLog
+from mitosis.executor.tools import ToolLimitExceeded
 from mitosis.v1 import task_pb2
+
+DEFAULT_MAX_DOCUMENT_BYTES = 8 << 20
+"""Bytes one page may hold: hundreds of times a long report."""
 
 
 class PageWriter:
     """Streams one page's text into the log as deltas and into its file.
 
     Pieces written within `window` seconds are sent as one delta (or sooner, once `max_bytes`
-    are waiting), so a document of 10,000 tokens is a few hundred events, not 10,000.
+    are waiting), so a document of 10,000 tokens is a few hundred events, not 10,000. A page
+    holds at most `max_document_bytes`; text beyond that raises ToolLimitExceeded.
     """
 
     def __init__(
@@ -27,6 +32,7 @@ class PageWriter:
         *,
         window: float = 0.05,
         max_bytes: int = 2048,
+        max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
     ) -> None:
         self._log = log
         self._task_id = task_id
@@ -34,6 +40,8 @@ class PageWriter:
         self._path = path
         self._window = window
         self._max_bytes = max_bytes
+        self._max_document_bytes = max_document_bytes
+        self._file_name = path.name
         self._pending: list[str] = []
         self._pending_bytes = 0
         self._offset = 0
@@ -46,6 +54,7 @@ class PageWriter:
         """Start the page: announce it and create its file empty."""
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._path.write_bytes(b"")
+        self._file_name = file_name
         started = task_pb2.PageStarted(
             page_number=self._page_number, title=title, step_index=step_index, file_name=file_name
         )
@@ -56,8 +65,14 @@ class PageWriter:
         """Add text to the page; it reaches watchers within the window."""
         if not text:
             return
+        size = len(text.encode())
+        if self._offset + self._pending_bytes + size > self._max_document_bytes:
+            raise ToolLimitExceeded(
+                f"the document {self._file_name!r} would be larger than the document size"
+                f" limit ({self._max_document_bytes:,} bytes)"
+            )
         self._pending.append(text)
-        self._pending_bytes += len(text.encode())
+        self._pending_bytes += size
         if self._pending_bytes >= self._max_bytes:
             await self._flush()
         else:

@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Protocol
 
 from mitosis.errors import FailedPrecondition, NotFound, Unavailable
-from mitosis.executor.eventlog import EventLog
+from mitosis.executor.eventlog import EventLimitExceeded, EventLog
+from mitosis.executor.fetch import FetchSettings
+from mitosis.executor.pages import DEFAULT_MAX_DOCUMENT_BYTES
 from mitosis.executor.planner_client import PlanError
+from mitosis.executor.sandbox import Sandbox, SandboxConfig, SandboxLimits
 from mitosis.executor.step_tools import RecordedTools, executor_line
 from mitosis.executor.store import LeaseLost
-from mitosis.executor.tools import ToolError
-from mitosis.executor.workspace import PathEscapeError, Workspace
+from mitosis.executor.tools import ToolError, ToolLimitExceeded
+from mitosis.executor.workspace import FileInfo, PathEscapeError, Workspace
 from mitosis.models.base import FatalModelError, ModelUsage, StepAgent, StepFailure
 from mitosis.projection import TERMINAL_STATES
 from mitosis.v1 import plan_pb2, task_pb2
@@ -61,6 +64,45 @@ class RunnerConfig:
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
     )
     """This executor's name on the leases it holds."""
+    sandbox: str = "auto"
+    """How python runs are confined: "auto" (the strongest this machine allows), or
+    "isolated", "uid" or "plain" to insist on one (see mitosis.executor.sandbox)."""
+    tool_memory_bytes: int = SandboxLimits.memory_bytes
+    """Address space each process of a python run may use."""
+    tool_file_size_bytes: int = SandboxLimits.file_size_bytes
+    """Largest file a python run may write."""
+    tool_processes: int = SandboxLimits.processes
+    """Processes and threads a python run may have at once."""
+    sandbox_uid_base: int = SandboxConfig.uid_base
+    """First of the 65,536 uids python runs take their own from (as root)."""
+    max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
+    """Bytes one page may hold."""
+    max_artifact_bytes: int = 64 << 20
+    """Bytes one delivered file may have."""
+    fetch_url: bool = False
+    """Whether steps may fetch public web pages (the model must offer the tool too)."""
+    fetch_max_bytes: int = FetchSettings.max_bytes
+    fetch_timeout: float = FetchSettings.timeout
+
+    def sandbox_config(self) -> SandboxConfig:
+        """Return the python sandbox's settings: the data folder is hidden from scripts."""
+        limits = SandboxLimits(
+            memory_bytes=self.tool_memory_bytes,
+            file_size_bytes=self.tool_file_size_bytes,
+            processes=self.tool_processes,
+        )
+        return SandboxConfig(
+            mode=self.sandbox,
+            limits=limits,
+            uid_base=self.sandbox_uid_base,
+            hidden=(self.data_dir,),
+        )
+
+    def fetch_settings(self) -> FetchSettings | None:
+        """Return fetch_url's limits, or None when it is turned off."""
+        if not self.fetch_url:
+            return None
+        return FetchSettings(max_bytes=self.fetch_max_bytes, timeout=self.fetch_timeout)
 
 
 def steps_of(plan: plan_pb2.Plan, first_index: int = 0) -> list[Step]:
@@ -112,6 +154,9 @@ class TaskRunner:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._cancel_reasons: dict[str, str] = {}
         self._slots = asyncio.Semaphore(config.max_running)
+        self.sandbox = Sandbox(config.sandbox_config())
+        """How python runs are confined here (its mode is chosen once, when made)."""
+        self._fetch = config.fetch_settings()
 
     def workspace(self, task_id: str) -> Workspace:
         """Return the task's workspace folder, where its tools work and its files lie."""
@@ -238,6 +283,9 @@ class TaskRunner:
             await self._record_cancel(task_id, reason)
         except LeaseLost:
             raise  # not a failure of the task: another executor runs it now
+        except EventLimitExceeded as error:
+            logger.warning("task %s: %s", task_id, error)
+            await self._end_failed(task_id, str(error))
         except Exception as error:
             logger.exception("task %s failed unexpectedly", task_id)
             await self._set_state(
@@ -345,9 +393,13 @@ class TaskRunner:
                 workspace,
                 tool_timeout=self._config.tool_timeout,
                 page_window=self._config.page_window,
+                sandbox=self.sandbox,
+                fetch=self._fetch,
+                max_document_bytes=self._config.max_document_bytes,
             )
             try:
                 await self._agent.run_step(task.text, plan_of(task), step.index, tools, usage)
+                delivered = self._deliverables(workspace, workspace.changed_files(before))
             except FatalModelError as error:
                 failure = str(error)
                 await self._set_step(
@@ -359,8 +411,7 @@ class TaskRunner:
                 failure = str(error)
                 await self._note(task.task_id, step.index, f"attempt {attempt} failed: {failure}")
                 continue
-            changed = workspace.changed_files(before)
-            await self._deliver(task.task_id, step.index, workspace, changed)
+            await self._deliver(task.task_id, step.index, delivered)
             await self._set_step(
                 task.task_id, step.index, Step.STATE_SUCCEEDED, attempt, usage=usage
             )
@@ -393,12 +444,21 @@ class TaskRunner:
         )
         await self._log.append(task.task_id, Event(plan_revised=revised))
 
-    async def _deliver(
-        self, task_id: str, step_index: int, workspace: Workspace, paths: list[str]
-    ) -> None:
+    def _deliverables(self, workspace: Workspace, paths: list[str]) -> list[FileInfo]:
+        """Describe a step's new files; raise ToolLimitExceeded if one is over the limit."""
+        infos = [workspace.describe(path) for path in paths]
+        limit = self._config.max_artifact_bytes
+        for info in infos:
+            if info.size_bytes > limit:
+                raise ToolLimitExceeded(
+                    f"the file {info.path!r} is {info.size_bytes:,} bytes, more than the"
+                    f" artifact size limit ({limit:,} bytes)"
+                )
+        return infos
+
+    async def _deliver(self, task_id: str, step_index: int, infos: list[FileInfo]) -> None:
         events = []
-        for path in paths:
-            info = workspace.describe(path)
+        for info in infos:
             artifact = task_pb2.Artifact(
                 path=info.path,
                 size_bytes=info.size_bytes,
@@ -409,6 +469,22 @@ class TaskRunner:
             events.append(Event(artifact_ready=task_pb2.ArtifactReady(artifact=artifact)))
         if events:
             await self._log.append(task_id, *events)
+
+    async def _end_failed(self, task_id: str, reason: str) -> None:
+        """End the task FAILED with `reason`, closing its open page and steps first.
+
+        Every event here ends something, so the events-per-task limit lets them through.
+        """
+        task = await self._require(task_id)
+        for page in task.pages:
+            if not page.finished and not page.abandoned:
+                abandoned = task_pb2.PageFinished(page_number=page.page_number, abandoned=True)
+                await self._log.append(task_id, Event(page_finished=abandoned))
+        for step in task.steps:
+            if step.state == Step.STATE_RUNNING:
+                await self._set_step(task_id, step.index, Step.STATE_FAILED, step.attempts, reason)
+        await self._cancel_pending_steps(task_id, after=-1)
+        await self._set_state(task_id, Task.STATE_FAILED, reason)
 
     async def _record_cancel(self, task_id: str, reason: str) -> None:
         task = await self._require(task_id)

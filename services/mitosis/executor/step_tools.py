@@ -6,8 +6,10 @@ from collections.abc import AsyncIterator
 from typing import cast
 
 from mitosis.executor.eventlog import EventLog
-from mitosis.executor.pages import PageWriter
-from mitosis.executor.tools import list_files, read_file, run_python
+from mitosis.executor.fetch import FetchSettings, fetch_url
+from mitosis.executor.pages import DEFAULT_MAX_DOCUMENT_BYTES, PageWriter
+from mitosis.executor.sandbox import Sandbox
+from mitosis.executor.tools import ToolError, list_files, read_file, run_python
 from mitosis.executor.workspace import Workspace
 from mitosis.v1 import task_pb2
 
@@ -33,19 +35,34 @@ class RecordedTools:
         *,
         tool_timeout: float,
         page_window: float,
+        sandbox: Sandbox | None = None,
+        fetch: FetchSettings | None = None,
+        max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
     ) -> None:
+        """`sandbox` confines python (None: the default one); `fetch` None turns fetch_url
+        off."""
         self._log = log
         self._task_id = task_id
         self._step_index = step_index
         self._workspace = workspace
         self._tool_timeout = tool_timeout
         self._page_window = page_window
+        self._sandbox = sandbox
+        self._fetch = fetch
+        self._max_document_bytes = max_document_bytes
 
     async def write_document(self, file_name: str, title: str, text: AsyncIterator[str]) -> str:
         path = self._workspace.resolve(file_name)
         task = await self._log.store.get_task(self._task_id)
         page_number = (len(task.pages) if task is not None else 0) + 1
-        page = PageWriter(self._log, self._task_id, page_number, path, window=self._page_window)
+        page = PageWriter(
+            self._log,
+            self._task_id,
+            page_number,
+            path,
+            window=self._page_window,
+            max_document_bytes=self._max_document_bytes,
+        )
         await page.open(title, self._step_index, file_name)
         try:
             async for piece in text:
@@ -65,8 +82,18 @@ class RecordedTools:
             line = task_pb2.LogLine(step_index=self._step_index, source=kind, text=text)
             await self._log.append(self._task_id, Event(log_line=line))
 
-        await run_python(code, self._workspace, on_line, timeout=self._tool_timeout)
+        await run_python(
+            code, self._workspace, on_line, timeout=self._tool_timeout, sandbox=self._sandbox
+        )
         return "\n".join(output)[-OUTPUT_RETURNED_CHARS:]
+
+    async def fetch_url(self, url: str) -> str:
+        if self._fetch is None:
+            raise ToolError("fetch_url is turned off in this executor")
+        await self.log(f"fetching {url}")
+        text, media_type = await fetch_url(url, self._fetch)
+        await self.log(f"fetched {url}: {len(text):,} characters of {media_type}")
+        return text
 
     async def list_files(self) -> str:
         files = list_files(self._workspace)

@@ -12,6 +12,7 @@ import signal
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
+from mitosis.errors import ResourceExhausted
 from mitosis.executor.sandbox import Sandbox, SandboxRun, SandboxUnavailable
 from mitosis.executor.sandbox_boot import SETUP_FAILED
 from mitosis.executor.workspace import PathEscapeError, Workspace
@@ -38,6 +39,10 @@ _SIGNAL_HINTS: dict[int, str] = {
 
 class ToolError(Exception):
     """A tool run that failed, with a message saying what went wrong."""
+
+
+class ToolLimitExceeded(ToolError, ResourceExhausted):
+    """A tool's result would exceed a size limit; the message names the limit and its value."""
 
 
 async def run_python(

@@ -98,6 +98,16 @@ class StepTools(Protocol):
         ...
 
 
+class FetchingTools(StepTools, Protocol):
+    """StepTools that also fetch web pages: the executor's, which an agent offering
+    `fetch_url` looks for (tools without it answer that it is not available)."""
+
+    async def fetch_url(self, url: str) -> str:
+        """Return the text of a public web page; a ToolError when the executor has it off,
+        or the address, size, time or content type is refused."""
+        ...
+
+
 class StepAgent(Protocol):
     """Carries out one step of a plan with the tools."""
 
