@@ -31,7 +31,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from mitosis.executor.hub import EventHub
 from mitosis.executor.store import Store
-from mitosis.executor.tools import ToolError
+from mitosis.executor.tools import ToolError, ToolLimitExceeded
 from mitosis.executor.workspace import PathEscapeError
 from mitosis.handlers import Behaviour, Continuation, ServerInterceptor, wrap_handler
 from mitosis.models.base import TOOLS, ModelUsage, PlanningModel, StepTools
@@ -52,7 +52,7 @@ UNFINISHED_STATES = (
     Task.STATE_RUNNING,
     Task.STATE_AWAITING_APPROVAL,
 )
-TOOL_OUTCOMES = ("ok", "failed", "refused", "cancelled", "error")
+TOOL_OUTCOMES = ("ok", "failed", "limit", "refused", "cancelled", "error")
 # Model calls and plans take seconds to minutes; tools up to their timeout.
 SLOW_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 RPC_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -265,8 +265,8 @@ class ToolMetrics:
         self.runs = Counter(
             "mitosis_tool_runs",
             "Tool runs by tool and outcome: ok; failed (the tool's own error, a timeout"
-            " included); refused (a path out of the workspace); cancelled; error (anything"
-            " else).",
+            " included); limit (a size limit was reached); refused (a path out of the"
+            " workspace); cancelled; error (anything else).",
             ["tool", "outcome"],
             registry=registry,
         )
@@ -277,7 +277,7 @@ class ToolMetrics:
             buckets=SLOW_BUCKETS,
             registry=registry,
         )
-        for tool in TOOLS:
+        for tool in dict.fromkeys([*TOOLS, "fetch_url"]):
             for outcome in TOOL_OUTCOMES:
                 self.runs.labels(tool, outcome)
 
@@ -293,6 +293,9 @@ class ToolMetrics:
             result = await call
             outcome = "ok"
             return result
+        except ToolLimitExceeded:
+            outcome = "limit"
+            raise
         except ToolError:
             outcome = "failed"
             raise
@@ -326,6 +329,14 @@ class MeteredTools:
 
     async def read_file(self, path: str) -> str:
         return await self._metrics.run("read_file", self._tools.read_file(path))
+
+    async def fetch_url(self, url: str) -> str:
+        # Agents look for fetch_url with getattr: offer it only as far as the tools do.
+        fetch = getattr(self._tools, "fetch_url", None)
+        if fetch is None:
+            raise ToolError("fetch_url is not available in this executor")
+        text: str = await self._metrics.run("fetch_url", fetch(url))
+        return text
 
     async def log(self, text: str) -> None:
         await self._tools.log(text)  # the agent's own line, not a tool run
