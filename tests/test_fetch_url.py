@@ -11,12 +11,19 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from mitosis.errors import ResourceExhausted
+from mitosis.executor.eventlog import EventLog
 from mitosis.executor.fetch import FetchSettings, IPAddress, fetch_url, public_only
+from mitosis.executor.hub import EventHub
+from mitosis.executor.sqlite_store import SqliteStore
+from mitosis.executor.step_tools import RecordedTools
 from mitosis.executor.tools import ToolError
+from mitosis.executor.workspace import Workspace
+from mitosis.v1 import task_pb2
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -247,3 +254,33 @@ async def test_non_text_and_errors_are_refused(allowed: Server, path: str, messa
 async def test_bad_urls_are_refused(url: str, message: str) -> None:
     with pytest.raises(ToolError, match=message):
         await fetch_url(url, FetchSettings(timeout=10))
+
+
+async def test_the_step_tool_is_off_unless_configured_and_logs_each_fetch(
+    allowed: Server, tmp_path: Path
+) -> None:
+    store = SqliteStore(tmp_path / "store.sqlite3")
+    try:
+        log = EventLog(store, EventHub())
+        task = task_pb2.Task(task_id="0123456789abcdef", text="t")
+        await store.create_task(task)
+        workspace = Workspace(tmp_path / "workspace")
+
+        def tools(fetch: FetchSettings | None) -> RecordedTools:
+            return RecordedTools(
+                log, task.task_id, 0, workspace, tool_timeout=5, page_window=0, fetch=fetch
+            )
+
+        with pytest.raises(ToolError, match=r"^fetch_url is turned off in this executor$"):
+            await tools(None).fetch_url(f"{allowed.url}/text")
+        text = await tools(settings_allowing(allowed)).fetch_url(f"{allowed.url}/text")
+        events = await store.read_events(task.task_id, 0, 100)
+    finally:
+        await store.close()
+
+    assert text == "caf\u00e9 au lait\n"
+    assert [event.log_line.text for event in events] == [
+        f"fetching {allowed.url}/text",
+        f"fetched {allowed.url}/text: 13 characters of text/plain",
+    ]
+    assert allowed.requests == ["/text"]
