@@ -26,13 +26,19 @@ entry's, so the stream itself rejects a duplicate or an out-of-order `seq`; ``XR
 last-generated-id reads as the newest seq. (``<seq>-1`` would add nothing: ``1-0`` is
 already greater than the ``0-0`` that XADD forbids.)
 
-Appends are optimistic transactions: WATCH the record and the stream, read both, fold the
-events in Python with `stamp_events`, then MULTI/EXEC the XADDs, the new record and the
-unfinished set together. A concurrent writer makes EXEC fail and the append starts over.
+An append is one script call (`_APPEND`, by EVALSHA): the store folds the events into the
+newest record it knows (`stamp_events`, in Python), and the script writes the XADDs, the
+new record and the index changes only if the stream still ends at that record's seq and,
+for a fenced append, the lease key holds the caller; Redis runs a script alone, so no other
+writer comes in between. Otherwise it answers with the newest record, and the append
+starts over from it: one round trip for the executor that runs the task, two when another
+wrote since. A retry of a call whose reply was lost finds its own events at the end of the
+stream and answers "already appended" instead of writing them twice.
+
 The keys of one task and the sorted sets live in different hash slots: this is for a
 single Redis primary (with replicas or Sentinel), not Redis Cluster.
 
-Retention: with `retain`, the transaction that appends a task's terminal event also gives
+Retention: with `retain`, the script that appends a task's terminal event also gives
 its record and its stream an expiry (PEXPIREAT), so Redis deletes them on its own even if no
 executor is left to sweep; `delete_ended` (the retention sweep) deletes them on time and
 removes the index entries, which do not expire.
@@ -43,13 +49,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Self, cast
 from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -68,6 +74,7 @@ _NS_PER_MS = 1_000_000
 _STREAM_OUTLIVES_RECORD_MS = 60_000
 """The stream expires a minute after the record: a task is never visible without its log."""
 _NS_DIGITS = 20
+_RECORDS_KEPT = 1024
 _NS_LIMIT = 10**_NS_DIGITS
 
 
@@ -112,10 +119,6 @@ def _events(entries: list[Any] | None) -> list[task_pb2.TaskEvent]:
     return [task_pb2.TaskEvent.FromString(_bytes(fields[_FIELD])) for _, fields in entries or []]
 
 
-def _entry_seq(entry_id: bytes | str) -> int:
-    return int(_bytes(entry_id).split(b"-", 1)[0])
-
-
 def _describe(url: str) -> str:
     """The URL without credentials, for error messages and logs."""
     parts = urlsplit(url)
@@ -144,6 +147,66 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1], KEYS[2])
 end
 return 0
+"""
+# Append events to a task whose record this executor holds, in one step. Answers
+# {"appended"}, {"already appended"} (the same events are in the log already: this call is
+# a retry of one whose reply was lost), {"missing"}, {"fenced", holder} or, when the stream
+# does not end at the expected seq, {"stale", newest record, the stream's seq}.
+# KEYS: record, events, lease, unfinished, unfinished-of-owner, ended, ended-info.
+# ARGV: expected seq, fencing owner ("" for none), n, the n events, the new record, mode
+# ("end", "reopen" or ""), task id, member in the listings, member in the ended set, the
+# ended-info entry, the expiry of the record and of the stream (Unix ms, 0 for none).
+_APPEND = """
+local n = tonumber(ARGV[3])
+local r = 3 + n
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+local expected = tonumber(ARGV[1])
+local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+local last = 0
+if top[1] then last = tonumber(string.match(top[1][1], '^%d+')) end
+if last ~= expected then
+  if last == expected + n then
+    local entries = redis.call('XRANGE', KEYS[2], (expected + 1) .. '-0', last .. '-0')
+    local same = #entries == n
+    for i = 1, #entries do
+      if entries[i][2][2] ~= ARGV[3 + i] then same = false break end
+    end
+    if same then return {'already appended'} end
+  end
+  return {'stale', redis.call('GET', KEYS[1]), last}
+end
+if ARGV[2] ~= '' then
+  local holder = redis.call('GET', KEYS[3])
+  if holder ~= ARGV[2] then return {'fenced', holder or ''} end
+end
+for i = 1, n do
+  redis.call('XADD', KEYS[2], (expected + i) .. '-0', 'e', ARGV[3 + i])
+end
+-- KEEPTTL: an event appended after the end does not undo the expiry.
+redis.call('SET', KEYS[1], ARGV[r + 1], 'KEEPTTL')
+local mode, task_id, member = ARGV[r + 2], ARGV[r + 3], ARGV[r + 4]
+if mode == 'end' then
+  redis.call('ZREM', KEYS[4], member)
+  redis.call('ZREM', KEYS[5], member)
+  redis.call('ZADD', KEYS[6], 0, ARGV[r + 5])
+  redis.call('HSET', KEYS[7], task_id, ARGV[r + 6])
+  if ARGV[r + 7] ~= '0' then
+    redis.call('PEXPIREAT', KEYS[1], ARGV[r + 7])
+    redis.call('PEXPIREAT', KEYS[2], ARGV[r + 8])
+  end
+elseif mode == 'reopen' then
+  redis.call('ZADD', KEYS[4], 0, member)
+  redis.call('ZADD', KEYS[5], 0, member)
+  local info = redis.call('HGET', KEYS[7], task_id)
+  if info then
+    local end_ns = string.match(info, '^%d+')
+    redis.call('ZREM', KEYS[6], string.rep('0', 20 - #end_ns) .. end_ns .. ':' .. task_id)
+  end
+  redis.call('HDEL', KEYS[7], task_id)
+  redis.call('PERSIST', KEYS[1])
+  redis.call('PERSIST', KEYS[2])
+end
+return {'appended'}
 """
 # Delete the tasks whose member is still in the ended set (a task that was reopened, or
 # deleted by another executor meanwhile, is not).
@@ -191,7 +254,10 @@ class RedisStore:
         self._ended_key = f"{prefix}ended"
         self._ended_info_key = f"{prefix}ended-info"
         self._retain_ms = round(retain * 1000)
+        self._append_script = client.register_script(_APPEND)
         self._delete_ended = client.register_script(_DELETE_ENDED)
+        self._records: OrderedDict[str, task_pb2.Task] = OrderedDict()
+        """The newest record of the tasks this store appended to lately, newest use last."""
         self._max_conflicts = max_conflicts
         self.where = where
         """The server, without credentials, as logs and errors name it."""
@@ -320,6 +386,7 @@ class RedisStore:
                         await pipe.execute()
                     except WatchError:
                         continue
+                    self._remember(task_pb2.Task.FromString(record))
                     return
         raise AppendContention(
             f"creating task {task.task_id} conflicted {self._max_conflicts + 1} times in a row"
@@ -371,135 +438,113 @@ class RedisStore:
     ) -> list[task_pb2.TaskEvent]:
         """Append events atomically; see `Store.append`.
 
-        With `owner`, the task's lease key is watched and checked inside the same
-        optimistic transaction: the append is refused with `LeaseLost` unless that key
-        holds `owner` when the transaction commits.
+        One script call (`_APPEND`) when this store has the task's newest record: the script
+        checks that the stream still ends where that record does, checks the fence (the
+        lease key holds `owner`) and writes, all at once. When another writer got there
+        first it answers with the newest record, and the append starts over from it.
         """
-        fence = None if owner is None else (self.lease_key(task_id), owner)
-        attempted: list[task_pb2.TaskEvent] = []
         async with self._turn(task_id):
             with self._reported(f"append to task {task_id}"):
                 for conflicts in range(self._max_conflicts + 1):
                     if conflicts:
                         await self._start_over(conflicts)
-                    try:
-                        return await self._append_once(task_id, events, fence, attempted)
-                    except WatchError:
-                        continue
+                    stored = await self._append_once(task_id, events, owner)
+                    if stored is not None:
+                        return stored
         raise AppendContention(
             f"append to task {task_id} conflicted {self._max_conflicts + 1} times in a row:"
             " another writer keeps changing it"
         )
 
     async def _append_once(
-        self,
-        task_id: str,
-        events: Sequence[task_pb2.TaskEvent],
-        fence: tuple[str, str] | None,
-        attempted: list[task_pb2.TaskEvent],
-    ) -> list[task_pb2.TaskEvent]:
-        """One optimistic try; raises WatchError when it must start over.
-
-        `attempted` holds what the previous try sent to EXEC: when that EXEC's reply was
-        lost with the connection, it may have committed, and appending again would store
-        the events twice.
-        """
-        record_key = self.record_key(task_id)
-        events_key = self.events_key(task_id)
-        watched = [record_key, events_key] if fence is None else [record_key, events_key, fence[0]]
-        async with self._redis.pipeline(transaction=True) as pipe:
-            await pipe.watch(*watched)
-            # Read after WATCH, on another connection, in one round trip: any change from
-            # here on makes the EXEC below fail. MULTI makes the reads one snapshot, so a
-            # writer committing between them cannot pass for a corrupted log.
-            async with self._redis.pipeline(transaction=True) as snapshot:
-                snapshot.get(record_key)
-                snapshot.xrevrange(events_key, count=1)
-                if fence is not None:
-                    snapshot.get(fence[0])
-                raw_record, top, *owner = await snapshot.execute()
-            if raw_record is None:
-                raise KeyError(task_id)
-            task = task_pb2.Task.FromString(_bytes(raw_record))
-            stream_seq = _entry_seq(top[0][0]) if top else 0
-            if stream_seq != task.last_seq:
-                raise LogCorrupted(
-                    f"task {task_id}: its record ends at seq {task.last_seq} but its stream"
-                    f" {events_key} at {stream_seq}; refusing to append"
-                )
-            if attempted and await self._committed(events_key, task, attempted):
-                return attempted
-            if fence is not None and owner[0] != fence[1].encode():
-                raise LeaseLost(
-                    f"task {task_id}: lease {fence[0]} is held by"
-                    f" {owner[0]!r}, not {fence[1]!r}; append refused"
-                )
-            was_terminal = task.state in TERMINAL_STATES
-            stored = stamp_events(task, events)
-            if not stored:
-                return []
-            is_terminal = task.state in TERMINAL_STATES
-            reopened = was_terminal and not is_terminal
-            # Rare (nothing in the executor reopens a task): the ended set needs the end time.
-            info = await self._redis.hget(self._ended_info_key, task_id) if reopened else None
-            pipe.multi()  # type: ignore[no-untyped-call]
-            for event in stored:
-                pipe.xadd(events_key, {_FIELD: event.SerializeToString()}, id=f"{event.seq}-0")
-            # KEEPTTL: an event appended after the end does not undo the expiry.
-            pipe.set(record_key, task.SerializeToString(), keepttl=True)
-            if is_terminal and not was_terminal:
-                self._record_end(pipe, task)
-            elif reopened:
-                self._record_reopen(pipe, task, info)
-            attempted[:] = stored
-            try:
-                await self._commit(pipe)
-            except ResponseError as exc:
-                raise LogCorrupted(f"task {task_id}: the append was refused: {exc}") from exc
-            return stored
-
-    def _record_end(self, pipe: Pipeline, task: task_pb2.Task) -> None:
-        """Queue what a task's end changes: the unfinished sets, the ended set, expiry."""
+        self, task_id: str, events: Sequence[task_pb2.TaskEvent], owner: str | None
+    ) -> list[task_pb2.TaskEvent] | None:
+        """One try from the newest record this store knows; None when it must start over."""
+        task = await self._newest_record(task_id)
+        expected_seq = task.last_seq
+        was_terminal = task.state in TERMINAL_STATES
+        stored = stamp_events(task, events)
+        if not stored:
+            return []
+        is_terminal = task.state in TERMINAL_STATES
+        mode = "end" if is_terminal and not was_terminal else ""
+        mode = "reopen" if was_terminal and not is_terminal else mode
         create_ns, end_ns = task.create_time.ToNanoseconds(), task.update_time.ToNanoseconds()
-        member = _member(create_ns, task.task_id)
-        pipe.zrem(self._unfinished_key, member)
-        pipe.zrem(self.owner_unfinished_key(task.owner), member)
-        pipe.zadd(self._ended_key, {_member(end_ns, task.task_id): 0})
-        info = f"{end_ns}:{create_ns}:{task.owner}"
-        pipe.hset(self._ended_info_key, task.task_id, info.encode())
-        if self._retain_ms:
-            end_ms = end_ns // _NS_PER_MS
-            pipe.pexpireat(self.record_key(task.task_id), end_ms + self._retain_ms)
-            pipe.pexpireat(
-                self.events_key(task.task_id),
-                end_ms + self._retain_ms + _STREAM_OUTLIVES_RECORD_MS,
+        expire_ms = end_ns // _NS_PER_MS + self._retain_ms if self._retain_ms else 0
+        keys = [
+            self.record_key(task_id),
+            self.events_key(task_id),
+            self.lease_key(task_id),
+            self._unfinished_key,
+            self.owner_unfinished_key(task.owner),
+            self._ended_key,
+            self._ended_info_key,
+        ]
+        args: list[bytes | str | int] = [
+            expected_seq,
+            owner or "",
+            len(stored),
+            *(event.SerializeToString() for event in stored),
+            task.SerializeToString(),
+            mode,
+            task_id,
+            _member(create_ns, task_id),
+            _member(end_ns, task_id),
+            f"{end_ns}:{create_ns}:{task.owner}",
+            expire_ms,
+            expire_ms + _STREAM_OUTLIVES_RECORD_MS if expire_ms else 0,
+        ]
+        try:
+            reply = await self._run_append(keys, args)
+        except ResponseError as exc:
+            self._records.pop(task_id, None)
+            raise LogCorrupted(f"task {task_id}: the append was refused: {exc}") from exc
+        status = _bytes(reply[0])
+        if status in (b"appended", b"already appended"):
+            self._remember(task)
+            return stored
+        if status == b"missing":
+            self._records.pop(task_id, None)
+            raise KeyError(task_id)
+        if status == b"fenced":
+            holder = _bytes(reply[1]).decode() or None
+            raise LeaseLost(
+                f"task {task_id}: lease {self.lease_key(task_id)} is held by"
+                f" {holder!r}, not {owner!r}; append refused"
             )
+        newest, stream_seq = task_pb2.Task.FromString(_bytes(reply[1])), int(reply[2])
+        if newest.last_seq != stream_seq:
+            self._records.pop(task_id, None)
+            raise LogCorrupted(
+                f"task {task_id}: its record ends at seq {newest.last_seq} but its stream"
+                f" {self.events_key(task_id)} at {stream_seq}; refusing to append"
+            )
+        self._remember(newest)
+        return None
 
-    def _record_reopen(self, pipe: Pipeline, task: task_pb2.Task, info: bytes | str | None) -> None:
-        """Queue the undoing of `_record_end`, for a task that left its terminal state;
-        `info` is its entry in the ended-info hash."""
-        member = _member(task.create_time.ToNanoseconds(), task.task_id)
-        pipe.zadd(self._unfinished_key, {member: 0})
-        pipe.zadd(self.owner_unfinished_key(task.owner), {member: 0})
-        if info is not None:
-            end_ns = int(_bytes(info).split(b":", 1)[0])
-            pipe.zrem(self._ended_key, _member(end_ns, task.task_id))
-        pipe.hdel(self._ended_info_key, task.task_id)
-        pipe.persist(self.record_key(task.task_id))
-        pipe.persist(self.events_key(task.task_id))
+    async def _run_append(self, keys: list[str], args: list[bytes | str | int]) -> list[Any]:
+        """Run `_APPEND` (EVALSHA; redis-py loads the script again after a Redis restart)."""
+        return cast("list[Any]", await self._append_script(keys=keys, args=args))
 
-    async def _commit(self, pipe: Pipeline) -> None:
-        await pipe.execute()
+    async def _newest_record(self, task_id: str) -> task_pb2.Task:
+        """A copy of the newest record this store knows of the task (read it if none)."""
+        task = task_pb2.Task()
+        known = self._records.get(task_id)
+        if known is not None:
+            self._records.move_to_end(task_id)
+            task.CopyFrom(known)
+            return task
+        record = await self._redis.get(self.record_key(task_id))
+        if record is None:
+            raise KeyError(task_id)
+        task.ParseFromString(_bytes(record))
+        return task
 
-    async def _committed(
-        self, events_key: str, task: task_pb2.Task, attempted: list[task_pb2.TaskEvent]
-    ) -> bool:
-        """Whether the events of an earlier try are in the log as they were sent."""
-        first, last = attempted[0].seq, attempted[-1].seq
-        if task.last_seq < last:
-            return False
-        entries = await self._redis.xrange(events_key, f"{first}-0", f"{last}-0")
-        return _events(entries) == attempted
+    def _remember(self, task: task_pb2.Task) -> None:
+        self._records[task.task_id] = task
+        self._records.move_to_end(task.task_id)
+        if len(self._records) > _RECORDS_KEPT:
+            self._records.popitem(last=False)
 
     async def read_events(
         self, task_id: str, after_seq: int, limit: int
@@ -568,8 +613,13 @@ class RedisStore:
                 ]
             if len(keys) == 3:
                 return []
-            deleted = await self._delete_ended(keys=keys, args=args)
-        return [_bytes(task_id).decode() for task_id in deleted]
+            deleted = [
+                _bytes(task_id).decode()
+                for task_id in await self._delete_ended(keys=keys, args=args)
+            ]
+        for task_id in deleted:
+            self._records.pop(task_id, None)
+        return deleted
 
     async def acquire_lease(self, task_id: str, owner: str, ttl: float) -> bool:
         with self._reported(f"take the lease of task {task_id}"):
