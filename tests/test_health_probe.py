@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -17,6 +16,7 @@ from mitosis.planner.server import Planner, start_planner
 from mitosis.planner.server import parse_args as parse_planner_args
 
 from .redis_server import RedisServer, free_port
+from .test_metrics import until
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -41,25 +41,10 @@ class Health:
 
     async def until(self, status: int, within: float = 60.0) -> None:
         """Wait until TaskService reports `status`; fail after `within` seconds."""
-        await until_true(lambda: self._is(status), within)
+        await until(lambda: self._is(status), within)
 
     async def _is(self, status: int) -> bool:
         return await self.status() == status
-
-
-async def until_true(condition: Callable[[], object], within: float) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        assert asyncio.get_running_loop().time() < deadline, "the condition never held"
-        await asyncio.sleep(0.05)
-
-
-StartWithHealth = Callable[..., Coroutine[Any, Any, tuple["Executor", "Health"]]]
 
 
 @pytest.fixture
