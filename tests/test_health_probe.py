@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -45,6 +46,9 @@ class Health:
 
     async def _is(self, status: int) -> bool:
         return await self.status() == status
+
+
+StartWithHealth = Callable[..., Coroutine[Any, Any, tuple[Executor, Health]]]
 
 
 @pytest.fixture
