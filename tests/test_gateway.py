@@ -7,6 +7,7 @@ default route timeout and its idle timeout, the UI's files, health checks, resta
 from __future__ import annotations
 
 import asyncio
+import functools
 import http.client
 import json
 import socket
@@ -15,12 +16,15 @@ import subprocess
 import sys
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
+from urllib.parse import unquote
 
 import grpc
 import pytest
 from google.protobuf import message
 from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from mitosis.auth import MISSING_KEY, UNKNOWN_KEY, key_line
 from mitosis.client import AsyncClient
 from mitosis.executor.server import Executor
 from mitosis.gateway import (
@@ -120,20 +124,38 @@ def fetch(
         connection.close()
 
 
+def grpc_web_frame(data: bytes, flags: int = 0) -> bytes:
+    """One gRPC(-Web) frame: flags, big-endian length, data."""
+    return bytes([flags]) + struct.pack(">I", len(data)) + data
+
+
 def grpc_web_call(
-    port: int, method: str, request: message.Message, origin: str | None = None
+    port: int,
+    method: str,
+    request: message.Message | bytes,
+    origin: str | None = None,
+    *,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], list[bytes], dict[str, str]]:
-    """A gRPC-Web call as a browser makes it: status, headers, messages, trailers."""
-    data = request.SerializeToString()
-    headers = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1"}
+    """A gRPC-Web call as a browser makes it: status, headers, messages, trailers.
+
+    `request` bytes are sent as the body as they are (a test's own, maybe malformed, frames).
+    """
+    body = request if isinstance(request, bytes) else grpc_web_frame(request.SerializeToString())
+    sent = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1", **(headers or {})}
     if origin is not None:
-        headers["origin"] = origin
-    frame = b"\x00" + struct.pack(">I", len(data)) + data
-    status, response_headers, body = fetch(
-        port, "POST", f"{SERVICE}/{method}", body=frame, headers=headers
+        sent["origin"] = origin
+    status, response_headers, data = fetch(
+        port, "POST", f"{SERVICE}/{method}", body=body, headers=sent
     )
-    messages, trailers = parse_grpc_web(body)
+    messages, trailers = parse_grpc_web(data)
     return status, response_headers, messages, trailers
+
+
+def grpc_status(headers: dict[str, str], trailers: dict[str, str]) -> tuple[str, str]:
+    """The gRPC status and message of a gRPC-Web answer (trailers-only or not)."""
+    status = headers.get("grpc-status") or trailers.get("grpc-status", "")
+    return status, unquote(headers.get("grpc-message") or trailers.get("grpc-message", ""))
 
 
 def parse_grpc_web(body: bytes) -> tuple[list[bytes], dict[str, str]]:
@@ -242,6 +264,7 @@ def test_the_command_line_renders_a_config_envoy_accepts(tmp_path: Path, ui: Pat
         {"listen_host": "example.com"},
         {"hosts": ("*",)},
         {"listen_port": 70000},
+        {"max_request_bytes": 10},
     ],
 )
 def test_settings_refuse_what_envoy_should_not_be_given(overrides: dict[str, object]) -> None:
@@ -334,7 +357,9 @@ async def test_cors_preflight_allows_listed_origins_only(gateway: Gateway) -> No
             headers={
                 "origin": origin,
                 "access-control-request-method": "POST",
-                "access-control-request-headers": "content-type,x-grpc-web,x-user-agent",
+                "access-control-request-headers": (
+                    "authorization,content-type,x-grpc-web,x-user-agent"
+                ),
             },
         )
 
@@ -343,7 +368,9 @@ async def test_cors_preflight_allows_listed_origins_only(gateway: Gateway) -> No
     assert headers["access-control-allow-origin"] == ALLOWED_ORIGIN
     assert "POST" in headers["access-control-allow-methods"]
     allowed = {h.strip() for h in headers["access-control-allow-headers"].split(",")}
-    assert {"content-type", "x-grpc-web", "x-user-agent", "grpc-timeout"} <= allowed
+    assert {"content-type", "x-grpc-web", "x-user-agent", "grpc-timeout", "authorization"} <= (
+        allowed
+    )
 
     _, evil_headers, _ = await asyncio.to_thread(preflight, EVIL_ORIGIN)
     assert "access-control-allow-origin" not in evil_headers
@@ -365,6 +392,152 @@ async def test_a_grpc_web_server_stream_delivers_every_event_and_ok(gateway: Gat
     events = [task_pb2.TaskEvent.FromString(m) for m in messages]
     assert_gapless_to_the_end([e for e in events if not is_heartbeat(e)])
     assert trailers["grpc-status"] == "0"
+
+
+# --- API keys through the gateway ---------------------------------------------------------
+
+API_KEY = "mk_gateway-test-key-00000000000000000000000000"
+
+
+async def test_the_authorization_header_reaches_the_executor_over_grpc_web_and_grpc(
+    tmp_path: Path, start_executor_on: StartExecutor
+) -> None:
+    keys = tmp_path / "api-keys"
+    keys.write_text(key_line("gateway-test", API_KEY) + "\n")
+    executor = await start_executor_on(f"--api-keys={keys}")
+    gateway = await start_gateway_async(tmp_path, executor.port, None)
+    bearer = {"authorization": f"Bearer {API_KEY}"}
+    listing = task_service_pb2.ListTasksRequest()
+    try:
+        _, headers, _, trailers = await asyncio.to_thread(
+            grpc_web_call, gateway.port, "ListTasks", listing, ALLOWED_ORIGIN
+        )
+        assert grpc_status(headers, trailers) == ("16", MISSING_KEY)  # UNAUTHENTICATED
+        assert headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+
+        status, headers, messages, trailers = await asyncio.to_thread(
+            functools.partial(grpc_web_call, headers=bearer),
+            gateway.port,
+            "ListTasks",
+            listing,
+            ALLOWED_ORIGIN,
+        )
+        assert (status, grpc_status(headers, trailers)) == (200, ("0", ""))
+        assert len(messages) == 1
+
+        async with grpc.aio.insecure_channel(gateway.target) as channel:
+            stub = TaskServiceStub(channel)
+            await stub.ListTasks(listing, metadata=tuple(bearer.items()))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.ListTasks(listing, metadata=(("authorization", "Bearer mk_nope"),))
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert refused.value.details() == UNKNOWN_KEY
+    finally:
+        await gateway.astop()
+
+
+# --- hostile bodies: too large, malformed ---------------------------------------------------
+
+
+def test_the_request_limit_is_in_the_rendered_config(tmp_path: Path) -> None:
+    settings = GatewaySettings(cors_origins=(ALLOWED_ORIGIN,), max_request_bytes=65536)
+    text = settings.render()
+    assert "max_request_bytes: 65536" in text
+    assert "request too large: the gateway takes at most 65536 bytes" in text
+    assert validate(write_config(tmp_path / "envoy.yaml", settings)).returncode == 0
+
+
+async def test_oversized_and_malformed_requests_get_a_clear_status_and_the_gateway_serves_on(
+    gateway: Gateway, executor: Executor
+) -> None:
+    async with grpc.aio.insecure_channel(gateway.target) as channel:
+        stub = TaskServiceStub(channel)
+        before = await stub.CreateTask(task_service_pb2.CreateTaskRequest(text="Write a haiku"))
+
+    def call(method: str, body: bytes) -> tuple[str, str]:
+        _, headers, messages, trailers = grpc_web_call(gateway.port, method, body)
+        assert messages == []
+        return grpc_status(headers, trailers)
+
+    too_large = "request too large: the gateway takes at most 2097152 bytes"
+    huge = task_service_pb2.CreateTaskRequest(text="x" * (3 << 20)).SerializeToString()
+    get = task_service_pb2.GetTaskRequest(task_id=before.task_id).SerializeToString()
+    cases = {
+        "3 MiB": ("CreateTask", grpc_web_frame(huge), ("8", too_large)),
+        "announces 4 GiB": (
+            "CreateTask",
+            b"\x00\xff\xff\xff\xff" + b"text",
+            (
+                "3",
+                "malformed gRPC request: the frame announces 4294967295 bytes and 4 follow;"
+                " one whole message is expected",
+            ),
+        ),
+        "cut short": (
+            "GetTask",
+            grpc_web_frame(get)[:-3],
+            (
+                "3",
+                f"malformed gRPC request: the frame announces {len(get)} bytes and"
+                f" {len(get) - 3} follow; one whole message is expected",
+            ),
+        ),
+        "no body": (
+            "GetTask",
+            b"",
+            ("3", "malformed gRPC request: 0 bytes, not one whole message frame"),
+        ),
+        "a trailer frame": (
+            "GetTask",
+            grpc_web_frame(b"grpc-status:0", flags=0x80),
+            ("3", "malformed gRPC request: frame flags 128, a message frame has 0"),
+        ),
+        "two messages": (
+            "GetTask",
+            grpc_web_frame(get) + grpc_web_frame(get),
+            (
+                "3",
+                f"malformed gRPC request: the frame announces {len(get)} bytes and"
+                f" {2 * len(get) + 5} follow; one whole message is expected",
+            ),
+        ),
+    }
+    for name, (method, body, expected) in cases.items():
+        assert await asyncio.to_thread(call, method, body) == expected, name
+
+    # Native gRPC through the gateway meets the same limit (the client's own is off).
+    async with grpc.aio.insecure_channel(gateway.target) as channel:
+        stub = TaskServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.CreateTask(task_service_pb2.CreateTaskRequest(text="x" * (8 << 20)))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused.value.details() == too_large
+
+        # The gateway and the executor serve on; nothing was created, nothing lost.
+        assert_gapless_to_the_end(await watch_all(stub, before.task_id))
+        listed = await stub.ListTasks(task_service_pb2.ListTasksRequest())
+        assert [t.task_id for t in listed.tasks] == [before.task_id]
+    status, headers, messages, trailers = await asyncio.to_thread(
+        grpc_web_call,
+        gateway.port,
+        "GetTask",
+        task_service_pb2.GetTaskRequest(task_id=before.task_id),
+    )
+    assert (status, grpc_status(headers, trailers)) == (200, ("0", ""))
+    assert task_pb2.Task.FromString(messages[0]).state == SUCCEEDED
+
+
+async def test_reflection_streams_through_the_gateway(gateway: Gateway) -> None:
+    """Reflection is a bidirectional stream: the request buffer and frame check leave it be."""
+    async with grpc.aio.insecure_channel(gateway.target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        call = stub.ServerReflectionInfo()
+        await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+        answer = await asyncio.wait_for(call.read(), 10)  # while the request side stays open
+        assert isinstance(answer, reflection_pb2.ServerReflectionResponse)
+        names = {s.name for s in answer.list_services_response.service}
+        assert "mitosis.v1.TaskService" in names
+        await call.done_writing()
 
 
 # --- long and quiet streams -----------------------------------------------------------------

@@ -73,6 +73,9 @@ DEFAULT_CSP = (
 framing. The UI's own <meta> policy applies too (both must allow); frame-ancestors only
 works in a header."""
 MIN_DIRECT_RESPONSE_BYTES = 8 << 20
+DEFAULT_MAX_REQUEST_BYTES = 2 << 20
+"""The largest request body the gateway reads (gRPC-Web text decoded): above the services'
+own 1 MiB receive limit, so theirs is the message clients normally meet."""
 MAX_STATIC_FILES = 2000
 _TEMPLATE_BLOCKS = ("static_routes",)
 _GET_OR_HEAD = {"name": ":method", "string_match": {"safe_regex": {"regex": "^(GET|HEAD)$"}}}
@@ -122,6 +125,8 @@ class GatewaySettings:
     stream_idle_timeout_s: float = 300.0
     health_check_interval_s: float = 1.0
     content_security_policy: str = DEFAULT_CSP
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    """A larger request body is refused at the gateway with RESOURCE_EXHAUSTED."""
 
     def __post_init__(self) -> None:
         _check_port(self.listen_port, "listen port", allow_zero=True)
@@ -145,6 +150,8 @@ class GatewaySettings:
             _check_port(self.admin_port, "admin port", allow_zero=True)
         if self.stream_idle_timeout_s < 0 or self.health_check_interval_s <= 0:
             raise ValueError("timeouts must be positive")
+        if not 1024 <= self.max_request_bytes < 1 << 32:
+            raise ValueError(f"bad max request bytes {self.max_request_bytes}: 1024 to 2^32-1")
 
     def render(self, template: Path = TEMPLATE) -> str:
         """Return Envoy's configuration (YAML) for these settings."""
@@ -155,6 +162,10 @@ class GatewaySettings:
             "listen_host": _ip(self.listen_host, "listen host"),
             "listen_port": self.listen_port,
             "stream_idle_timeout": _duration(self.stream_idle_timeout_s),
+            "max_request_bytes": self.max_request_bytes,
+            "request_too_large": (
+                f"request too large: the gateway takes at most {self.max_request_bytes} bytes"
+            ),
             "max_direct_response_body_size_bytes": max(MIN_DIRECT_RESPONSE_BYTES, largest),
             "domains": self.domains(),
             "cors_origins": [{"exact": origin} for origin in self.cors_origins],
@@ -707,6 +718,7 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
         hosts=tuple(dict.fromkeys([*DEFAULT_HOSTS, *(args.host or [])])),
         admin_port=args.admin_port,
         stream_idle_timeout_s=args.stream_idle_timeout,
+        max_request_bytes=args.max_request_bytes,
     )
 
 
@@ -761,6 +773,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=float,
         default=300.0,
         help="seconds a quiet stream may stay open; heartbeats count (default %(default)g)",
+    )
+    parser.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        help="the largest request body let through; larger ones get RESOURCE_EXHAUSTED"
+        " (default %(default)d)",
     )
     parser.add_argument("--out", default="-", help="file to write (default: standard output)")
     return parser.parse_args(argv)
