@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
@@ -19,6 +20,7 @@ from mitosis.executor.quotas import Limits
 from mitosis.executor.redis_feed import RedisFeed
 from mitosis.executor.redis_store import RedisStore
 from mitosis.executor.runner import RunnerConfig, TaskRunner
+from mitosis.executor.sandbox import SandboxUnavailable
 from mitosis.executor.servicer import TaskServicer
 from mitosis.executor.store import Store
 from mitosis.executor.stores import open_store
@@ -131,6 +133,80 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=int(env("MITOSIS_MAX_WATCHERS_PER_KEY", str(Limits.watchers_per_key))),
         help="WatchTask streams one API key may have open on this executor (default %(default)s)",
     )
+    tools = parser.add_argument_group("the python tool's sandbox, and fetch_url")
+    tools.add_argument(
+        "--sandbox",
+        choices=["auto", "isolated", "uid", "plain"],
+        default=env("MITOSIS_SANDBOX", "auto"),
+        help="how python steps are confined: auto takes the strongest this machine allows;"
+        " isolated (root with namespaces: own uid, no network, only the workspace writable),"
+        " uid (root without namespaces: own uid and limits), plain (limits only); naming a"
+        " mode refuses to start without it (env MITOSIS_SANDBOX; default %(default)s)",
+    )
+    tools.add_argument(
+        "--tool-memory-mib",
+        type=int,
+        default=int(env("MITOSIS_TOOL_MEMORY_MIB", "1024")),
+        help="MiB of memory each process of a python step may use (default %(default)s)",
+    )
+    tools.add_argument(
+        "--tool-file-size-mib",
+        type=int,
+        default=int(env("MITOSIS_TOOL_FILE_SIZE_MIB", "64")),
+        help="MiB of the largest file a python step may write (default %(default)s)",
+    )
+    tools.add_argument(
+        "--tool-processes",
+        type=int,
+        default=int(env("MITOSIS_TOOL_PROCESSES", "64")),
+        help="processes and threads a python step may have at once (default %(default)s)",
+    )
+    tools.add_argument(
+        "--sandbox-uid-base",
+        type=int,
+        default=int(env("MITOSIS_SANDBOX_UID_BASE", "1900000000")),
+        help="first of the 65,536 uids python steps run as, one per run, when the executor"
+        " is root (default %(default)s)",
+    )
+    tools.add_argument(
+        "--fetch-url",
+        action="store_true",
+        default=env("MITOSIS_FETCH_URL", "") == "1",
+        help="let steps fetch public web pages (http(s), text only; loopback, private,"
+        " link-local and metadata addresses refused; env MITOSIS_FETCH_URL=1; default off)",
+    )
+    tools.add_argument(
+        "--fetch-max-bytes",
+        type=int,
+        default=int(env("MITOSIS_FETCH_MAX_BYTES", str(2 << 20))),
+        help="bytes of a page fetch_url reads at most (default %(default)s)",
+    )
+    tools.add_argument(
+        "--fetch-timeout",
+        type=float,
+        default=float(env("MITOSIS_FETCH_TIMEOUT", "20")),
+        help="seconds one fetch_url call may take, redirects included (default %(default)s)",
+    )
+    limits = parser.add_argument_group("limits")
+    limits.add_argument(
+        "--max-document-bytes",
+        type=int,
+        default=int(env("MITOSIS_MAX_DOCUMENT_BYTES", str(8 << 20))),
+        help="bytes one written document may hold; more fails its step (default %(default)s)",
+    )
+    limits.add_argument(
+        "--max-artifact-bytes",
+        type=int,
+        default=int(env("MITOSIS_MAX_ARTIFACT_BYTES", str(64 << 20))),
+        help="bytes one delivered file may have; a larger one fails its step (default %(default)s)",
+    )
+    limits.add_argument(
+        "--max-events-per-task",
+        type=int,
+        default=int(env("MITOSIS_MAX_EVENTS_PER_TASK", "200000")),
+        help="events one task may record; a task that would exceed it fails, with room kept"
+        " for its ending (default %(default)s)",
+    )
     add_key_arguments(parser, os.environ)
     add_tls_arguments(parser, os.environ)
     parser.add_argument(
@@ -204,7 +280,7 @@ async def start_executor(args: argparse.Namespace) -> Executor:
     )
     store = open_store(args.store, args.data_dir)
     hub = EventHub()
-    log = EventLog(store, hub)
+    log = EventLog(store, hub, max_events_per_task=args.max_events_per_task)
     planner = PlannerClient(
         args.planner,
         deadline=args.planner_deadline,
@@ -218,8 +294,19 @@ async def start_executor(args: argparse.Namespace) -> Executor:
         max_revisions=args.max_revisions,
         lease_ttl=args.lease_ttl,
         max_running=args.max_running,
+        sandbox=args.sandbox,
+        tool_memory_bytes=args.tool_memory_mib << 20,
+        tool_file_size_bytes=args.tool_file_size_mib << 20,
+        tool_processes=args.tool_processes,
+        sandbox_uid_base=args.sandbox_uid_base,
+        max_document_bytes=args.max_document_bytes,
+        max_artifact_bytes=args.max_artifact_bytes,
+        fetch_url=args.fetch_url,
+        fetch_max_bytes=args.fetch_max_bytes,
+        fetch_timeout=args.fetch_timeout,
     )
     runner = TaskRunner(log, planner, agent, config)
+    logger.info("%s", runner.sandbox.describe())
     limits = Limits(
         tasks_per_key=args.max_tasks_per_key,
         watchers_per_task=args.max_watchers_per_task,
@@ -251,7 +338,8 @@ async def start_executor(args: argparse.Namespace) -> Executor:
 def step_agent(args: argparse.Namespace) -> tuple[StepAgent, Callable[[], Awaitable[None]]]:
     """Return the agent that runs steps for the chosen model, and how to close it."""
     if args.model == OPENAI:
-        model = OpenAIModel(openai_settings(args, os.environ))
+        settings = openai_settings(args, os.environ)
+        model = OpenAIModel(dataclasses.replace(settings, enable_fetch_url=args.fetch_url))
         return model, model.aclose
     return PlannedToolAgent(OfflineModel(pace=args.offline_pace)), _nothing_to_close
 
@@ -272,5 +360,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging(args.log_level)
     try:
         asyncio.run(serve(args))
-    except (KeysFileError, TlsConfigError) as error:
+    except (KeysFileError, TlsConfigError, SandboxUnavailable) as error:
         raise SystemExit(f"mitosis-executor: {error}") from None
