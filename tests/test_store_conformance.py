@@ -21,14 +21,9 @@ from google.protobuf import struct_pb2
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from mitosis.executor.redis_store import (
-    LogCorrupted,
-    RedisStore,
-    StoreUnavailable,
-    TaskExists,
-)
+from mitosis.executor.redis_store import LogCorrupted, RedisStore, TaskExists
 from mitosis.executor.sqlite_store import PURGE_CHUNK, SqliteStore
-from mitosis.executor.store import LeaseLost, Store
+from mitosis.executor.store import LeaseLost, Store, StoreUnavailable
 from mitosis.executor.stores import open_store
 from mitosis.projection import apply_event
 from mitosis.v1 import task_pb2

@@ -7,7 +7,8 @@ import logging
 from collections.abc import Mapping
 
 from mitosis.executor.hub import EventHub
-from mitosis.executor.redis_store import RedisStore, StoreUnavailable
+from mitosis.executor.redis_store import RedisStore
+from mitosis.executor.store import StoreUnavailable
 
 logger = logging.getLogger(__name__)
 

@@ -62,8 +62,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from mitosis.errors import Unavailable
 from mitosis.executor.store import LeaseLost, TaskPage
+from mitosis.executor.store import StoreUnavailable as StoreUnavailable  # its old home
 from mitosis.projection import TERMINAL_STATES, stamp_events
 from mitosis.v1 import task_pb2
 
@@ -76,10 +76,6 @@ _STREAM_OUTLIVES_RECORD_MS = 60_000
 _NS_DIGITS = 20
 _RECORDS_KEPT = 1024
 _NS_LIMIT = 10**_NS_DIGITS
-
-
-class StoreUnavailable(Unavailable):
-    """Redis could not be reached, even after the bounded retries."""
 
 
 class AppendContention(RuntimeError):

@@ -6,7 +6,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from mitosis.errors import Unavailable
 from mitosis.v1 import task_pb2
+
+
+class StoreUnavailable(Unavailable):
+    """The store could not be reached, even after its bounded retries: not the task's
+    fault, and not a reason to end it (it can go on once the store is back)."""
 
 
 class LeaseLost(Exception):
