@@ -1,4 +1,4 @@
-"""What both services share when they serve: health, reflection, logging, graceful stop."""
+"""What both services share when they serve: health, reflection, graceful stop."""
 
 from __future__ import annotations
 
@@ -79,10 +79,3 @@ async def serve_until_signalled(
     await serving.stop(grace)
     if on_stop is not None:
         await on_stop()
-
-
-def configure_logging(level: str) -> None:
-    """Log to stderr in one line per record."""
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )

@@ -49,12 +49,22 @@ class PlannerClient:
         # The executor's own credential, as metadata: grpc refuses call credentials on
         # plaintext channels, and a planner on loopback may well be plaintext.
         self._metadata = (("authorization", f"Bearer {key}"),) if key else ()
-        options = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)]
+        options = [
+            ("grpc.service_config", _SERVICE_CONFIG),
+            ("grpc.enable_retries", 1),
+            # Back within seconds of the planner's return, not after a backoff of minutes.
+            ("grpc.max_reconnect_backoff_ms", 5_000),
+        ]
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(target, options=options)
         else:
             self._channel = grpc.aio.secure_channel(target, credentials, options=options)
         self._stub = planner_service_pb2_grpc.PlannerServiceStub(self._channel)
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The channel to the planner (the health probe checks the planner over it)."""
+        return self._channel
 
     async def create_plan(self, task_text: str) -> plan_pb2.Plan:
         """Return the planner's plan for the task, or raise PlanError."""

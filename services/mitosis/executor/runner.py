@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -22,7 +23,8 @@ from mitosis.executor.step_tools import RecordedTools, executor_line
 from mitosis.executor.store import LeaseLost
 from mitosis.executor.tools import ToolError, ToolLimitExceeded
 from mitosis.executor.workspace import FileInfo, PathEscapeError, Workspace
-from mitosis.models.base import FatalModelError, ModelUsage, StepAgent, StepFailure
+from mitosis.logs import task_context
+from mitosis.models.base import FatalModelError, ModelUsage, StepAgent, StepFailure, StepTools
 from mitosis.projection import TERMINAL_STATES
 from mitosis.v1 import plan_pb2, task_pb2
 
@@ -144,7 +146,12 @@ class TaskRunner:
     """Owns the running tasks of this executor: starts, cancels and resumes them."""
 
     def __init__(
-        self, log: EventLog, planner: PlanSource, agent: StepAgent, config: RunnerConfig
+        self,
+        log: EventLog,
+        planner: PlanSource,
+        agent: StepAgent,
+        config: RunnerConfig,
+        wrap_tools: Callable[[StepTools], StepTools] | None = None,
     ) -> None:
         self._log = log
         self._store = log.store
@@ -154,6 +161,8 @@ class TaskRunner:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._cancel_reasons: dict[str, str] = {}
         self._slots = asyncio.Semaphore(config.max_running)
+        self._wrap_tools = wrap_tools
+        """Put around each step's tools (metrics count the tool runs through it)."""
         self.sandbox = Sandbox(config.sandbox_config())
         """How python runs are confined here (its mode is chosen once, when made)."""
         self._fetch = config.fetch_settings()
@@ -166,7 +175,8 @@ class TaskRunner:
         """Run the task in the background, from wherever its log says it is."""
         if task_id in self._running:
             return
-        runner = asyncio.create_task(self._run(task_id), name=f"task {task_id}")
+        with task_context(task_id):  # the run's task copies it: all its lines carry the id
+            runner = asyncio.create_task(self._run(task_id), name=f"task {task_id}")
         self._running[task_id] = runner
         runner.add_done_callback(lambda _: self._running.pop(task_id, None))
 
@@ -386,7 +396,7 @@ class TaskRunner:
                 message = "restarted: the executor stopped during the previous attempt"
             await self._set_step(task.task_id, step.index, Step.STATE_RUNNING, attempt, message)
             before = workspace.snapshot()
-            tools = RecordedTools(
+            tools: StepTools = RecordedTools(
                 self._log,
                 task.task_id,
                 step.index,
@@ -397,6 +407,8 @@ class TaskRunner:
                 fetch=self._fetch,
                 max_document_bytes=self._config.max_document_bytes,
             )
+            if self._wrap_tools is not None:
+                tools = self._wrap_tools(tools)
             try:
                 await self._agent.run_step(task.text, plan_of(task), step.index, tools, usage)
                 delivered = self._deliverables(workspace, workspace.changed_files(before))

@@ -25,17 +25,27 @@ from mitosis.executor.servicer import TaskServicer
 from mitosis.executor.store import Store
 from mitosis.executor.stores import open_store
 from mitosis.executor.tasks import Tasks
+from mitosis.health_probe import HealthProbe, planner_check, store_check
+from mitosis.logs import (
+    RequestIdInterceptor,
+    TaskEventLines,
+    add_logging_arguments,
+    configure_logging,
+)
+from mitosis.metrics import ExecutorMetrics
+from mitosis.metrics_server import MetricsServer, add_metrics_arguments, start_metrics_server
 from mitosis.models.base import StepAgent
 from mitosis.models.choice import OPENAI, add_model_arguments, openai_settings
 from mitosis.models.offline import OfflineModel
 from mitosis.models.openai_model import OpenAIModel
-from mitosis.serving import Serving, configure_logging, serve_until_signalled
+from mitosis.serving import Serving, serve_until_signalled
 from mitosis.tls import TlsConfigError, add_tls_arguments, channel_credentials, server_credentials
-from mitosis.v1 import task_service_pb2, task_service_pb2_grpc
+from mitosis.v1 import planner_service_pb2, task_service_pb2, task_service_pb2_grpc
 
 logger = logging.getLogger("mitosis.executor")
 
 SERVICE_NAME = task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name
+PLANNER_SERVICE = planner_service_pb2.DESCRIPTOR.services_by_name["PlannerService"].full_name
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -236,7 +246,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--grace", type=float, default=5.0, help="seconds to finish calls on SIGTERM"
     )
-    parser.add_argument("--log-level", default=env("MITOSIS_LOG_LEVEL", "info"))
+    parser.add_argument(
+        "--health-check-interval",
+        type=float,
+        default=float(env("MITOSIS_HEALTH_CHECK_INTERVAL", "5")),
+        help="seconds between checks of the store and the planner; TaskService reports"
+        " NOT_SERVING while either is unreachable (env MITOSIS_HEALTH_CHECK_INTERVAL;"
+        " default %(default)s)",
+    )
+    add_metrics_arguments(parser, os.environ, example_port=9464)
+    add_logging_arguments(parser, os.environ)
     return parser.parse_args(argv)
 
 
@@ -252,6 +271,8 @@ class Executor:
     planner: PlannerClient
     background: list[asyncio.Task[None]]
     close_model: Callable[[], Awaitable[None]]
+    metrics: ExecutorMetrics
+    metrics_server: MetricsServer | None = None
     stopped: bool = False
 
     async def stop(self, grace: float | None = None) -> None:
@@ -262,6 +283,8 @@ class Executor:
     async def stop_work(self) -> None:
         """Stop the running tasks (they resume on the next start) and close connections."""
         self.stopped = True
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         for job in self.background:
             job.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
@@ -281,6 +304,8 @@ async def start_executor(args: argparse.Namespace) -> Executor:
     store = open_store(args.store, args.data_dir)
     hub = EventHub()
     log = EventLog(store, hub, max_events_per_task=args.max_events_per_task)
+    metrics = ExecutorMetrics(store, hub)
+    log.observers += [metrics.observe, TaskEventLines()]
     planner = PlannerClient(
         args.planner,
         deadline=args.planner_deadline,
@@ -305,7 +330,7 @@ async def start_executor(args: argparse.Namespace) -> Executor:
         fetch_max_bytes=args.fetch_max_bytes,
         fetch_timeout=args.fetch_timeout,
     )
-    runner = TaskRunner(log, planner, agent, config)
+    runner = TaskRunner(log, planner, agent, config, wrap_tools=metrics.tools.metered)
     logger.info("%s", runner.sandbox.describe())
     limits = Limits(
         tasks_per_key=args.max_tasks_per_key,
@@ -314,7 +339,11 @@ async def start_executor(args: argparse.Namespace) -> Executor:
     )
     tasks = Tasks(log, runner, agent.name, args.heartbeat_interval, limits)
 
-    serving = Serving([SERVICE_NAME], [ApiKeyInterceptor(keys)] if keys else [])
+    # Outermost first: every call gets its request id and is counted, refused ones too.
+    interceptors = [RequestIdInterceptor(), metrics.rpcs]
+    if keys:
+        interceptors.append(ApiKeyInterceptor(keys))
+    serving = Serving([SERVICE_NAME], interceptors)
     task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(tasks), serving.server)
     port = serving.listen(args.listen, tls)
     await serving.start()
@@ -322,6 +351,22 @@ async def start_executor(args: argparse.Namespace) -> Executor:
     background = [asyncio.create_task(runner.claim_forever(), name="claim tasks")]
     if isinstance(store, RedisStore):
         background.append(asyncio.create_task(RedisFeed(store, hub).run(), name="redis feed"))
+    probe = HealthProbe(
+        serving.health,
+        [SERVICE_NAME],
+        {
+            "store": store_check(store),
+            "planner": planner_check(planner.channel, PLANNER_SERVICE, timeout=3.0),
+        },
+        interval=args.health_check_interval,
+    )
+    metrics.track_dependencies(probe.reachable)
+    background.append(asyncio.create_task(probe.run(), name="health probe"))
+    metrics_server = None
+    if args.metrics_listen:
+        metrics_server = await start_metrics_server(
+            args.metrics_listen, metrics.registry, metrics.refresh
+        )
     logger.info(
         "executor serving on port %d (%s, %s); model %s; store %s; planner %s; resumed %d tasks",
         port,
@@ -332,7 +377,9 @@ async def start_executor(args: argparse.Namespace) -> Executor:
         args.planner,
         len(resumed),
     )
-    return Executor(serving, port, runner, log, store, planner, background, close_model)
+    return Executor(
+        serving, port, runner, log, store, planner, background, close_model, metrics, metrics_server
+    )
 
 
 def step_agent(args: argparse.Namespace) -> tuple[StepAgent, Callable[[], Awaitable[None]]]:
@@ -357,7 +404,7 @@ async def serve(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the executor service."""
     args = parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     try:
         asyncio.run(serve(args))
     except (KeysFileError, TlsConfigError, SandboxUnavailable) as error:

@@ -10,12 +10,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from mitosis.auth import ApiKeyInterceptor, KeysFileError, add_key_arguments, load_keys
+from mitosis.logs import RequestIdInterceptor, add_logging_arguments, configure_logging
+from mitosis.metrics import PlannerMetrics
+from mitosis.metrics_server import MetricsServer, add_metrics_arguments, start_metrics_server
 from mitosis.models.base import PlanningModel
 from mitosis.models.choice import OPENAI, add_model_arguments, openai_settings
 from mitosis.models.offline import OfflineModel
 from mitosis.models.openai_model import OpenAIModel
 from mitosis.planner.servicer import PlannerServicer
-from mitosis.serving import Serving, configure_logging, serve_until_signalled
+from mitosis.serving import Serving, serve_until_signalled
 from mitosis.tls import TlsConfigError, add_tls_arguments, server_credentials
 from mitosis.v1 import planner_service_pb2, planner_service_pb2_grpc
 
@@ -41,7 +44,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--grace", type=float, default=5.0, help="seconds to finish calls on SIGTERM"
     )
-    parser.add_argument("--log-level", default=env("MITOSIS_LOG_LEVEL", "info"))
+    add_metrics_arguments(parser, os.environ, example_port=9465)
+    add_logging_arguments(parser, os.environ)
     return parser.parse_args(argv)
 
 
@@ -52,10 +56,18 @@ class Planner:
     serving: Serving
     port: int
     close_model: Callable[[], Awaitable[None]]
+    metrics: PlannerMetrics
+    metrics_server: MetricsServer | None = None
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop serving (NOT_SERVING first), then close the model's connections."""
         await self.serving.stop(grace)
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop the metrics endpoint and close the model's connections."""
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         await self.close_model()
 
 
@@ -63,7 +75,12 @@ async def start_planner(args: argparse.Namespace) -> Planner:
     """Start serving PlannerService with the chosen model."""
     keys = load_keys(args, args.listen, "planner")
     tls = server_credentials(args)
-    serving = Serving([SERVICE_NAME], [ApiKeyInterceptor(keys)] if keys else [])
+    metrics = PlannerMetrics()
+    # Outermost first: every call gets its request id and is counted, refused ones too.
+    interceptors = [RequestIdInterceptor(), metrics.rpcs]
+    if keys:
+        interceptors.append(ApiKeyInterceptor(keys))
+    serving = Serving([SERVICE_NAME], interceptors)
     model: PlanningModel
     if args.model == OPENAI:
         openai_model = OpenAIModel(openai_settings(args, os.environ))
@@ -71,10 +88,13 @@ async def start_planner(args: argparse.Namespace) -> Planner:
     else:
         model, close_model = OfflineModel(), _nothing_to_close
     planner_service_pb2_grpc.add_PlannerServiceServicer_to_server(
-        PlannerServicer(model), serving.server
+        PlannerServicer(metrics.metered(model)), serving.server
     )
     port = serving.listen(args.listen, tls)
     await serving.start()
+    metrics_server = None
+    if args.metrics_listen:
+        metrics_server = await start_metrics_server(args.metrics_listen, metrics.registry)
     logger.info(
         "planner serving on port %d (%s, %s); model %s",
         port,
@@ -82,7 +102,7 @@ async def start_planner(args: argparse.Namespace) -> Planner:
         f"{len(keys.names)} API keys" if keys else "no API keys",
         model.name,
     )
-    return Planner(serving, port, close_model)
+    return Planner(serving, port, close_model, metrics, metrics_server)
 
 
 async def _nothing_to_close() -> None:
@@ -92,13 +112,13 @@ async def _nothing_to_close() -> None:
 async def serve(args: argparse.Namespace) -> None:
     """Serve until SIGTERM or SIGINT."""
     planner = await start_planner(args)
-    await serve_until_signalled(planner.serving, args.grace, planner.close_model)
+    await serve_until_signalled(planner.serving, args.grace, planner.close)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the planner service."""
     args = parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     try:
         asyncio.run(serve(args))
     except (KeysFileError, TlsConfigError) as error:
