@@ -19,6 +19,7 @@ from mitosis.executor.planner_client import PlannerClient
 from mitosis.executor.quotas import Limits
 from mitosis.executor.redis_feed import RedisFeed
 from mitosis.executor.redis_store import RedisStore
+from mitosis.executor.retention import Retention, add_retention_arguments
 from mitosis.executor.runner import RunnerConfig, TaskRunner
 from mitosis.executor.sandbox import SandboxUnavailable
 from mitosis.executor.servicer import TaskServicer
@@ -85,6 +86,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         " MITOSIS_STORE; default: SQLite at DATA_DIR/mitosis.sqlite3)",
     )
     add_model_arguments(parser, os.environ)
+    add_retention_arguments(parser, os.environ)
     parser.add_argument(
         "--offline-pace",
         type=float,
@@ -301,7 +303,7 @@ async def start_executor(args: argparse.Namespace) -> Executor:
     planner_tls = channel_credentials(
         args.planner_ca, args.planner_client_cert, args.planner_client_key
     )
-    store = open_store(args.store, args.data_dir)
+    store = open_store(args.store, args.data_dir, retain=args.retain)
     hub = EventHub()
     log = EventLog(store, hub, max_events_per_task=args.max_events_per_task)
     metrics = ExecutorMetrics(store, hub)
@@ -348,7 +350,11 @@ async def start_executor(args: argparse.Namespace) -> Executor:
     port = serving.listen(args.listen, tls)
     await serving.start()
     resumed = await runner.resume_unfinished()
-    background = [asyncio.create_task(runner.claim_forever(), name="claim tasks")]
+    retention = Retention(store, args.data_dir, args.retain)
+    background = [
+        asyncio.create_task(runner.claim_forever(), name="claim tasks"),
+        asyncio.create_task(retention.run(), name="retention"),
+    ]
     if isinstance(store, RedisStore):
         background.append(asyncio.create_task(RedisFeed(store, hub).run(), name="redis feed"))
     probe = HealthProbe(
