@@ -49,6 +49,7 @@ class PageWriter:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
+        self._failure: Exception | None = None
 
     async def open(self, title: str, step_index: int, file_name: str) -> None:
         """Start the page: announce it and create its file empty."""
@@ -63,6 +64,7 @@ class PageWriter:
 
     async def write(self, text: str) -> None:
         """Add text to the page; it reaches watchers within the window."""
+        self._raise_failure()
         if not text:
             return
         size = len(text.encode())
@@ -81,6 +83,7 @@ class PageWriter:
     async def finish(self) -> tuple[int, str]:
         """Flush what is left and deliver the page; return its size and SHA-256."""
         await self._stop_flusher()
+        self._raise_failure()
         await self._flush()
         digest = self._sha256.hexdigest()
         finished = task_pb2.PageFinished(
@@ -101,8 +104,16 @@ class PageWriter:
             await self._wake.wait()
             await asyncio.sleep(self._window)
             self._wake.clear()
-            # Shielded: stopping the flusher must not cut a delta out of the page.
-            await asyncio.shield(self._flush())
+            try:
+                # Shielded: stopping the flusher must not cut a delta out of the page.
+                await asyncio.shield(self._flush())
+            except Exception as error:  # the store is away, or the lease moved on
+                self._failure = error  # raised to the writer at its next write or finish
+                return
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
 
     async def _stop_flusher(self) -> None:
         if self._flusher is not None:
@@ -115,15 +126,18 @@ class PageWriter:
         async with self._lock:
             if not self._pending:
                 return
-            text = "".join(self._pending)
-            self._pending.clear()
-            self._pending_bytes = 0
+            taken = len(self._pending)
+            text = "".join(self._pending[:taken])
             data = text.encode()
-            with self._path.open("ab") as file:
-                file.write(data)
-            self._sha256.update(data)
             delta = task_pb2.PageDelta(
                 page_number=self._page_number, offset=self._offset, text=text
             )
-            self._offset += len(data)
+            # Stored first: when the append fails, the text stays pending and nothing moves on,
+            # so the page's stream, its file and its offsets never disagree.
             await self._log.append(self._task_id, task_pb2.TaskEvent(page_delta=delta))
+            del self._pending[:taken]  # pieces written meanwhile stay for the next delta
+            self._pending_bytes -= len(data)
+            with self._path.open("ab") as file:
+                file.write(data)
+            self._sha256.update(data)
+            self._offset += len(data)

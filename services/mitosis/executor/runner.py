@@ -20,7 +20,7 @@ from mitosis.executor.pages import DEFAULT_MAX_DOCUMENT_BYTES
 from mitosis.executor.planner_client import PlanError
 from mitosis.executor.sandbox import Sandbox, SandboxConfig, SandboxLimits
 from mitosis.executor.step_tools import RecordedTools, executor_line
-from mitosis.executor.store import LeaseLost
+from mitosis.executor.store import LeaseLost, StoreUnavailable
 from mitosis.executor.tools import ToolError, ToolLimitExceeded
 from mitosis.executor.workspace import FileInfo, PathEscapeError, Workspace
 from mitosis.logs import task_context
@@ -245,8 +245,14 @@ class TaskRunner:
 
     async def _run(self, task_id: str) -> None:
         owner = self._config.owner
-        if not await self._store.acquire_lease(task_id, owner, self._config.lease_ttl):
-            return  # another executor runs it
+        try:
+            if not await self._store.acquire_lease(task_id, owner, self._config.lease_ttl):
+                return  # another executor runs it
+        except StoreUnavailable as error:
+            logger.warning(
+                "task %s: cannot take it now, the store is unreachable (%s)", task_id, error
+            )
+            return  # the claim loop tries again
         logger.info("task %s: running it here (lease %s)", task_id, owner)
         self._log.fence(task_id, owner)
         runner = asyncio.current_task()
@@ -256,6 +262,13 @@ class TaskRunner:
             await self._run_leased(task_id)
         except LeaseLost as error:
             logger.warning("task %s: stopped, another executor took it over (%s)", task_id, error)
+        except StoreUnavailable as error:
+            logger.warning(
+                "task %s: stopped here, the store is unreachable (%s); it resumes from its log"
+                " once the store answers",
+                task_id,
+                error,
+            )
         finally:
             keeper.cancel()
             self._log.fence(task_id, None)
@@ -291,8 +304,8 @@ class TaskRunner:
             if reason is None:
                 raise  # the executor is shutting down; the task resumes on the next start
             await self._record_cancel(task_id, reason)
-        except LeaseLost:
-            raise  # not a failure of the task: another executor runs it now
+        except (LeaseLost, StoreUnavailable):
+            raise  # not a failure of the task: another executor runs it, or the store is away
         except EventLimitExceeded as error:
             logger.warning("task %s: %s", task_id, error)
             await self._end_failed(task_id, str(error))
