@@ -906,3 +906,19 @@ async def test_open_store_understands_redis_urls(redis_server: RedisServer) -> N
 def test_open_store_refuses_what_it_cannot_open(spec: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="store"):
         open_store(spec, tmp_path)
+
+
+async def test_a_burst_on_redis_waits_for_a_connection_instead_of_failing(
+    redis_server: RedisServer,
+) -> None:
+    """More calls at once than the pool has connections: each waits its turn, none fails."""
+    store = RedisStore.from_url(
+        redis_server.url, prefix=f"test-{uuid.uuid4().hex}:", max_connections=2
+    )
+    task_ids = [f"{n:016x}" for n in range(40)]
+    await asyncio.gather(*(store.create_task(task_pb2.Task(task_id=t)) for t in task_ids))
+    accepted = task_pb2.TaskEvent(task_state_changed=task_pb2.TaskStateChanged(state=1))
+    stored = await asyncio.gather(*(store.append(t, [accepted]) for t in task_ids))
+    assert [events[0].seq for events in stored] == [1] * len(task_ids)
+    assert await store.count_unfinished("") == len(task_ids)
+    await store.close()

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from typing import Any, Self, cast
 from urllib.parse import urlsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -274,14 +274,20 @@ class RedisStore:
         connect_timeout: float = 2.0,
         max_conflicts: int = 64,
         retain: float = 0,
+        max_connections: int = 64,
+        connection_wait: float = 30.0,
     ) -> Self:
         """Open a store on `redis://host:port/db`, `rediss://…` or `unix://path`.
 
         No connection is made until the first call. With the defaults a call rides out
         roughly 9 to 17 s of Redis being away (a restart, a failover) before it fails.
         """
-        client = Redis.from_url(
+        # A blocking pool: under a burst of tasks a call waits its turn for one of
+        # `max_connections` connections instead of failing (the default pool refuses).
+        pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=connection_wait,
             decode_responses=False,
             socket_timeout=socket_timeout,
             socket_connect_timeout=connect_timeout,
@@ -289,6 +295,7 @@ class RedisStore:
             retry=Retry(EqualJitterBackoff(cap=backoff_cap, base=backoff_base), retries),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
+        client = Redis.from_pool(pool)
         return cls(
             client,
             prefix=prefix,
