@@ -8,6 +8,7 @@ untrusted text may reach a terminal. The browser's side is tests/test_browser.py
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import re
@@ -16,9 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from google.protobuf import struct_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from mitosis.cli.plain import PlainView
+from mitosis.cli.progress import TaskProgress
 from mitosis.executor.server import Executor
-from mitosis.projection import TERMINAL_STATES
+from mitosis.projection import MAX_UNSEEN, TERMINAL_STATES
 from mitosis.v1 import plan_pb2, task_pb2, task_service_pb2
 
 from .conftest import watch_all
@@ -228,3 +233,114 @@ async def test_the_live_view_passes_on_no_sequence_from_tool_output(
         assert sequence not in watched.stdout + watched.stderr, repr(sequence)
     assert "\r" not in watched.stdout
     assert "\x9b" not in watched.stdout + watched.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Events from a broken or hostile server, as the CLI folds and prints them
+
+int32s = st.integers(-(2**31), 2**31 - 1)
+int64s = st.integers(-(2**63), 2**63 - 1)
+enum_values = st.integers(0, 12)  # proto3 enums are open: unknown numbers arrive too
+texts = st.one_of(
+    st.text(st.characters(exclude_categories=["Cs"])), st.sampled_from(HOSTILE_OUTPUT)
+)
+Event = task_pb2.TaskEvent
+
+server_events = st.one_of(
+    st.builds(
+        lambda state, message: Event(
+            task_state_changed=task_pb2.TaskStateChanged(state=state, message=message)
+        ),
+        enum_values,
+        texts,
+    ),
+    st.builds(
+        lambda index, state, attempt, message: Event(
+            step_state_changed=task_pb2.StepStateChanged(
+                step_index=index, state=state, attempt=attempt, message=message
+            )
+        ),
+        int32s,
+        enum_values,
+        int32s,
+        texts,
+    ),
+    st.builds(
+        lambda number, index, title: Event(
+            page_started=task_pb2.PageStarted(
+                page_number=number, step_index=index, title=title, file_name=title
+            )
+        ),
+        int32s,
+        int32s,
+        texts,
+    ),
+    st.builds(
+        lambda number, offset, text: Event(
+            page_delta=task_pb2.PageDelta(page_number=number, offset=offset, text=text)
+        ),
+        int32s,
+        int64s,
+        texts,
+    ),
+    st.builds(
+        lambda number, size, abandoned: Event(
+            page_finished=task_pb2.PageFinished(
+                page_number=number, size_bytes=size, abandoned=abandoned
+            )
+        ),
+        int32s,
+        int64s,
+        st.booleans(),
+    ),
+    st.builds(
+        lambda start, indexes, title: Event(
+            plan_revised=task_pb2.PlanRevised(
+                from_step_index=start,
+                steps=[task_pb2.Step(index=i, title=title, tool=title) for i in indexes],
+                reason=title,
+            )
+        ),
+        int32s,
+        st.lists(int32s, max_size=3),
+        texts,
+    ),
+    st.builds(
+        lambda index, source, text: Event(
+            log_line=task_pb2.LogLine(step_index=index, source=source, text=text)
+        ),
+        int32s,
+        enum_values,
+        texts,
+    ),
+    st.builds(
+        lambda path, size: Event(
+            artifact_ready=task_pb2.ArtifactReady(
+                artifact=task_pb2.Artifact(path=path, size_bytes=size, sha256=path)
+            )
+        ),
+        texts,
+        int64s,
+    ),
+)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(events=st.lists(server_events, max_size=12))
+def test_the_cli_folds_and_prints_any_events_a_server_sends(
+    events: list[task_pb2.TaskEvent],
+) -> None:
+    progress = TaskProgress(Task(task_id="t", text="\x1b]0;pwned\x07"))
+    out, err = io.StringIO(), io.StringIO()
+
+    with PlainView(out, err, progress) as view:
+        for seq, event in enumerate(events, start=1):
+            event.seq = seq
+            view.on_event(event)
+
+    announced = sum(len(e.plan_revised.steps) for e in events) + len(events)
+    assert len(progress.task.steps) <= MAX_UNSEEN + announced
+    assert len(progress.task.pages) <= MAX_UNSEEN + announced
+    for printed in (out.getvalue(), err.getvalue()):
+        found = TERMINAL_CONTROL.search(printed)
+        assert found is None, f"{found.group()!r} printed"

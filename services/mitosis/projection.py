@@ -7,6 +7,13 @@ from collections.abc import Sequence
 
 from mitosis.v1 import task_pb2
 
+MAX_UNSEEN = 1000
+"""How many steps or pages a fold fills in for events it joined too late to see announced.
+An index further out (or a negative one) is no real step or page: a broken or hostile
+server sent it, and the fold ignores it rather than fail or fill in millions."""
+
+_MAX_INT64 = 2**63 - 1
+
 TERMINAL_STATES = frozenset(
     {
         task_pb2.Task.STATE_SUCCEEDED,
@@ -55,20 +62,16 @@ def apply_event(task: task_pb2.Task, event: task_pb2.TaskEvent) -> None:
             file_name=started.file_name,
         )
     elif kind == "page_delta":
-        page = _page(task, event.page_delta.page_number)
-        page.size_bytes = event.page_delta.offset + len(event.page_delta.text.encode())
+        _apply_page_delta(task, event.page_delta)
     elif kind == "page_finished":
-        finished = event.page_finished
-        page = _page(task, finished.page_number)
-        page.finished = not finished.abandoned
-        page.abandoned = finished.abandoned
-        if not finished.abandoned:
-            page.size_bytes = finished.size_bytes
+        _apply_page_finished(task, event.page_finished)
     elif kind == "artifact_ready":
         _apply_artifact(task, event.artifact_ready.artifact)
 
 
 def _apply_step_change(task: task_pb2.Task, change: task_pb2.StepStateChanged) -> None:
+    if not 0 <= change.step_index < len(task.steps) + MAX_UNSEEN:
+        return
     while len(task.steps) <= change.step_index:  # a client that joined after the plan
         task.steps.add(index=len(task.steps), title="(unknown step)")
     step = task.steps[change.step_index]
@@ -79,7 +82,26 @@ def _apply_step_change(task: task_pb2.Task, change: task_pb2.StepStateChanged) -
         step.usage.CopyFrom(change.usage)
 
 
-def _page(task: task_pb2.Task, page_number: int) -> task_pb2.Page:
+def _apply_page_delta(task: task_pb2.Task, delta: task_pb2.PageDelta) -> None:
+    page = _page(task, delta.page_number)
+    size = delta.offset + len(delta.text.encode())
+    if page is not None and delta.offset >= 0 and size <= _MAX_INT64:  # else no real page
+        page.size_bytes = size
+
+
+def _apply_page_finished(task: task_pb2.Task, finished: task_pb2.PageFinished) -> None:
+    page = _page(task, finished.page_number)
+    if page is None:
+        return
+    page.finished = not finished.abandoned
+    page.abandoned = finished.abandoned
+    if not finished.abandoned:
+        page.size_bytes = finished.size_bytes
+
+
+def _page(task: task_pb2.Task, page_number: int) -> task_pb2.Page | None:
+    if not 1 <= page_number <= len(task.pages) + MAX_UNSEEN:
+        return None
     while len(task.pages) < page_number:  # a client that joined after the page opened
         task.pages.add(page_number=len(task.pages) + 1, title="(earlier page)")
     return task.pages[page_number - 1]
