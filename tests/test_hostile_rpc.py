@@ -259,10 +259,12 @@ def _forged_token(create_ns: int, task_id: str) -> str:
     return base64.urlsafe_b64encode(f"{create_ns}:{task_id}".encode()).decode()
 
 
+beyond_int64 = st.one_of(st.integers(2**63, 2**80), st.integers(-(2**80), -(2**63) - 1))
 page_tokens = st.one_of(
     strings,
-    st.builds(_forged_token, st.integers(-(2**80), 2**80), st.one_of(hex_ids, short_text)),
     st.builds(_forged_token, int64s, hex_ids),
+    st.builds(_forged_token, beyond_int64, hex_ids),  # a creation time no store can hold
+    st.builds(_forged_token, int64s, short_text),
 )
 
 SHARP_PATHS = [
@@ -304,18 +306,15 @@ CODES = [
 ]
 codes = st.one_of(st.sampled_from(CODES), short_text)
 
-json_values = st.recursive(
-    st.one_of(
-        st.none(),
-        st.booleans(),
-        st.floats(allow_nan=True, allow_infinity=True),
-        short_text,
-    ),
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=3), st.dictionaries(short_text, inner, max_size=3)
-    ),
-    max_leaves=6,
-)
+
+def _json_values(numbers: st.SearchStrategy[float]) -> st.SearchStrategy[Any]:
+    return st.recursive(
+        st.one_of(st.none(), st.booleans(), numbers, short_text),
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=3), st.dictionaries(short_text, inner, max_size=3)
+        ),
+        max_leaves=6,
+    )
 
 
 def _arguments(known: dict[str, Any], extra: dict[str, Any]) -> struct_pb2.Struct:
@@ -324,33 +323,50 @@ def _arguments(known: dict[str, Any], extra: dict[str, Any]) -> struct_pb2.Struc
     return arguments
 
 
-arguments = st.builds(
-    _arguments,
-    st.fixed_dictionaries(
-        {},
-        optional={
-            "file_name": st.one_of(paths, json_values),
-            "title": st.one_of(short_text, json_values),
-            "code": codes,
-            "path": paths,
-        },
-    ),
-    st.dictionaries(short_text, json_values, max_size=2),
-)
+def _step_arguments(values: st.SearchStrategy[Any]) -> st.SearchStrategy[struct_pb2.Struct]:
+    """Arguments a tool reads (of any type, any path) and others it does not know."""
+    return st.builds(
+        _arguments,
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "file_name": st.one_of(paths, values),
+                "title": st.one_of(short_text, values),
+                "code": codes,
+                "path": paths,
+            },
+        ),
+        st.dictionaries(short_text, values, max_size=2),
+    )
 
-plan_steps = st.builds(
+
+runnable_steps = st.builds(
+    plan_pb2.PlanStep,
+    title=st.one_of(sharp, short_text).filter(str.strip),
+    tool=st.sampled_from(TOOLS),
+    rationale=short_text,
+    instructions=st.one_of(short_text, sharp),
+    arguments=_step_arguments(_json_values(st.floats(allow_nan=False, allow_infinity=False))),
+)
+"""Steps ApprovePlan must take, however odd their arguments: the runner must cope."""
+
+any_steps = st.builds(
     plan_pb2.PlanStep,
     title=st.one_of(short_text, st.just(""), st.just("  \n"), sharp),
     tool=st.one_of(st.sampled_from(TOOLS), short_text),
     rationale=short_text,
     instructions=st.one_of(short_text, sharp),
-    arguments=arguments,
+    arguments=_step_arguments(_json_values(st.floats(allow_nan=True, allow_infinity=True))),
 )
+"""Steps with unknown tools, blank titles, NaN and infinite arguments as well."""
+
 plans = st.builds(
     plan_pb2.Plan,
-    steps=st.one_of(
-        st.lists(plan_steps, max_size=3),
-        st.lists(plan_steps, min_size=MAX_PLAN_STEPS + 1, max_size=MAX_PLAN_STEPS + 2),
+    # Mostly runnable steps, so most plans are run and not only refused.
+    steps=st.lists(
+        st.one_of(runnable_steps, runnable_steps, runnable_steps, runnable_steps, any_steps),
+        min_size=1,
+        max_size=3,
     ),
     model=short_text,
     summary=st.one_of(short_text, sharp),
@@ -547,6 +563,7 @@ async def test_read_artifact_answers_any_task_id(
 
 @HOSTILE
 @given(page_size=st.one_of(int32s, st.integers(-2, 1002)), page_token=page_tokens)
+@example(page_size=0, page_token=_forged_token(2**63, "0123456789abcdef"))
 async def test_list_tasks_answers_any_page_size_and_token(
     services: Services, page_size: int, page_token: str
 ) -> None:
@@ -586,9 +603,11 @@ def edited_plan(*steps: tuple[str, dict[str, Any]]) -> plan_pb2.Plan:
     )
 
 
-@settings(HOSTILE, max_examples=15)
+@settings(HOSTILE, max_examples=25)
 @given(plan=plans)
 @example(plan=edited_plan(("python", {"code": "print(1)", "retries": math.nan})))
+@example(plan=edited_plan(*[("list_files", {})] * (MAX_PLAN_STEPS + 1)))
+@example(plan=plan_pb2.Plan())  # no steps: the plan as proposed
 @example(plan=edited_plan(("write_document", {"file_name": "x" * 300 + ".md"})))
 @example(
     plan=edited_plan(
