@@ -19,6 +19,9 @@ MAX_PLAN_STEPS = 20
 SHOWN_CHARS = 80
 """How much of a caller's value an error message quotes."""
 
+MAX_STATUS_MESSAGE_CHARS = 512
+"""The longest status message sent: percent-encoded, 512 characters stay under 8 KiB."""
+
 
 def validate_task_text(text: str) -> str:
     """Return the task text stripped, or raise InvalidArgument."""
@@ -80,10 +83,6 @@ def shown(value: str, limit: int = SHOWN_CHARS) -> str:
     if len(value) <= limit:
         return repr(value)
     return f"{value[:limit]!r}… ({len(value):,} characters)"
-
-
-MAX_STATUS_MESSAGE_CHARS = 512
-"""The longest status message sent: percent-encoded, 512 characters stay under 8 KiB."""
 
 
 def status_message(message: str) -> str:
