@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from mitosis.errors import MitosisError
+from mitosis.validation import status_message
 
 Behaviour = Callable[..., Any]
 """A method's implementation: (request, context) -> response, or an async iterator of them."""
@@ -60,7 +61,7 @@ def _unary_statuses(behaviour: Behaviour) -> Behaviour:
         try:
             return await behaviour(request, context)
         except MitosisError as error:
-            await context.abort(error.code, str(error))
+            await context.abort(error.code, status_message(str(error)))
 
     return unary
 
@@ -73,6 +74,6 @@ def _streaming_statuses(behaviour: Behaviour) -> Behaviour:
             async for response in behaviour(request, context):
                 yield response
         except MitosisError as error:
-            await context.abort(error.code, str(error))
+            await context.abort(error.code, status_message(str(error)))
 
     return streaming

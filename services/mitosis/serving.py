@@ -12,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mitosis.handlers import ErrorStatusInterceptor, ServerInterceptor
+from mitosis.request_decoding import MalformedRequestInterceptor
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class Serving:
         self.service_names = list(service_names)
         self.server = grpc.aio.server(
             # Outermost first: errors become statuses innermost, next to the servicer.
-            interceptors=[*interceptors, ErrorStatusInterceptor()],
+            interceptors=[*interceptors, MalformedRequestInterceptor(), ErrorStatusInterceptor()],
             options=[
                 # Watchers sit on quiet streams; keep their connections alive through NATs.
                 ("grpc.keepalive_time_ms", 30_000),

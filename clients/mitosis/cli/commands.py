@@ -57,7 +57,7 @@ async def run(
     session.task_id = task.task_id
     term.note(f"created task {clean_line(task.task_id)} (model: {describe_model(task.model)})")
     if args.detach:
-        _print_result(term, task, [Text(task.task_id)])
+        _print_result(term, task, [Text(clean_line(task.task_id))])
         term.note(f"it runs on; follow it with: mitosis watch {clean_line(task.task_id)}")
         return ExitStatus.SUCCESS
     after_seq = 0
@@ -131,7 +131,7 @@ async def download(client: AsyncClient, task_id: str, out: Path, term: Terminal)
         if term.mode is Mode.JSON:
             term.stdout.write(json.dumps({"path": str(path), "sizeBytes": size}) + "\n")
         else:
-            term.out.print(Text(f"saved {path} ({size} bytes)"))
+            term.out.print(Text(f"saved {clean_line(str(path))} ({size} bytes)"))
 
 
 async def list_tasks(

@@ -311,8 +311,15 @@ class TaskRunner:
             await self._end_failed(task_id, str(error))
         except Exception as error:
             logger.exception("task %s failed unexpectedly", task_id)
+            task = await self._require(task_id)
+            for step in task.steps:
+                if step.state == Step.STATE_RUNNING:
+                    await self._set_step(task_id, step.index, Step.STATE_FAILED, step.attempts)
+            await self._cancel_pending_steps(task_id, after=-1)
             await self._set_state(
-                task_id, Task.STATE_FAILED, f"internal error in the executor: {error}"
+                task_id,
+                Task.STATE_FAILED,
+                f"internal error in the executor ({type(error).__name__}); its log has the details",
             )
 
     async def approve(self, task_id: str, plan: plan_pb2.Plan | None) -> None:

@@ -63,14 +63,20 @@ class RecordedTools:
             window=self._page_window,
             max_document_bytes=self._max_document_bytes,
         )
-        await page.open(title, self._step_index, file_name)
+        try:
+            await page.open(title, self._step_index, file_name)
+        except OSError as error:
+            raise _unwritable(file_name, error) from None
         try:
             async for piece in text:
                 await page.write(piece)
+            size, _ = await page.finish()
+        except OSError as error:
+            await page.abandon()
+            raise _unwritable(file_name, error) from None
         except BaseException:
             await page.abandon()
             raise
-        size, _ = await page.finish()
         return f"wrote {file_name} as page {page_number} ({size:,} bytes)"
 
     async def python(self, code: str) -> str:
@@ -115,6 +121,11 @@ class RecordedTools:
 
     async def log(self, text: str) -> None:
         await self._log.append(self._task_id, executor_line(self._step_index, text))
+
+
+def _unwritable(file_name: str, error: OSError) -> ToolError:
+    """Return the step's error for a document file the file system refused."""
+    return ToolError(f"write_document cannot write {file_name!r}: {error.strerror}")
 
 
 def executor_line(step_index: int, text: str) -> task_pb2.TaskEvent:

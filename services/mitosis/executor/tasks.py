@@ -15,9 +15,8 @@ from mitosis.executor.quotas import CreationGate, Limits, WatcherCount
 from mitosis.executor.runner import TaskRunner
 from mitosis.executor.watch import watch_events
 from mitosis.executor.workspace import PathEscapeError
-from mitosis.models.base import TOOLS
 from mitosis.v1 import plan_pb2, task_pb2
-from mitosis.validation import validate_task_text
+from mitosis.validation import validate_plan, validate_task_text
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -141,22 +140,6 @@ class Tasks:
                 offset += len(chunk)
 
 
-MAX_PLAN_STEPS = 20
-
-
-def validate_plan(plan: plan_pb2.Plan) -> None:
-    """Raise InvalidArgument unless an edited plan's steps can run."""
-    if len(plan.steps) > MAX_PLAN_STEPS:
-        raise InvalidArgument(f"a plan has at most {MAX_PLAN_STEPS} steps, not {len(plan.steps)}")
-    for number, step in enumerate(plan.steps, start=1):
-        if step.tool not in TOOLS:
-            raise InvalidArgument(
-                f"step {number} uses the unknown tool {step.tool!r}; tools: {', '.join(TOOLS)}"
-            )
-        if not step.title.strip():
-            raise InvalidArgument(f"step {number} has no title")
-
-
 def validate_task_id(task_id: str) -> str:
     """Return the id when it is well formed, or raise (InvalidArgument, or NotFound)."""
     if not task_id:
@@ -177,6 +160,9 @@ def decode_page_token(token: str) -> tuple[int, str] | None:
         return None
     try:
         create_ns, task_id = base64.urlsafe_b64decode(token.encode()).decode().split(":", 1)
-        return int(create_ns), validate_task_id(task_id)
+        cursor = int(create_ns), validate_task_id(task_id)
+        if not 0 <= cursor[0] < 2**63:
+            raise ValueError("the creation time is out of range")
+        return cursor
     except (ValueError, binascii.Error, UnicodeDecodeError, NotFound) as error:
         raise InvalidArgument(f"page_token {token!r} is not one ListTasks gave") from error

@@ -78,7 +78,7 @@ class Workspace:
             folder, prefix = pending.pop()
             for entry in _entries(folder):
                 rel = prefix + entry.name
-                if rel == HIDDEN_DIR or entry.is_symlink():
+                if rel == HIDDEN_DIR or entry.is_symlink() or not _is_utf8(entry.name):
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     pending.append((Path(entry.path), rel + "/"))
@@ -165,6 +165,15 @@ class Workspace:
     def _contains(self, real: Path) -> bool:
         """Tell whether a real path is the root or lies under it."""
         return real.is_relative_to(self._root)
+
+
+def _is_utf8(name: str) -> bool:
+    """Tell whether a file name is UTF-8 (os gives other bytes as lone surrogates)."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def media_type(rel: str) -> str:

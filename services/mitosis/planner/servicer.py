@@ -10,7 +10,7 @@ import grpc
 from mitosis.errors import InvalidArgument
 from mitosis.models.base import PlanningModel
 from mitosis.v1 import plan_pb2, planner_service_pb2, planner_service_pb2_grpc
-from mitosis.validation import validate_task_text
+from mitosis.validation import validate_plan_arguments, validate_task_text
 
 Context = grpc.aio.ServicerContext[object, object]
 
@@ -35,6 +35,7 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
                 f"failed_step_index {request.failed_step_index} is not a step of the plan"
                 f" ({len(request.plan.steps)} steps)"
             )
+        validate_plan_arguments(request.plan)
         return await self._model.revise_plan(
             text, request.plan, request.failed_step_index, request.failure
         )
