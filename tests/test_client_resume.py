@@ -156,7 +156,18 @@ def test_rpc_errors_map_to_one_hierarchy_with_code_and_message(
 
 
 @pytest.mark.parametrize(
-    "path", ["../evil.txt", "docs/../../evil.txt", "/etc/passwd", "C:/x", "a\\..\\b", ""]
+    "path",
+    [
+        "../evil.txt",
+        "docs/../../evil.txt",
+        "/etc/passwd",
+        "C:/x",
+        "a\\..\\b",
+        "",
+        "a\x00b",
+        "\x1b[2Jreport.md",  # a terminal escape in a file name
+        "report\u202etxt.exe",  # a bidi override that disguises the extension
+    ],
 )
 def test_artifact_paths_that_leave_the_folder_are_refused(tmp_path: Path, path: str) -> None:
     with pytest.raises(UnsafePathError):

@@ -138,9 +138,10 @@ async def mitosis(
     )
 
 
-def assert_inert(result: subprocess.CompletedProcess[str]) -> None:
-    """Assert the command worked and printed no terminal control from untrusted text."""
-    assert result.returncode == 0, result.stderr
+def assert_inert(result: subprocess.CompletedProcess[str], status: int = 0) -> None:
+    """Assert the command ended with `status` and printed no terminal control from untrusted
+    text."""
+    assert result.returncode == status, result.stderr
     for stream in (result.stdout, result.stderr):
         found = TERMINAL_CONTROL.search(stream)
         assert found is None, f"{found.group()!r} printed in: {stream[:2000]!r}"
@@ -203,8 +204,10 @@ async def test_the_cli_names_downloaded_files_inert(
 
     downloaded = await mitosis(executor, tmp_path, "artifacts", task.task_id, "--out", str(out))
 
-    assert_inert(downloaded)
-    assert (out / HOSTILE_FILE).read_text() == "x"
+    # A name with control characters is not written to the person's disk at all.
+    assert_inert(downloaded, status=7)
+    assert "refusing artifact path" in downloaded.stderr
+    assert not (out / HOSTILE_FILE).exists()
 
 
 async def test_json_output_escapes_every_control_character(

@@ -42,6 +42,8 @@ def test_creates_the_root(tmp_path: Path) -> None:
         ("..\\x", "backslash"),
         ("", "empty"),
         ("a\x00b", "NUL"),
+        (".mitosis/x.md", "the executor's own folder"),
+        (".mitosis", "the executor's own folder"),
     ],
 )
 def test_resolve_rejects_bad_paths(workspace: Workspace, rel: str, reason: str) -> None:

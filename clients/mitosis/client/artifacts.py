@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import unicodedata
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 
@@ -17,12 +18,14 @@ def artifact_destination(out_dir: Path, path: str) -> Path:
     if (
         not path
         or "\\" in path
-        or "\0" in path
+        or any(unicodedata.category(c) in ("Cc", "Cf") for c in path)  # NUL, ESC, bidi, …
         or PurePosixPath(path).is_absolute()
         or any(part in ("", ".", "..") for part in parts)
         or (parts and ":" in parts[0])  # a Windows drive such as "C:"
     ):
-        raise UnsafePathError(f"refusing artifact path {path!r}: not a plain relative path")
+        raise UnsafePathError(
+            f"refusing artifact path {path!r}: not a plain relative path of printable names"
+        )
     root = out_dir.resolve()
     destination = root.joinpath(*parts).resolve()  # resolve() also follows symlinks out of root
     if not destination.is_relative_to(root) or destination == root:

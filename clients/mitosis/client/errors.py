@@ -94,7 +94,8 @@ class IntegrityError(MitosisError):
 
 
 class UnsafePathError(MitosisError):
-    """An artifact path would be written outside the chosen folder."""
+    """An artifact path would be written outside the chosen folder, or its name carries
+    control characters (terminal escapes, bidi overrides) that would mislead a person."""
 
 
 class ConfigurationError(MitosisError):

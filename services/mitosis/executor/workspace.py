@@ -197,6 +197,8 @@ def _check_syntax(rel: str) -> None:
         raise PathEscapeError(rel, "it is absolute")
     if ".." in rel.split("/"):
         raise PathEscapeError(rel, "it contains a '..' component")
+    if rel.split("/")[0] == HIDDEN_DIR:
+        raise PathEscapeError(rel, f"{HIDDEN_DIR}/ is the executor's own folder")
 
 
 def _entries(folder: Path) -> list[os.DirEntry[str]]:
