@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from mitosis.auth import is_loopback
+from mitosis.auth import is_loopback, key_line, new_key
 from mitosis.gateway import (
     DEFAULT_STATIC_DIR,
     REPO_ROOT,
@@ -123,14 +123,16 @@ def main() -> int:
         if count > 1:
             services.append(start_redis())
         # Each child gets SIGTERM if this runner dies, even by SIGKILL: nothing is left behind.
+        planner_env, executor_env = service_credentials(env, keyed)
         planner = subprocess.Popen(
-            dying_with_parent([BIN / "mitosis-planner", f"--listen={PLANNER}"]), env=env
+            dying_with_parent([BIN / "mitosis-planner", f"--listen={PLANNER}"]), env=planner_env
         )
         services.append(planner)
         wait_for_port("the planner", PLANNER, planner)
         for address in executors:
             executor = subprocess.Popen(
-                dying_with_parent([BIN / "mitosis-executor", f"--listen={address}"]), env=env
+                dying_with_parent([BIN / "mitosis-executor", f"--listen={address}"]),
+                env=executor_env,
             )
             services.append(executor)
             wait_for_port(f"the executor at {address}", address, executor)
@@ -175,6 +177,23 @@ def main() -> int:
     envoy_code = envoy.stop() or 0
     codes = [process.wait() for process in services]
     return max([envoy_code, *codes])
+
+
+def service_credentials(env: dict[str, str], keyed: bool) -> tuple[dict[str, str], dict[str, str]]:
+    """Return the planner's and the executors' environments.
+
+    With callers' keys the planner wants a key too, but not theirs: the executors get a key
+    of their own, made for this run, and the planner accepts only that one.
+    """
+    if not keyed or env.get("MITOSIS_PLANNER_KEY"):
+        return env, env
+    key = new_key()
+    keys_file = BUILD / "planner-keys.txt"
+    BUILD.mkdir(parents=True, exist_ok=True)
+    keys_file.unlink(missing_ok=True)
+    keys_file.touch(mode=0o600)
+    keys_file.write_text(key_line("executors", key) + "\n")
+    return {**env, "MITOSIS_API_KEYS": str(keys_file)}, {**env, "MITOSIS_PLANNER_KEY": key}
 
 
 def start_redis() -> subprocess.Popen[bytes]:

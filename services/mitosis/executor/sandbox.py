@@ -387,12 +387,10 @@ def _choose_mode(
     for mode in candidates:
         problem = _try_mode(mode, python, uid_base, uid_count)
         if problem is None:
-            if downgrades:
+            if downgrades:  # the executor logs the mode it runs with in any case
                 logger.warning(
                     "python tool sandbox: %s mode, because %s", mode, "; ".join(downgrades)
                 )
-            else:
-                logger.info("python tool sandbox: %s mode", mode)
             return mode, tuple(downgrades)
         downgrades.append(f"{mode} mode is not available: {problem}")
     raise SandboxUnavailable("; ".join(downgrades))
