@@ -126,28 +126,38 @@ class SqliteStore:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            row = db.execute("SELECT record FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+            row = db.execute(
+                "SELECT record, terminal FROM tasks WHERE task_id = ?", (task_id,)
+            ).fetchone()
             if row is None:
                 raise KeyError(task_id)
             task = task_pb2.Task.FromString(row[0])
+            was_terminal = bool(row[1])
             stored = stamp_events(task, events)
             db.executemany(
                 "INSERT INTO events (task_id, seq, event) VALUES (?, ?, ?)",
                 [(task_id, e.seq, e.SerializeToString()) for e in stored],
             )
             terminal = task.state in TERMINAL_STATES
-            # The end time is the first terminal event's; a later append does not move it.
-            db.execute(
-                "UPDATE tasks SET record = ?, terminal = ?,"
-                " end_ns = CASE WHEN ? THEN coalesce(end_ns, ?) END WHERE task_id = ?",
-                (
-                    task.SerializeToString(),
-                    int(terminal),
-                    terminal,
-                    task.update_time.ToNanoseconds(),
-                    task_id,
-                ),
-            )
+            if terminal == was_terminal:
+                # Most appends: only the record changes, so no index has to be touched.
+                db.execute(
+                    "UPDATE tasks SET record = ? WHERE task_id = ?",
+                    (task.SerializeToString(), task_id),
+                )
+            else:
+                # The end time is the first terminal event's; a later append does not move it.
+                db.execute(
+                    "UPDATE tasks SET record = ?, terminal = ?,"
+                    " end_ns = CASE WHEN ? THEN coalesce(end_ns, ?) END WHERE task_id = ?",
+                    (
+                        task.SerializeToString(),
+                        int(terminal),
+                        terminal,
+                        task.update_time.ToNanoseconds(),
+                        task_id,
+                    ),
+                )
         except BaseException:
             db.execute("ROLLBACK")
             raise
