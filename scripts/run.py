@@ -125,14 +125,15 @@ def main() -> int:
         # Each child gets SIGTERM if this runner dies, even by SIGKILL: nothing is left behind.
         planner_env, executor_env = service_credentials(env, keyed)
         planner = subprocess.Popen(
-            dying_with_parent([BIN / "mitosis-planner", f"--listen={PLANNER}"]), env=planner_env
+            dying_with_parent([BIN / "mitosis-planner", f"--listen={PLANNER}"]),
+            env=with_metrics(planner_env, PLANNER_METRICS),
         )
         services.append(planner)
         wait_for_port("the planner", PLANNER, planner)
-        for address in executors:
+        for number, address in enumerate(executors):
             executor = subprocess.Popen(
                 dying_with_parent([BIN / "mitosis-executor", f"--listen={address}"]),
-                env=executor_env,
+                env=with_metrics(executor_env, executor_metrics(number)),
             )
             services.append(executor)
             wait_for_port(f"the executor at {address}", address, executor)
@@ -165,7 +166,8 @@ def main() -> int:
         + ("" if built else f"(The UI is not built: {DEFAULT_STATIC_DIR} has no index.html.)\n")
         + f"The CLI works through the same port:  .venv/bin/mitosis --target {host}:"
         f'{settings.listen_port} run "Write a short market brief on home solar batteries"\n'
-        f"Envoy's log: {envoy.log_path.relative_to(REPO_ROOT)}. Ctrl-C stops everything.\n",
+        + metrics_note(env, len(executors))
+        + f"Envoy's log: {envoy.log_path.relative_to(REPO_ROOT)}. Ctrl-C stops everything.\n",
         flush=True,
     )
     while not stopping and envoy.running and all(p.poll() is None for p in services):
@@ -177,6 +179,28 @@ def main() -> int:
     envoy_code = envoy.stop() or 0
     codes = [process.wait() for process in services]
     return max([envoy_code, *codes])
+
+
+PLANNER_METRICS = "127.0.0.1:9463"
+
+
+def executor_metrics(number: int) -> str:
+    """Where executor `number` serves its metrics: 127.0.0.1:9464 and on."""
+    return f"127.0.0.1:{9464 + number}"
+
+
+def with_metrics(env: dict[str, str], address: str) -> dict[str, str]:
+    """Return the environment with a metrics endpoint, unless one was chosen already."""
+    return env if "MITOSIS_METRICS_LISTEN" in env else {**env, "MITOSIS_METRICS_LISTEN": address}
+
+
+def metrics_note(env: dict[str, str], executors: int) -> str:
+    """Say where the metrics are, when this runner chose the addresses."""
+    if "MITOSIS_METRICS_LISTEN" in env:
+        return ""
+    first, last = executor_metrics(0), executor_metrics(executors - 1)
+    where = first if executors == 1 else f"{first} to {last.rsplit(':', 1)[1]}"
+    return f"Prometheus metrics: http://{where}/metrics, the planner's on {PLANNER_METRICS}.\n"
 
 
 def service_credentials(env: dict[str, str], keyed: bool) -> tuple[dict[str, str], dict[str, str]]:
