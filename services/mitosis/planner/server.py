@@ -44,7 +44,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--grace", type=float, default=5.0, help="seconds to finish calls on SIGTERM"
     )
-    add_metrics_arguments(parser, os.environ, example_port=9465)
+    add_metrics_arguments(parser, os.environ, example_port=9463)
     add_logging_arguments(parser, os.environ)
     return parser.parse_args(argv)
 
