@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 from google.protobuf import struct_pb2
 
+from mitosis.errors import FailedPrecondition
 from mitosis.executor.eventlog import EventLog
 from mitosis.executor.hub import EventHub
 from mitosis.executor.planned_agent import PlannedToolAgent
@@ -207,3 +209,46 @@ async def test_revisions_are_capped(parts, tmp_path: Path) -> None:
     assert task.revisions == 2
     assert len(planner.revisions) == 2
     assert task.error.endswith("(the plan was already revised 2 times)")
+
+
+@pytest.mark.parametrize("head_start", range(8))
+async def test_approve_and_cancel_at_once_take_turns(
+    parts: tuple[SqliteStore, EventHub, EventLog], tmp_path: Path, head_start: int
+) -> None:
+    """Whichever lands first wins; the other sees what it did. Never an event after the end."""
+    store, _, log = parts
+    planner = ScriptedPlanner(python_step("print('ran')"))
+    config = RunnerConfig(data_dir=tmp_path, tool_timeout=20)
+    runner = TaskRunner(log, planner, PlannedToolAgent(OfflineModel(pace=0)), config)
+    task = Task(task_id="0123456789abcdef", text="do it", state=Task.STATE_PENDING)
+    task.require_approval = True
+    task.create_time.FromNanoseconds(time.time_ns())
+    await store.create_task(task)
+    # Planned and waiting, as a restarted executor finds it: nobody runs it.
+    planned = task_pb2.PlanReady(steps=[Step(index=0, title="s", tool="list_files")])
+    waiting = task_pb2.TaskStateChanged(state=Task.STATE_AWAITING_APPROVAL)
+    await log.append(
+        task.task_id,
+        task_pb2.TaskEvent(plan_ready=planned),
+        task_pb2.TaskEvent(task_state_changed=waiting),
+    )
+
+    async def approve_later() -> None:
+        for _ in range(head_start):  # the cancel gets this many turns of the loop first
+            await asyncio.sleep(0)
+        await runner.approve(task.task_id, None)
+
+    outcomes = await asyncio.gather(
+        runner.cancel(task.task_id), approve_later(), return_exceptions=True
+    )
+    await events_of(parts, task.task_id)  # to its end
+    await runner.shutdown()
+    events = await store.read_events(task.task_id, 0, 1000)  # all of the log, even past an end
+
+    states = [e.task_state_changed.state for e in events if e.HasField("task_state_changed")]
+    assert states[-1] == Task.STATE_CANCELLED, [Task.State.Name(s) for s in states]
+    assert sum(state in (Task.STATE_CANCELLED, Task.STATE_SUCCEEDED) for state in states) == 1
+    assert outcomes[0] is None  # the cancel always lands: before the approval, or after it
+    if isinstance(outcomes[1], Exception):  # the approval came second and was refused
+        assert isinstance(outcomes[1], FailedPrecondition)
+        assert Task.STATE_RUNNING not in states

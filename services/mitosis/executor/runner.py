@@ -8,7 +8,8 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Callable
+import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -160,6 +161,12 @@ class TaskRunner:
         self._config = config
         self._running: dict[str, asyncio.Task[None]] = {}
         self._cancel_reasons: dict[str, str] = {}
+        # Weak: a task's lock lives while someone holds or awaits it, so none outlive use.
+        self._controls: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+        self._leased: set[str] = set()
+        """Tasks whose lease a run of this executor holds."""
         self._slots = asyncio.Semaphore(config.max_running)
         self._wrap_tools = wrap_tools
         """Put around each step's tools (metrics count the tool runs through it)."""
@@ -201,30 +208,54 @@ class TaskRunner:
 
     async def cancel(self, task_id: str, reason: str = "cancelled by request") -> None:
         """Stop the task's running step and end the task CANCELLED."""
-        task = await self._store.get_task(task_id)
-        if task is None:
-            raise NotFound(f"task {task_id!r} does not exist")
-        if task.state in TERMINAL_STATES:
-            state = Task.State.Name(task.state).removeprefix("STATE_").lower()
-            raise FailedPrecondition(f"task {task_id} has already ended ({state})")
+        _require_unended(await self._require(task_id))
         runner = self._running.get(task_id)
         if runner is not None:
             self._cancel_reasons[task_id] = reason
             runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(runner)
-            return
-        owner = self._config.owner
-        if await self._store.acquire_lease(task_id, owner, self._config.lease_ttl):
-            try:  # nobody runs it (it waits for approval, or its executor died)
+            self._cancel_reasons.pop(task_id, None)  # left when it stopped before its lease
+            if (await self._require(task_id)).state in TERMINAL_STATES:
+                return
+            # Stopped before it took its lease: nobody runs it now, so it ends below.
+
+        async def record(task: Task) -> None:
+            _require_unended(task)
+            await self._record_cancel(task_id, reason)
+
+        if await self._while_idle(task_id, record):
+            return  # nobody ran it (it waits for approval, or its executor died)
+        await self._store.request_cancel(task_id, reason)
+        await self._until_ended(task_id, within=self._config.lease_ttl * 2)
+
+    async def _while_idle(self, task_id: str, act: Callable[[Task], Awaitable[None]]) -> bool:
+        """Run `act` on the task as it is under its lease, fenced, when no executor runs it;
+        return False when another executor holds the lease.
+
+        Approving and cancelling a task that nobody runs take this way, one at a time, so
+        neither can act on a state the other has just changed.
+        """
+        async with self._control(task_id):
+            owner = self._config.owner
+            if task_id in self._leased or not await self._store.acquire_lease(
+                task_id, owner, self._config.lease_ttl
+            ):
+                return False  # an executor (this one, or another) runs it
+            try:
                 self._log.fence(task_id, owner)
-                await self._record_cancel(task_id, reason)
+                await act(await self._require(task_id))
             finally:
                 self._log.fence(task_id, None)
                 await self._store.release_lease(task_id, owner)
-            return
-        await self._store.request_cancel(task_id, reason)
-        await self._until_ended(task_id, within=self._config.lease_ttl * 2)
+            return True
+
+    def _control(self, task_id: str) -> asyncio.Lock:
+        """Return the lock that makes this executor's actions on a task take turns."""
+        lock = self._controls.get(task_id)
+        if lock is None:
+            lock = self._controls[task_id] = asyncio.Lock()
+        return lock
 
     async def _until_ended(self, task_id: str, within: float) -> None:
         """Wait for the executor that runs the task to end it."""
@@ -246,15 +277,14 @@ class TaskRunner:
     async def _run(self, task_id: str) -> None:
         owner = self._config.owner
         try:
-            if not await self._store.acquire_lease(task_id, owner, self._config.lease_ttl):
-                return  # another executor runs it
+            if not await self._take(task_id):
+                return  # another executor runs it, or there is nothing to run
         except StoreUnavailable as error:
             logger.warning(
                 "task %s: cannot take it now, the store is unreachable (%s)", task_id, error
             )
             return  # the claim loop tries again
         logger.info("task %s: running it here (lease %s)", task_id, owner)
-        self._log.fence(task_id, owner)
         runner = asyncio.current_task()
         assert runner is not None
         keeper = asyncio.create_task(self._keep_lease(task_id, runner))
@@ -271,9 +301,29 @@ class TaskRunner:
             )
         finally:
             keeper.cancel()
+            self._leased.discard(task_id)
             self._log.fence(task_id, None)
             with contextlib.suppress(Unavailable):
                 await self._store.release_lease(task_id, owner)
+
+    async def _take(self, task_id: str) -> bool:
+        """Take the task's lease to run it; False when another executor holds it, or when
+        the task has nothing to run (it waits for approval, has ended, or is gone).
+
+        Done under the task's control lock, so a claim never overlaps an approval or a
+        cancel on this executor.
+        """
+        owner = self._config.owner
+        async with self._control(task_id):
+            if not await self._store.acquire_lease(task_id, owner, self._config.lease_ttl):
+                return False
+            task = await self._store.get_task(task_id)
+            if task is None or task.state in _IDLE_STATES:
+                await self._store.release_lease(task_id, owner)
+                return False
+            self._leased.add(task_id)
+            self._log.fence(task_id, owner)
+            return True
 
     async def _keep_lease(self, task_id: str, runner: asyncio.Task[None]) -> None:
         """Renew the lease while the task runs; stop the task if the lease is lost or a
@@ -324,18 +374,21 @@ class TaskRunner:
 
     async def approve(self, task_id: str, plan: plan_pb2.Plan | None) -> None:
         """Run a plan that waits for approval, as proposed or as edited in `plan`."""
-        task = await self._require(task_id)
-        if task.state != Task.STATE_AWAITING_APPROVAL:
-            state = Task.State.Name(task.state).removeprefix("STATE_").lower()
-            raise FailedPrecondition(f"task {task_id} is not awaiting approval (it is {state})")
-        events = []
-        if plan is not None and plan.steps:
-            steps = steps_of(plan)
-            summary = plan.summary or "The plan as edited when it was approved."
-            ready = task_pb2.PlanReady(steps=steps, model=task.model, summary=summary)
-            events.append(Event(plan_ready=ready))
-        running = task_pb2.TaskStateChanged(state=Task.STATE_RUNNING, message="plan approved")
-        await self._log.append(task_id, *events, Event(task_state_changed=running))
+        _require_awaiting(await self._require(task_id))
+
+        async def run_it(task: Task) -> None:
+            _require_awaiting(task)  # as it is now, under the lease: not cancelled meanwhile
+            events = []
+            if plan is not None and plan.steps:
+                steps = steps_of(plan)
+                summary = plan.summary or "The plan as edited when it was approved."
+                ready = task_pb2.PlanReady(steps=steps, model=task.model, summary=summary)
+                events.append(Event(plan_ready=ready))
+            running = task_pb2.TaskStateChanged(state=Task.STATE_RUNNING, message="plan approved")
+            await self._log.append(task_id, *events, Event(task_state_changed=running))
+
+        if not await self._while_idle(task_id, run_it):
+            raise Unavailable(f"task {task_id} is held by another executor just now; try again")
         self.start(task_id)
 
     async def _execute(self, task_id: str) -> None:
@@ -577,3 +630,21 @@ class TaskRunner:
 
     async def _note(self, task_id: str, step_index: int, text: str) -> None:
         await self._log.append(task_id, executor_line(step_index, text))
+
+
+_IDLE_STATES = {Task.STATE_AWAITING_APPROVAL, *TERMINAL_STATES}
+"""States in which a task has nothing to run."""
+
+
+def _require_unended(task: Task) -> None:
+    """Raise FailedPrecondition when the task has ended."""
+    if task.state in TERMINAL_STATES:
+        state = Task.State.Name(task.state).removeprefix("STATE_").lower()
+        raise FailedPrecondition(f"task {task.task_id} has already ended ({state})")
+
+
+def _require_awaiting(task: Task) -> None:
+    """Raise FailedPrecondition unless the task's plan waits for approval."""
+    if task.state != Task.STATE_AWAITING_APPROVAL:
+        state = Task.State.Name(task.state).removeprefix("STATE_").lower()
+        raise FailedPrecondition(f"task {task.task_id} is not awaiting approval (it is {state})")
