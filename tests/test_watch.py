@@ -154,3 +154,27 @@ async def test_bad_positions_and_unknown_tasks_are_refused(store: SqliteStore) -
     with pytest.raises(NotFound):
         await anext(watch_events(store, hub, "00000000000000ff", 0, 5))
     assert hub.watcher_count(task_id) == 0
+
+
+async def test_a_watch_of_a_task_deleted_under_it_ends_not_found(store: SqliteStore) -> None:
+    """Retention may delete an ended task while someone replays it: the watch says so
+    instead of idling on heartbeats forever (what it had read before is still gapless)."""
+    hub = EventHub()
+    task_id = await new_task(store)
+    await store.append(task_id, [line(f"line {n}") for n in range(1500)])
+    await store.append(task_id, [end()])
+    watch = watch_events(store, hub, task_id, 0, heartbeat_interval=0.05)
+    seen = [await anext(watch) for _ in range(10)]
+
+    assert await store.delete_ended([task_id], time.time_ns() + 10**12) == [task_id]
+
+    with pytest.raises(NotFound, match="was deleted while it was being watched"):
+        await read_into(seen, watch)
+    assert [e.seq for e in seen] == list(range(1, len(seen) + 1))
+    assert not any(e.HasField("heartbeat") for e in seen)
+
+
+async def read_into(events: list[Event], stream: AsyncIterator[Event]) -> None:
+    """Append what the stream yields to `events` until it ends or fails."""
+    async for event in stream:
+        events.append(event)

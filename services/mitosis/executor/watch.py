@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
-from mitosis.errors import InvalidArgument, NotFound, OutOfRange
+from mitosis.errors import InvalidArgument, NotFound, OutOfRange, Unavailable
 from mitosis.executor.hub import EventHub, Overflowed, Subscription
 from mitosis.executor.store import Store
 from mitosis.projection import TERMINAL_STATES, is_terminal_event
@@ -66,11 +66,21 @@ class _Gap(Exception):
 async def _replay(store: Store, task_id: str, after_seq: int) -> AsyncIterator[task_pb2.TaskEvent]:
     while True:
         batch = await store.read_events(task_id, after_seq, REPLAY_BATCH)
+        if batch and batch[0].seq != after_seq + 1:
+            # Only a deletion takes events away (retention, oldest first): never skip on.
+            await _gone(store, task_id)
+            raise Unavailable(f"task {task_id}: the store lacks events after seq {after_seq}")
         for event in batch:
             yield event
         if len(batch) < REPLAY_BATCH:
             return
         after_seq = batch[-1].seq
+
+
+async def _gone(store: Store, task_id: str) -> None:
+    """Raise NotFound when the task was deleted while it was being watched."""
+    if await store.get_task(task_id) is None:
+        raise NotFound(f"task {task_id} was deleted while it was being watched")
 
 
 async def _live(
@@ -81,6 +91,7 @@ async def _live(
         if not batch:
             if await store.read_events(task_id, last, 1):
                 raise _Gap  # stored, but never offered live: read it from the store
+            await _gone(store, task_id)  # a deleted task's watch ends instead of idling on
             yield heartbeat(task_id, last)
             continue
         for event in batch:
