@@ -155,3 +155,28 @@ def assert_pages_whole(events: list[task_pb2.TaskEvent]) -> None:
             ends[delta.page_number] += len(delta.text.encode())
         elif event.HasField("page_finished") and not event.page_finished.abandoned:
             assert event.page_finished.size_bytes == ends[event.page_finished.page_number]
+
+
+async def test_an_executor_started_while_redis_is_down_serves_and_resumes_its_tasks_later(
+    start_executor_on: StartExecutor, tmp_path: Path
+) -> None:
+    """Redis down at start is not fatal: the executor serves, and takes the tasks up once
+    Redis is back (here: a task left unfinished by a first executor)."""
+    server = RedisServer(tmp_path / "redis", aof=True)
+    server.start()
+    first = await start_executor_on(f"--store={server.url}", "--offline-pace=0.05")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as channel:
+        task = await TaskServiceStub(channel).CreateTask(
+            task_service_pb2.CreateTaskRequest(text="Write a guide to composting at home")
+        )
+    await first.stop(None)  # stops its tasks without ending them
+    server.stop()
+
+    second = await start_executor_on(f"--store={server.url}", "--lease-ttl=1")  # no Redis now
+    server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as channel:
+        stub = TaskServiceStub(channel)
+        events = await watch_all(stub, task.task_id)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert events[-1].task_state_changed.state == task_pb2.Task.STATE_SUCCEEDED
+    server.stop()

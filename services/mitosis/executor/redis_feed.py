@@ -42,6 +42,10 @@ class RedisFeed:
                 logger.warning("live feed paused: %s", error)
                 await asyncio.sleep(1)
                 continue
+            except Exception:  # the feed must outlive any one failure; watches poll meanwhile
+                logger.exception("live feed: reading new events failed; trying again")
+                await asyncio.sleep(1)
+                continue
             for task_id, events in batches.items():
                 if task_id in self._after and events:
                     self._after[task_id] = events[-1].seq

@@ -185,7 +185,13 @@ class TaskRunner:
         with task_context(task_id):  # the run's task copies it: all its lines carry the id
             runner = asyncio.create_task(self._run(task_id), name=f"task {task_id}")
         self._running[task_id] = runner
-        runner.add_done_callback(lambda _: self._running.pop(task_id, None))
+        runner.add_done_callback(lambda done: self._ran(task_id, done))
+
+    def _ran(self, task_id: str, runner: asyncio.Task[None]) -> None:
+        """Forget the finished run; a run that died of an error nobody handled is logged."""
+        self._running.pop(task_id, None)
+        if not runner.cancelled() and (error := runner.exception()) is not None:
+            logger.error("task %s: its run stopped on an error", task_id, exc_info=error)
 
     async def resume_unfinished(self) -> list[str]:
         """Start every task the store says has not ended that no other executor holds.

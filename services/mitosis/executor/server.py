@@ -23,7 +23,7 @@ from mitosis.executor.retention import Retention, add_retention_arguments
 from mitosis.executor.runner import RunnerConfig, TaskRunner
 from mitosis.executor.sandbox import SandboxUnavailable
 from mitosis.executor.servicer import TaskServicer
-from mitosis.executor.store import Store
+from mitosis.executor.store import Store, StoreUnavailable
 from mitosis.executor.stores import open_store
 from mitosis.executor.tasks import Tasks
 from mitosis.health_probe import HealthProbe, planner_check, store_check
@@ -349,7 +349,11 @@ async def start_executor(args: argparse.Namespace) -> Executor:
     task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(tasks), serving.server)
     port = serving.listen(args.listen, tls)
     await serving.start()
-    resumed = await runner.resume_unfinished()
+    try:
+        resumed = await runner.resume_unfinished()
+    except StoreUnavailable as error:  # serve anyway: the claim loop resumes them later
+        logger.warning("cannot resume unfinished tasks yet, the store is unreachable: %s", error)
+        resumed = []
     retention = Retention(store, args.data_dir, args.retain)
     background = [
         asyncio.create_task(runner.claim_forever(), name="claim tasks"),
