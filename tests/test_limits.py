@@ -151,3 +151,34 @@ async def test_the_reserve_takes_only_events_that_end_something(store: SqliteSto
     failed = task_pb2.TaskStateChanged(state=Task.STATE_FAILED, message="over the limit")
     stored = await log.append(TASK_ID, Event(task_state_changed=failed))
     assert stored[0].seq == ordinary + 1
+
+
+async def test_sparse_files_past_the_step_limit_fail_it_before_a_byte_is_read(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    """Files that cost no disk (sparse) but would take minutes to hash are refused by size."""
+    code = "for n in range(40):\n    open(f'sparse{n}.bin', 'wb').truncate(60 << 20)\n"
+    task, events = await run_to_end(
+        store, tmp_path, ScriptedPlanner(python_step(code, "Make sparse files"))
+    )
+
+    assert task.state == Task.STATE_FAILED
+    assert task.error == (
+        "step 1 (Make sparse files) failed: the step's files hold 2,516,582,400 bytes, more"
+        " than a step may deliver (268,435,456 bytes)"
+    )
+    assert not [e for e in events if e.HasField("artifact_ready")]
+
+
+async def test_more_files_than_a_step_may_deliver_fail_it(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    code = "for n in range(12):\n    open(f'f{n}.txt', 'w').write('x')\n"
+    task, _ = await run_to_end(
+        store, tmp_path, ScriptedPlanner(python_step(code, "Make files")), max_files_per_step=10
+    )
+
+    assert task.state == Task.STATE_FAILED
+    assert task.error == (
+        "step 1 (Make files) failed: the step made 12 files, more than a step may deliver (10)"
+    )

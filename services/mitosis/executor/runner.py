@@ -23,7 +23,7 @@ from mitosis.executor.sandbox import Sandbox, SandboxConfig, SandboxLimits
 from mitosis.executor.step_tools import RecordedTools, executor_line
 from mitosis.executor.store import LeaseLost, StoreUnavailable
 from mitosis.executor.tools import ToolError, ToolLimitExceeded
-from mitosis.executor.workspace import FileInfo, PathEscapeError, Workspace
+from mitosis.executor.workspace import FileInfo, FileStamp, PathEscapeError, Workspace
 from mitosis.logs import task_context
 from mitosis.models.base import FatalModelError, ModelUsage, StepAgent, StepFailure, StepTools
 from mitosis.projection import TERMINAL_STATES
@@ -82,6 +82,10 @@ class RunnerConfig:
     """Bytes one page may hold."""
     max_artifact_bytes: int = 64 << 20
     """Bytes one delivered file may have."""
+    max_files_per_step: int = 1000
+    """Files one step may create or change (each is hashed and delivered)."""
+    max_step_bytes: int = 256 << 20
+    """Bytes the files one step delivers may hold together."""
     fetch_url: bool = False
     """Whether steps may fetch public web pages (the model must offer the tool too)."""
     fetch_max_bytes: int = FetchSettings.max_bytes
@@ -474,7 +478,7 @@ class TaskRunner:
             elif resumed:
                 message = "restarted: the executor stopped during the previous attempt"
             await self._set_step(task.task_id, step.index, Step.STATE_RUNNING, attempt, message)
-            before = workspace.snapshot()
+            before = await asyncio.to_thread(workspace.snapshot)  # files: off the loop
             tools: StepTools = RecordedTools(
                 self._log,
                 task.task_id,
@@ -490,7 +494,7 @@ class TaskRunner:
                 tools = self._wrap_tools(tools)
             try:
                 await self._agent.run_step(task.text, plan_of(task), step.index, tools, usage)
-                delivered = self._deliverables(workspace, workspace.changed_files(before))
+                delivered = await asyncio.to_thread(self._deliverables, workspace, before)
             except FatalModelError as error:
                 failure = str(error)
                 await self._set_step(
@@ -535,17 +539,38 @@ class TaskRunner:
         )
         await self._log.append(task.task_id, Event(plan_revised=revised))
 
-    def _deliverables(self, workspace: Workspace, paths: list[str]) -> list[FileInfo]:
-        """Describe a step's new files; raise ToolLimitExceeded if one is over the limit."""
-        infos = [workspace.describe(path) for path in paths]
-        limit = self._config.max_artifact_bytes
-        for info in infos:
-            if info.size_bytes > limit:
+    def _deliverables(self, workspace: Workspace, before: dict[str, FileStamp]) -> list[FileInfo]:
+        """Describe the files a step created or changed (in a thread: it reads them all).
+
+        Sizes are checked from the file system before a byte is read, so a step cannot make
+        the executor hash gigabytes of sparse files; ToolLimitExceeded names the limit met.
+        """
+        now = workspace.snapshot()
+        changed = sorted(rel for rel, stamp in now.items() if before.get(rel) != stamp)
+        config = self._config
+        if len(changed) > config.max_files_per_step:
+            raise ToolLimitExceeded(
+                f"the step made {len(changed):,} files, more than a step may deliver"
+                f" ({config.max_files_per_step:,})"
+            )
+        for rel in changed:
+            if now[rel].size > config.max_artifact_bytes:
                 raise ToolLimitExceeded(
-                    f"the file {info.path!r} is {info.size_bytes:,} bytes, more than the"
-                    f" artifact size limit ({limit:,} bytes)"
+                    f"the file {rel!r} is {now[rel].size:,} bytes, more than the artifact size"
+                    f" limit ({config.max_artifact_bytes:,} bytes)"
                 )
-        return infos
+        total = sum(now[rel].size for rel in changed)
+        if total > config.max_step_bytes:
+            raise ToolLimitExceeded(
+                f"the step's files hold {total:,} bytes, more than a step may deliver"
+                f" ({config.max_step_bytes:,} bytes)"
+            )
+        try:
+            return [workspace.describe(rel) for rel in changed]
+        except (FileNotFoundError, PathEscapeError) as error:
+            raise ToolError(f"a file changed while it was being delivered: {error}") from error
+        except OSError as error:
+            raise ToolError(f"cannot deliver the step's files: {error.strerror}") from error
 
     async def _deliver(self, task_id: str, step_index: int, infos: list[FileInfo]) -> None:
         events = []

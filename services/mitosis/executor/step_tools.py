@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import cast
 
@@ -9,7 +10,7 @@ from mitosis.executor.eventlog import EventLog
 from mitosis.executor.fetch import FetchSettings, fetch_url
 from mitosis.executor.pages import DEFAULT_MAX_DOCUMENT_BYTES, PageWriter
 from mitosis.executor.sandbox import Sandbox
-from mitosis.executor.tools import ToolError, list_files, read_file, run_python
+from mitosis.executor.tools import ToolError, read_file, run_python
 from mitosis.executor.workspace import Workspace
 from mitosis.v1 import task_pb2
 
@@ -102,8 +103,9 @@ class RecordedTools:
         return text
 
     async def list_files(self) -> str:
-        files = list_files(self._workspace)
-        lines = [f"{self._workspace.describe(p).size_bytes:>9,} B  {p}" for p in files]
+        stamps = await asyncio.to_thread(self._workspace.snapshot)  # sizes without reading
+        files = sorted(stamps)
+        lines = [f"{stamps[p].size:>9,} B  {p}" for p in files]
         await self.log(f"{len(files)} files in the workspace")
         for line in lines:
             await self.log(line)
