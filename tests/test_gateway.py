@@ -527,6 +527,31 @@ async def test_oversized_and_malformed_requests_get_a_clear_status_and_the_gatew
     assert task_pb2.Task.FromString(messages[0]).state == SUCCEEDED
 
 
+async def test_a_call_that_is_not_grpc_is_refused_at_the_gateway(gateway: Gateway) -> None:
+    """A service call whose content type is not gRPC would wait for a message forever."""
+    for content_type in ("text/plain", "application/json"):
+        status, headers, messages, trailers = await asyncio.to_thread(
+            grpc_web_call, gateway.port, "GetTask", b"", headers={"content-type": content_type}
+        )
+        assert status == 415, content_type
+        assert messages == []
+        code, message = grpc_status(headers, trailers)
+        assert code == "3"
+        assert f"not '{content_type}'" in message
+    # The check ignores case, as HTTP does: an upper-case gRPC type is checked as gRPC.
+    status, headers, _, trailers = await asyncio.to_thread(
+        grpc_web_call,
+        gateway.port,
+        "GetTask",
+        b"",
+        headers={"content-type": "Application/GRPC-Web+proto"},
+    )
+    assert grpc_status(headers, trailers) == (
+        "3",
+        "malformed gRPC request: 0 bytes, not one whole message frame",
+    )
+
+
 async def test_reflection_streams_through_the_gateway(gateway: Gateway) -> None:
     """Reflection is a bidirectional stream: the request buffer and frame check leave it be."""
     async with grpc.aio.insecure_channel(gateway.target) as channel:

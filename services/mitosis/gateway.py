@@ -127,6 +127,9 @@ class GatewaySettings:
     content_security_policy: str = DEFAULT_CSP
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     """A larger request body is refused at the gateway with RESOURCE_EXHAUSTED."""
+    max_upstream_streams: int = 100_000
+    """Calls (WatchTask streams included) open to the executors at once, all callers together:
+    Envoy's circuit breakers, far above the executors' own per-key limits."""
 
     def __post_init__(self) -> None:
         _check_port(self.listen_port, "listen port", allow_zero=True)
@@ -172,6 +175,7 @@ class GatewaySettings:
             "static_routes": self._static_routes(static),
             "cluster_type": self._cluster_type(),
             "health_check_interval": _duration(self.health_check_interval_s),
+            "max_upstream_streams": self.max_upstream_streams,
             "endpoints": [
                 {"endpoint": {"address": {"socket_address": {"address": h, "port_value": p}}}}
                 for h, p in self.executors
