@@ -95,7 +95,8 @@ def main() -> int:
         env["MITOSIS_STORE"] = f"redis://{CLUSTER_REDIS}/0"
     settings = gateway_settings(executors)
     keyed = bool(env.get("MITOSIS_API_KEYS"))
-    if not keyed and not is_loopback(GATEWAY) and env.get("MITOSIS_ALLOW_NO_KEYS", "0") == "0":
+    allowed = env.get("MITOSIS_ALLOW_NO_KEYS", "") not in ("", "0")  # as the services read it
+    if not keyed and not is_loopback(GATEWAY) and not allowed:
         raise SystemExit(
             f"refusing to open {GATEWAY} to the network without API keys: set MITOSIS_API_KEYS"
             " to a keys file (see mitosis-keygen), or MITOSIS_ALLOW_NO_KEYS=1"

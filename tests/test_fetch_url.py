@@ -36,6 +36,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, "text/plain; charset=utf-8", "caf\u00e9 au lait\n".encode())
         elif path == "/latin1":
             self._send(200, "text/html; charset=iso-8859-1", "<p>caf\u00e9</p>".encode("latin-1"))
+        elif path == "/idna":
+            self._send(200, "text/plain; charset=idna", "caf\u00e9".encode())
         elif path == "/json":
             self._send(200, "application/json", b'{"answer": 42}')
         elif path == "/binary":
@@ -135,6 +137,8 @@ async def test_returns_the_text_of_a_page(allowed: Server) -> None:
     settings = settings_allowing(allowed)
     assert await fetch_url(f"{allowed.url}/text", settings) == ("caf\u00e9 au lait\n", "text/plain")
     assert await fetch_url(f"{allowed.url}/latin1", settings) == ("<p>caf\u00e9</p>", "text/html")
+    # A charset Python knows but cannot decode pages with is read as UTF-8, not an error.
+    assert await fetch_url(f"{allowed.url}/idna", settings) == ("caf\u00e9", "text/plain")
     assert await fetch_url(f"{allowed.url}/json", settings) == (
         '{"answer": 42}',
         "application/json",
@@ -167,6 +171,7 @@ async def test_follows_a_redirect_within_the_allowed_server(allowed: Server) -> 
         ("http://0.0.0.0:{port}/", "0.0.0.0 is an unspecified address"),
         ("http://240.0.0.1/", "240.0.0.1 is a private address"),
         ("http://[64:ff9b::7f00:1]/", "64:ff9b::7f00:1 is not a public address"),
+        ("http://[fec0::1]/", "fec0::1 is a site-local address"),
     ],
 )
 async def test_refuses_addresses_that_are_not_public(

@@ -44,6 +44,8 @@ def test_creates_the_root(tmp_path: Path) -> None:
         ("a\x00b", "NUL"),
         (".mitosis/x.md", "the executor's own folder"),
         (".mitosis", "the executor's own folder"),
+        ("./.mitosis/x.md", "the executor's own folder"),
+        ("a/../.mitosis/x.md", "'..'"),
     ],
 )
 def test_resolve_rejects_bad_paths(workspace: Workspace, rel: str, reason: str) -> None:
@@ -238,3 +240,10 @@ def test_write_hidden_replaces_planted_symlinks(workspace: Workspace, outside: P
     workspace.write_hidden("secret.txt", b"again\n")
     assert not path.is_symlink()
     assert (outside / "secret.txt").read_text() == "secret"
+
+
+def test_resolve_rejects_a_symlink_into_the_executors_own_folder(workspace: Workspace) -> None:
+    (workspace.root / ".mitosis").mkdir()
+    (workspace.root / "inside").symlink_to(workspace.root / ".mitosis")
+    with pytest.raises(PathEscapeError, match="the executor's own folder"):
+        workspace.resolve("inside/step.py")

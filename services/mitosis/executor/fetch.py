@@ -58,6 +58,8 @@ def public_only(address: IPAddress, port: int) -> str | None:
             return "a multicast address"
         if candidate.is_private:
             return "a private address"
+        if isinstance(candidate, ipaddress.IPv6Address) and candidate.is_site_local:
+            return "a site-local address"
         if candidate in _SHARED:
             return "a shared (carrier-grade NAT) address"
         if not candidate.is_global or candidate.is_reserved:
@@ -148,7 +150,7 @@ async def _text(response: httpx2.Response, settings: FetchSettings) -> tuple[str
     encoding = response.charset_encoding or "utf-8"
     try:
         return body.decode(encoding, errors="replace"), media_type
-    except LookupError:  # a charset Python does not know
+    except (LookupError, ValueError):  # an unknown charset, or one like idna that fails
         return body.decode("utf-8", errors="replace"), media_type
 
 

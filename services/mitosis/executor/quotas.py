@@ -49,13 +49,19 @@ class WatcherCount:
         try:
             yield
         finally:
-            # Counter subtraction drops keys at zero, so the counts never grow with history.
-            self._by_task -= Counter({task_id: 1})
-            self._by_key -= Counter({owner: 1})
+            _release(self._by_task, task_id)
+            _release(self._by_key, owner)
 
     def watching(self, task_id: str) -> int:
         """Return how many watchers the task has here."""
         return self._by_task[task_id]
+
+
+def _release(counts: Counter[str], name: str) -> None:
+    """Count one fewer; a name at zero is dropped, so the counts never grow with history."""
+    counts[name] -= 1
+    if counts[name] <= 0:
+        del counts[name]
 
 
 class CreationGate:

@@ -236,14 +236,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--planner-client-cert",
         type=Path,
-        default=None,
-        help="PEM certificate the executor shows the planner (mutual TLS; with --planner-ca)",
+        default=env("MITOSIS_PLANNER_CLIENT_CERT") or None,
+        help="PEM certificate the executor shows the planner (mutual TLS; with --planner-ca;"
+        " env MITOSIS_PLANNER_CLIENT_CERT)",
     )
     parser.add_argument(
         "--planner-client-key",
         type=Path,
-        default=None,
-        help="the PEM private key of --planner-client-cert",
+        default=env("MITOSIS_PLANNER_CLIENT_KEY") or None,
+        help="the PEM private key of --planner-client-cert (env MITOSIS_PLANNER_CLIENT_KEY)",
     )
     parser.add_argument(
         "--grace", type=float, default=5.0, help="seconds to finish calls on SIGTERM"

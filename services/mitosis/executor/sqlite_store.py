@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -56,6 +57,9 @@ class SqliteStore:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # The executor's alone: every key's tasks are in it (SQLite gives its -wal and -shm
+        # files the same mode).
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
         self.where = f"sqlite:{path}"
         """The database file, as logs name it."""
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)

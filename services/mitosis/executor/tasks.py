@@ -133,6 +133,11 @@ class Tasks:
             raise InvalidArgument(str(error)) from error
         except FileNotFoundError as error:
             raise NotFound(f"the file {path!r} of task {task_id} is gone") from error
+        except OSError as error:  # replaced since by a folder, a pipe, …
+            raise NotFound(
+                f"the file {path!r} of task {task_id} is no longer a readable file"
+                f" ({error.strerror})"
+            ) from error
         with file:
             offset = 0
             while chunk := file.read(ARTIFACT_CHUNK_BYTES):

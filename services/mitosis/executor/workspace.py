@@ -53,7 +53,8 @@ class Workspace:
     """A folder that confines a task's files: every path is checked to stay inside it."""
 
     def __init__(self, root: Path) -> None:
-        root.mkdir(parents=True, exist_ok=True)
+        # Closed to other users from the start: the python sandbox hands it to a run's uid.
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Compare real paths only, so a symlinked root (e.g. /tmp on macOS) still matches.
         self._root = Path(os.path.realpath(root))
 
@@ -68,6 +69,8 @@ class Workspace:
         real = Path(os.path.realpath(self._root / rel))
         if not self._contains(real):
             raise PathEscapeError(rel, "it leads outside the workspace through a symlink")
+        if real.is_relative_to(self._root / HIDDEN_DIR):  # as ./.mitosis, or by a symlink
+            raise PathEscapeError(rel, f"{HIDDEN_DIR}/ is the executor's own folder")
         return real
 
     def snapshot(self) -> dict[str, FileStamp]:
