@@ -231,13 +231,23 @@ class TaskRunner:
             # Stopped before it took its lease: nobody runs it now, so it ends below.
 
         async def record(task: Task) -> None:
-            _require_unended(task)
-            await self._record_cancel(task_id, reason)
+            if task.state not in TERMINAL_STATES:  # else it ended meanwhile: nothing to do
+                await self._record_cancel(task_id, reason)
 
         if await self._while_idle(task_id, record):
             return  # nobody ran it (it waits for approval, or its executor died)
+        # Another executor holds the lease: running the task (it sees the request within a
+        # third of a lease), or only looking at it (then the lease is free again at once).
         await self._store.request_cancel(task_id, reason)
-        await self._until_ended(task_id, within=self._config.lease_ttl * 2)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._config.lease_ttl * 2
+        while loop.time() < deadline:
+            if (await self._require(task_id)).state in TERMINAL_STATES:
+                return
+            if await self._while_idle(task_id, record):
+                return
+            await asyncio.sleep(0.05)
+        raise Unavailable(f"the executor running task {task_id} did not stop it in time")
 
     async def _while_idle(self, task_id: str, act: Callable[[Task], Awaitable[None]]) -> bool:
         """Run `act` on the task as it is under its lease, fenced, when no executor runs it;
@@ -266,16 +276,6 @@ class TaskRunner:
         if lock is None:
             lock = self._controls[task_id] = asyncio.Lock()
         return lock
-
-    async def _until_ended(self, task_id: str, within: float) -> None:
-        """Wait for the executor that runs the task to end it."""
-        deadline = asyncio.get_running_loop().time() + within
-        while asyncio.get_running_loop().time() < deadline:
-            task = await self._require(task_id)
-            if task.state in TERMINAL_STATES:
-                return
-            await asyncio.sleep(0.05)
-        raise Unavailable(f"the executor running task {task_id} did not stop it in {within:g} s")
 
     async def shutdown(self) -> None:
         """Stop every running task without ending it: the next start resumes them."""
