@@ -11,11 +11,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from mitosis.executor.server import Executor, start_executor
 from mitosis.executor.server import parse_args as parse_executor_args
 from mitosis.metrics import state_label
+from mitosis.metrics_server import MAX_CONNECTIONS, start_metrics_server
 from mitosis.planner.server import Planner, start_planner
 from mitosis.planner.server import parse_args as parse_planner_args
 from mitosis.v1 import task_pb2, task_service_pb2
@@ -340,3 +342,28 @@ async def test_model_tokens_plans_and_tool_outcomes_are_counted(
         )
         == 1
     )
+
+
+async def test_the_metrics_endpoint_answers_a_few_at_once_and_drops_the_rest() -> None:
+    """Connections past the cap are closed at once; idle ones are dropped at the timeout;
+    stopping closes what is open."""
+    registry = CollectorRegistry()
+    server = await start_metrics_server("127.0.0.1:0", registry)
+    idle = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(MAX_CONNECTIONS)]
+    await asyncio.sleep(0.1)  # accepted: each now holds a place
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert await closed_without_answer(reader)  # no place left
+    await server.stop()
+    for idle_reader, idle_writer in idle:
+        assert await closed_without_answer(idle_reader)  # closed by stop()
+        idle_writer.close()
+    writer.close()
+
+
+async def closed_without_answer(reader: asyncio.StreamReader) -> bool:
+    """Whether the server closed the connection without a byte of answer (or reset it)."""
+    try:
+        return await reader.read() == b""
+    except ConnectionResetError:
+        return True

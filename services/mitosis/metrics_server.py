@@ -3,7 +3,8 @@
 An asyncio server rather than prometheus_client's threaded one: collectors that read the
 store are awaited before each scrape, on the loop that owns the store's connections, and
 stopping it is one call. It answers only `GET /metrics` (and `/`), one request per
-connection, and gives up on a client that sends no request within a few seconds.
+connection, at most MAX_CONNECTIONS at once, each within REQUEST_TIMEOUT seconds; scrapes
+arriving together share one read of the store.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ Refresh = Callable[[], Awaitable[None]]
 """Run before each scrape, to read what collectors report (the store's task counts)."""
 
 REQUEST_TIMEOUT = 5.0
+"""Seconds a whole exchange may take, from connecting to the last byte of the answer."""
 MAX_REQUEST_BYTES = 16 * 1024
+MAX_CONNECTIONS = 16
+"""Scrapes answered at once; a connection past them is closed at once (no waiting room)."""
 
 
 def add_metrics_arguments(
@@ -47,11 +51,28 @@ class MetricsServer:
 
     server: asyncio.Server
     port: int
+    connections: set[asyncio.StreamWriter]
 
     async def stop(self) -> None:
         """Stop listening and close open connections."""
         self.server.close()
+        for writer in list(self.connections):
+            writer.close()
         await self.server.wait_closed()
+
+
+class _SharedRefresh:
+    """Runs `refresh` once for all the scrapes that arrive while it runs."""
+
+    def __init__(self, refresh: Refresh) -> None:
+        self._refresh = refresh
+        self._running: asyncio.Future[None] | None = None
+
+    async def __call__(self) -> None:
+        if self._running is None or self._running.done():
+            self._running = asyncio.ensure_future(self._refresh())
+        # Shielded: a scrape that times out must not cancel the others' refresh.
+        await asyncio.shield(self._running)
 
 
 async def start_metrics_server(
@@ -59,15 +80,23 @@ async def start_metrics_server(
 ) -> MetricsServer:
     """Serve the registry at http://ADDRESS/metrics (port 0 picks a free port)."""
     host, port = split_address(address)
+    shared = _SharedRefresh(refresh) if refresh is not None else None
+    connections: set[asyncio.StreamWriter] = set()
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(connections) >= MAX_CONNECTIONS:
+            writer.close()  # busy: a scraper retries at its next interval
+            return
+        connections.add(writer)
         try:
-            await _answer(reader, writer, registry, refresh)
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                await _answer(reader, writer, registry, shared)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
             pass  # the client went away or never asked properly; nothing to tell it
         except Exception:
             logger.exception("metrics: cannot answer a scrape")
         finally:
+            connections.discard(writer)
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
@@ -75,7 +104,7 @@ async def start_metrics_server(
     server = await asyncio.start_server(answer, host, port, limit=MAX_REQUEST_BYTES)
     bound: int = server.sockets[0].getsockname()[1]
     logger.info("metrics at http://%s:%d/metrics", host if ":" not in host else f"[{host}]", bound)
-    return MetricsServer(server, bound)
+    return MetricsServer(server, bound, connections)
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -92,8 +121,7 @@ async def _answer(
     registry: CollectorRegistry,
     refresh: Refresh | None,
 ) -> None:
-    async with asyncio.timeout(REQUEST_TIMEOUT):
-        head = await reader.readuntil(b"\r\n\r\n")
+    head = await reader.readuntil(b"\r\n\r\n")
     request_line, *header_lines = head.decode("latin-1").split("\r\n")
     parts = request_line.split(" ")
     if len(parts) != 3:
