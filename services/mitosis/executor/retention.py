@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import random
 import re
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from mitosis.executor.store import Store
@@ -124,8 +123,18 @@ class Retention:
             if not _SAFE_ID.fullmatch(task_id):
                 logger.warning("retention: task id %r names no folder; left alone", task_id)
                 continue
-            with contextlib.suppress(FileNotFoundError):
-                shutil.rmtree(task_folder(self._data_dir, task_id))
+            # What another sweeper deleted first is skipped; the rest still goes.
+            shutil.rmtree(task_folder(self._data_dir, task_id), onerror=_skip_missing)
+
+
+def _skip_missing(
+    function: Callable[..., object],
+    path: str,
+    excinfo: tuple[type[BaseException], BaseException, object],
+) -> None:
+    """rmtree's error handler: a file already gone is fine, anything else is raised."""
+    if not isinstance(excinfo[1], FileNotFoundError):
+        raise excinfo[1]
 
 
 def _describe(seconds: float) -> str:
