@@ -162,10 +162,11 @@ class SqliteStore:
                         task_id,
                     ),
                 )
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # a failed COMMIT leaves it open: never carry it over
+                db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
         return stored
 
     async def read_events(
@@ -205,10 +206,11 @@ class SqliteStore:
                 if cursor.rowcount:
                     db.execute("INSERT OR IGNORE INTO purged (task_id) VALUES (?)", (task_id,))
                     deleted.append(task_id)
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # a failed COMMIT leaves it open: never carry it over
+                db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
         for task_id in deleted:
             self._leases.pop(task_id, None)
             self._cancel_requests.pop(task_id, None)
@@ -285,7 +287,8 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
                     for task_id, record in ended.fetchall()
                 ],
             )
+        db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:  # a failed COMMIT leaves it open: never carry it over
+            db.execute("ROLLBACK")
         raise
-    db.execute("COMMIT")
