@@ -397,8 +397,14 @@ class TaskRunner:
             running = task_pb2.TaskStateChanged(state=Task.STATE_RUNNING, message="plan approved")
             await self._log.append(task_id, *events, Event(task_state_changed=running))
 
-        if not await self._while_idle(task_id, run_it):
-            raise Unavailable(f"task {task_id} is held by another executor just now; try again")
+        # Another executor may hold the lease for a moment only to look at the task (its
+        # claim loop does, every half lease): wait for it, up to a lease's time.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._config.lease_ttl
+        while not await self._while_idle(task_id, run_it):
+            if loop.time() >= deadline:
+                raise Unavailable(f"task {task_id} is held by another executor; try again")
+            await asyncio.sleep(0.05)
         self.start(task_id)
 
     async def _execute(self, task_id: str) -> None:
