@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
-from mitosis.projection import apply_event
+from mitosis.executor.eventlog import EventLog
+from mitosis.executor.hub import EventHub
+from mitosis.executor.planned_agent import PlannedToolAgent
+from mitosis.executor.redis_store import RedisStore
+from mitosis.executor.runner import RunnerConfig, TaskRunner
+from mitosis.models.offline import OfflineModel
+from mitosis.projection import TERMINAL_STATES, apply_event, is_terminal_event
 from mitosis.v1 import task_pb2, task_service_pb2
 from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
 
 from .conftest import StartExecutor, watch_all
 from .redis_server import RedisServer
+from .test_runner import ScriptedPlanner, python_step
 
 
 @pytest.fixture
@@ -180,3 +187,61 @@ async def test_an_executor_started_while_redis_is_down_serves_and_resumes_its_ta
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert events[-1].task_state_changed.state == task_pb2.Task.STATE_SUCCEEDED
     server.stop()
+
+
+@pytest.mark.parametrize("action", ["approve", "cancel"])
+async def test_approve_or_cancel_on_one_executor_while_another_keeps_claiming(
+    tmp_path: Path, redis: RedisServer, action: str
+) -> None:
+    """Executor A's claim loop takes the lease of a task waiting for approval every 0.1 s,
+    only to look at it; B's ApprovePlan and CancelTask still land, exactly once. (The moment
+    a claim holds the lease is too short for this test to hit reliably; it checks the path
+    across executors, not that race.)"""
+    prefix = f"race-{action}:"
+    stores = [RedisStore.from_url(redis.url, prefix=prefix) for _ in range(2)]
+    runners = []
+    for number, store in enumerate(stores):
+        config = RunnerConfig(
+            data_dir=tmp_path / "data", tool_timeout=20, lease_ttl=0.2, owner=f"exec-{number}"
+        )
+        log = EventLog(store, EventHub())
+        planner = ScriptedPlanner(python_step("print('ran')"))
+        runners.append(TaskRunner(log, planner, PlannedToolAgent(OfflineModel(pace=0)), config))
+    a, b = runners
+    task = task_pb2.Task(task_id="0123456789abcdef", text="do it", require_approval=True)
+    task.create_time.FromNanoseconds(time.time_ns())
+    await stores[0].create_task(task)
+    a.start(task.task_id)
+    claiming = asyncio.create_task(a.claim_forever())
+    try:
+        await reached(stores[1], task.task_id, {task_pb2.Task.STATE_AWAITING_APPROVAL})
+        await asyncio.sleep(0.3)  # a claim or two has happened
+        if action == "approve":
+            await b.approve(task.task_id, None)
+            expected = task_pb2.Task.STATE_SUCCEEDED
+        else:
+            await b.cancel(task.task_id)
+            expected = task_pb2.Task.STATE_CANCELLED
+        ended = await reached(stores[1], task.task_id, TERMINAL_STATES)
+    finally:
+        claiming.cancel()
+        await asyncio.gather(claiming, return_exceptions=True)
+        for runner in runners:
+            await runner.shutdown()
+    events = await stores[1].read_events(task.task_id, 0, 1000)
+    for store in stores:
+        await store.close()
+    assert ended.state == expected, ended.error
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert is_terminal_event(events[-1])  # nothing after the end
+    assert sum(is_terminal_event(e) for e in events) == 1
+
+
+async def reached(store: RedisStore, task_id: str, states: Container[int]) -> task_pb2.Task:
+    """Return the task once its state is one of `states` (polled: the test has no hub)."""
+    for _ in range(1500):
+        task = await store.get_task(task_id)
+        if task is not None and task.state in states:
+            return task
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"task {task_id} never reached {states}")
