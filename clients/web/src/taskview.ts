@@ -171,6 +171,9 @@ export class TaskView {
       ),
     );
     this.setModel(task.model);
+    // The record's steps with its state, so "awaiting approval" never shows without the plan
+    // it waits on; the events replayed after this draw the same again, in order.
+    this.setSteps(task.steps);
     this.showState(task.state, task.error);
   }
 
