@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from mitosis.handlers import Behaviour, Continuation, ServerInterceptor, wrap_handler
+from mitosis.handlers import (
+    Behaviour,
+    Continuation,
+    ServerInterceptor,
+    prepared,
+    service_of,
+    wrap_handler,
+)
 from mitosis.serving import HEALTH_SERVICE
 
 if TYPE_CHECKING:
@@ -148,35 +155,17 @@ class ApiKeyInterceptor(ServerInterceptor):
         self, continuation: Continuation, details: grpc.HandlerCallDetails
     ) -> Handler:
         handler = await continuation(details)
-        if handler is None or _service_of(details.method) in self._open:
+        if handler is None or service_of(details.method) in self._open:
             return handler
         try:
             caller = self._keys.authenticate(details.invocation_metadata)
         except PermissionError as refusal:
             return wrap_handler(handler, _refusing(str(refusal), handler.response_streaming))
-        return wrap_handler(handler, lambda behaviour: _as_caller(caller, behaviour, handler))
 
-
-def _service_of(method: str) -> str:
-    return method.lstrip("/").split("/", 1)[0]
-
-
-def _as_caller(caller: str, behaviour: Behaviour, handler: Handler) -> Behaviour:
-    """Return the behaviour run with `caller` as the current caller."""
-    if handler.response_streaming:
-
-        async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
+        def as_caller(_context: Any) -> None:
             _caller.set(caller)
-            async for response in behaviour(request, context):
-                yield response
 
-        return streaming
-
-    async def unary(request: Any, context: Any) -> Any:
-        _caller.set(caller)
-        return await behaviour(request, context)
-
-    return unary
+        return prepared(handler, as_caller)
 
 
 def _refusing(message: str, streaming: bool) -> Callable[[Behaviour], Behaviour]:

@@ -37,6 +37,42 @@ def wrap_handler(handler: Handler, wrap: Callable[[Behaviour], Behaviour]) -> Ha
     return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), **serialisers)
 
 
+def service_of(method: str) -> str:
+    """Return the service of a full method name: "/pkg.Service/Method" -> "pkg.Service"."""
+    return method.lstrip("/").split("/", 1)[0]
+
+
+def is_ours(method: str) -> bool:
+    """Whether a full method name is one of Mitosis's own services (not health, reflection)."""
+    return service_of(method).startswith("mitosis.")
+
+
+def prepared(handler: Handler, prepare: Callable[[Any], None]) -> Handler:
+    """Return the handler with `prepare(context)` run first in each call.
+
+    It runs in the call's own task, so a context variable it sets holds for the whole call.
+    For our own services' methods: unary ones, and streaming ones that are async generators.
+    """
+
+    def wrap(behaviour: Behaviour) -> Behaviour:
+        if handler.response_streaming:
+
+            async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
+                prepare(context)
+                async for response in behaviour(request, context):
+                    yield response
+
+            return streaming
+
+        async def unary(request: Any, context: Any) -> Any:
+            prepare(context)
+            return await behaviour(request, context)
+
+        return unary
+
+    return wrap_handler(handler, wrap)
+
+
 class ErrorStatusInterceptor(ServerInterceptor):
     """Ends a call that raised a MitosisError with its status and message.
 
@@ -49,7 +85,7 @@ class ErrorStatusInterceptor(ServerInterceptor):
     ) -> Handler:
         handler = await continuation(details)
         # Only our own services raise MitosisError (health's Watch, for one, is no generator).
-        if handler is None or not details.method.startswith("/mitosis."):
+        if handler is None or not is_ours(details.method):
             return handler
         return wrap_handler(
             handler, _streaming_statuses if handler.response_streaming else _unary_statuses

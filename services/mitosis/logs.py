@@ -14,7 +14,7 @@ import logging
 import re
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import grpc
 
-from mitosis.handlers import Behaviour, Continuation, ServerInterceptor, wrap_handler
+from mitosis.handlers import Continuation, ServerInterceptor, is_ours, prepared
 from mitosis.v1 import task_pb2
 
 if TYPE_CHECKING:
@@ -218,28 +218,12 @@ class RequestIdInterceptor(ServerInterceptor):
         self, continuation: Continuation, details: grpc.HandlerCallDetails
     ) -> Handler:
         handler = await continuation(details)
-        if handler is None or not details.method.startswith("/mitosis."):
+        if handler is None or not is_ours(details.method):
             return handler
         request_id = request_id_of(details.invocation_metadata)
-        return wrap_handler(
-            handler, lambda behaviour: _with_request_id(request_id, behaviour, handler)
-        )
 
-
-def _with_request_id(request_id: str, behaviour: Behaviour, handler: Handler) -> Behaviour:
-    if handler.response_streaming:
-
-        async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
+        def prepare(context: Any) -> None:
             _request_id.set(request_id)
             context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
-            async for response in behaviour(request, context):
-                yield response
 
-        return streaming
-
-    async def unary(request: Any, context: Any) -> Any:
-        _request_id.set(request_id)
-        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
-        return await behaviour(request, context)
-
-    return unary
+        return prepared(handler, prepare)
