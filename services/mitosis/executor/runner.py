@@ -409,7 +409,7 @@ class TaskRunner:
 
     async def _execute(self, task_id: str) -> None:
         task = await self._require(task_id)
-        if task.state == Task.STATE_AWAITING_APPROVAL or task.state in TERMINAL_STATES:
+        if task.state in _IDLE_STATES:
             return  # nothing to run (it may have ended while this executor took its lease)
         if not task.steps:
             if not await self._plan(task):
