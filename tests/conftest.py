@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,49 @@ from mitosis.planner.server import start_planner
 from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 
 StartExecutor = Callable[..., Coroutine[Any, Any, Executor]]
+
+# Programs some tests drive; without one those tests are skipped, loudly, and under CI
+# (CI=true) any skipped test fails the run.
+DRIVEN_PROGRAMS = {
+    "chromium": "the browser tests",
+    "redis-server": "the Redis tests",
+    "nginx": "the nginx proxy tests",
+    "caddy": "the Caddy proxy tests",
+    "haproxy": "the HAProxy proxy tests",
+}
+
+
+def _missing_programs() -> list[str]:
+    return [
+        f"{program} (for {what})"
+        for program, what in DRIVEN_PROGRAMS.items()
+        if shutil.which(program) is None
+    ]
+
+
+def pytest_report_header() -> list[str]:
+    missing = _missing_programs()
+    if not missing:
+        return []
+    return [f"!!! NOT INSTALLED, THESE TESTS WILL BE SKIPPED: {', '.join(missing)}"]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    skipped = terminalreporter.stats.get("skipped", [])
+    if skipped:
+        terminalreporter.section("SKIPPED TESTS", sep="!", red=True, bold=True)
+        terminalreporter.line(
+            f"{len(skipped)} tests did not run (see the reasons above); "
+            "`python3 scripts/prereqs.py test` names what to install",
+            red=True,
+        )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if skipped and os.environ.get("CI") and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import warnings
 from mitosis.v1 import plan_pb2 as mitosis_dot_v1_dot_plan__pb2
 from mitosis.v1 import planner_service_pb2 as mitosis_dot_v1_dot_planner__service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
