@@ -53,10 +53,13 @@ __all__ = [
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE = REPO_ROOT / "envoy" / "envoy.yaml"
-"""The one Envoy configuration template."""
-DEFAULT_STATIC_DIR = REPO_ROOT / "clients" / "web" / "dist"
-"""Where Vite writes the built UI."""
+"""The checkout this module runs from; an installed package (the container image) has none."""
+TEMPLATE = Path(os.environ.get("MITOSIS_GATEWAY_TEMPLATE") or REPO_ROOT / "envoy" / "envoy.yaml")
+"""The one Envoy configuration template (env MITOSIS_GATEWAY_TEMPLATE outside a checkout)."""
+DEFAULT_STATIC_DIR = Path(
+    os.environ.get("MITOSIS_GATEWAY_STATIC_DIR") or REPO_ROOT / "clients" / "web" / "dist"
+)
+"""Where Vite writes the built UI (env MITOSIS_GATEWAY_STATIC_DIR outside a checkout)."""
 DEFAULT_LISTEN_PORT = 8080
 DEFAULT_CORS_ORIGINS = (
     f"http://localhost:{DEFAULT_LISTEN_PORT}",
@@ -749,7 +752,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--static-dir",
         default=str(DEFAULT_STATIC_DIR),
-        help="the built UI (default %(default)s); without index.html a 'not built' page",
+        help="the built UI (env MITOSIS_GATEWAY_STATIC_DIR; default %(default)s); without"
+        " index.html a 'not built' page",
     )
     parser.add_argument("--no-static", action="store_true", help="serve no UI files")
     parser.add_argument(
