@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import pytest
 
@@ -36,8 +37,8 @@ class Gateway:
 
     @property
     def url(self) -> str:
-        """The UI's origin, e.g. http://127.0.0.1:PORT (no trailing slash)."""
-        return f"http://127.0.0.1:{self.port}"
+        """The UI's origin, e.g. http://127.0.0.1:PORT (https with TLS; no trailing slash)."""
+        return f"{self.envoy.settings.scheme}://127.0.0.1:{self.port}"
 
     @property
     def target(self) -> str:
@@ -98,6 +99,7 @@ def _prepare(
     port: int,
     stream_idle_timeout_s: float,
     cors_origins: Sequence[str],
+    overrides: dict[str, Any],
 ) -> Gateway:
     ports = [executor_port] if isinstance(executor_port, int) else list(executor_port)
     settings = GatewaySettings(
@@ -108,6 +110,7 @@ def _prepare(
         cors_origins=tuple(cors_origins),
         admin_port=0,
         stream_idle_timeout_s=stream_idle_timeout_s,
+        **overrides,
     )
     workdir = Path(tempfile.mkdtemp(prefix="gateway-", dir=tmp_path))
     return Gateway(EnvoyProcess(settings, workdir))
@@ -121,15 +124,17 @@ def start_gateway(
     port: int = 0,
     stream_idle_timeout_s: float = 300,
     cors_origins: Sequence[str] = (ALLOWED_ORIGIN,),
+    **settings: Any,
 ) -> Gateway:
     """Start Envoy in front of the executor(s) on 127.0.0.1 and return once it serves.
 
     `port` 0 lets Envoy pick a free port. `static_dir` None serves the "UI not built" page.
+    Other GatewaySettings fields come as keywords (TLS: tls_cert, tls_key, executor_ca).
     Blocks while Envoy starts: from async tests with in-process executors use
     `start_gateway_async`, so the executors can answer Envoy's health checks meanwhile.
     """
     gateway = _prepare(
-        tmp_path, executor_port, static_dir, port, stream_idle_timeout_s, cors_origins
+        tmp_path, executor_port, static_dir, port, stream_idle_timeout_s, cors_origins, settings
     )
     gateway.start()
     return gateway
@@ -143,10 +148,11 @@ async def start_gateway_async(
     port: int = 0,
     stream_idle_timeout_s: float = 300,
     cors_origins: Sequence[str] = (ALLOWED_ORIGIN,),
+    **settings: Any,
 ) -> Gateway:
     """`start_gateway` for async tests."""
     gateway = _prepare(
-        tmp_path, executor_port, static_dir, port, stream_idle_timeout_s, cors_origins
+        tmp_path, executor_port, static_dir, port, stream_idle_timeout_s, cors_origins, settings
     )
     await gateway.astart()
     return gateway

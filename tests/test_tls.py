@@ -1,7 +1,11 @@
-"""TLS between client and executor, mutual TLS and a key between executor and planner."""
+"""TLS between client and executor, mutual TLS and a key between executor and planner, and
+the whole chain: HTTPS at the gateway, TLS from Envoy to the executors and on to the planner."""
 
 from __future__ import annotations
 
+import asyncio
+import ssl
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -9,13 +13,17 @@ import grpc
 import pytest
 
 from mitosis.auth import key_line
+from mitosis.client import AsyncClient
 from mitosis.executor.server import Executor, parse_args, start_executor
+from mitosis.gateway import GatewaySettings
 from mitosis.planner.server import Planner, start_planner
 from mitosis.planner.server import parse_args as parse_planner_args
 from mitosis.tls import TlsConfigError, channel_credentials
 from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 from tests.certs import TestAuthority
 from tests.conftest import StartExecutor
+from tests.gateway import Gateway, start_gateway_async
+from tests.support.watch import each_event
 
 EXECUTOR_KEY = "mk_executor-test-key-000000000000000000000000"
 
@@ -83,7 +91,7 @@ async def run_task(executor: Executor, credentials: grpc.ChannelCredentials) -> 
         stub = task_service_pb2_grpc.TaskServiceStub(channel)
         task = await stub.CreateTask(task_service_pb2.CreateTaskRequest(text="Explain tides."))
         request = task_service_pb2.WatchTaskRequest(task_id=task.task_id)
-        async for _ in stub.WatchTask(request, timeout=60):
+        async for _ in each_event(stub.WatchTask(request, timeout=60)):
             pass
         return await stub.GetTask(task_service_pb2.GetTaskRequest(task_id=task.task_id))
 
@@ -162,3 +170,113 @@ def test_tls_files_that_do_not_go_together_are_refused(tmp_path: Path) -> None:
         channel_credentials(None, tmp_path / "c.pem", tmp_path / "k.pem")
     with pytest.raises(TlsConfigError, match="cannot read"):
         channel_credentials(tmp_path / "missing.pem")
+
+
+@pytest.fixture
+async def tls_executor(start: StartExecutor, authority: TestAuthority) -> Executor:
+    """An executor serving TLS that calls the planner over mutual TLS, with its key."""
+    client = authority.issue("executor-client", server=False)
+    return await start(
+        f"--planner-ca={authority.cert}",
+        f"--planner-client-cert={client.cert}",
+        f"--planner-client-key={client.key}",
+        f"--planner-key={EXECUTOR_KEY}",
+    )
+
+
+async def tls_gateway(
+    tmp_path: Path, authority: TestAuthority, executor: Executor, **settings: object
+) -> Gateway:
+    """Envoy serving HTTPS from its own certificate, calling the executor over TLS."""
+    server = authority.issue("gateway", server=True)
+    return await start_gateway_async(
+        tmp_path,
+        executor.port,
+        None,
+        **{"tls_cert": server.cert, "tls_key": server.key, "executor_ca": authority.cert}
+        | settings,
+    )
+
+
+async def test_a_task_runs_through_an_https_gateway_to_tls_executor_and_planner(
+    tmp_path: Path, authority: TestAuthority, tls_executor: Executor
+) -> None:
+    gateway = await tls_gateway(tmp_path, authority, tls_executor)
+    try:
+        async with AsyncClient(f"localhost:{gateway.port}", tls_ca=authority.cert) as client:
+            task = await client.create_task("Explain tides.")
+            events = [event async for event in client.watch(task.task_id)]
+            final = await client.get_task(task.task_id)
+    finally:
+        await gateway.astop()
+
+    assert final.state == task_pb2.Task.STATE_SUCCEEDED, final.error
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+
+
+@pytest.mark.parametrize(
+    ("offered", "chosen"), [(["h2", "http/1.1"], "h2"), (["http/1.1"], "http/1.1")]
+)
+async def test_the_https_gateway_speaks_http2_to_whom_offers_it_and_http1_to_the_rest(
+    tmp_path: Path,
+    authority: TestAuthority,
+    tls_executor: Executor,
+    offered: list[str],
+    chosen: str,
+) -> None:
+    gateway = await tls_gateway(tmp_path, authority, tls_executor)
+    context = ssl.create_default_context(cafile=authority.cert)
+    context.set_alpn_protocols(offered)
+    try:
+        _, writer = await asyncio.open_connection(
+            "127.0.0.1", gateway.port, ssl=context, server_hostname="localhost"
+        )
+        negotiated = writer.get_extra_info("ssl_object").selected_alpn_protocol()
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await gateway.astop()
+
+    assert negotiated == chosen
+
+
+async def test_the_gateway_refuses_an_executor_whose_certificate_names_another_host(
+    tmp_path: Path, authority: TestAuthority, tls_executor: Executor
+) -> None:
+    gateway = await tls_gateway(
+        tmp_path, authority, tls_executor, executor_tls_name="executor.elsewhere.example"
+    )
+    try:
+        async with grpc.aio.secure_channel(
+            f"localhost:{gateway.port}", channel_credentials(authority.cert)
+        ) as channel:
+            stub = task_service_pb2_grpc.TaskServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.ListTasks(task_service_pb2.ListTasksRequest(), timeout=5)
+        stats = await asyncio.to_thread(
+            envoy_stat, gateway, "cluster.executors.ssl.fail_verify_san"
+        )
+    finally:
+        await gateway.astop()
+
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert stats > 0
+
+
+def envoy_stat(gateway: Gateway, name: str) -> int:
+    """One counter of Envoy's, read from its admin interface."""
+    url = f"http://127.0.0.1:{gateway.admin_port}/stats?filter=^{name}$"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        line = response.read().decode().strip()
+    return int(line.rsplit(": ", 1)[1])
+
+
+def test_tls_to_executors_on_several_hosts_needs_the_name_their_certificates_carry(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ValueError, match="executor_tls_name"):
+        GatewaySettings(executors=(("a", 1), ("b", 1)), executor_ca=tmp_path / "ca.pem")
+    named = GatewaySettings(
+        executors=(("a", 1), ("b", 1)), executor_ca=tmp_path / "ca.pem", executor_tls_name="x"
+    )
+    assert '"sni": "x"' in named.render()

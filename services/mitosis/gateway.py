@@ -133,6 +133,15 @@ class GatewaySettings:
     max_upstream_streams: int = 100_000
     """Calls (WatchTask streams included) open to the executors at once, all callers together:
     Envoy's circuit breakers, far above the executors' own per-key limits."""
+    tls_cert: Path | None = None
+    """Serve HTTPS with this PEM certificate chain (HTTP/2 or HTTP/1.1 by ALPN); None: plain."""
+    tls_key: Path | None = None
+    """The PEM private key of `tls_cert`."""
+    executor_ca: Path | None = None
+    """Speak TLS to the executors, trusting this PEM CA; None: plain text (h2c)."""
+    executor_tls_name: str | None = None
+    """The name (DNS or IP) the executors' certificates must carry, sent as SNI when it is a
+    DNS name; None: the executors' host, which must then be the same for all of them."""
 
     def __post_init__(self) -> None:
         _check_port(self.listen_port, "listen port", allow_zero=True)
@@ -158,6 +167,10 @@ class GatewaySettings:
             raise ValueError("timeouts must be positive")
         if not 1024 <= self.max_request_bytes < 1 << 32:
             raise ValueError(f"bad max request bytes {self.max_request_bytes}: 1024 to 2^32-1")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("the gateway's TLS certificate and key go together")
+        if self.executor_ca is not None:
+            self.executors_tls_name()
 
     def render(self, template: Path = TEMPLATE) -> str:
         """Return Envoy's configuration (YAML) for these settings."""
@@ -179,6 +192,8 @@ class GatewaySettings:
             "cluster_type": self._cluster_type(),
             "health_check_interval": _duration(self.health_check_interval_s),
             "max_upstream_streams": self.max_upstream_streams,
+            "downstream_tls": self._downstream_tls(),
+            "upstream_tls": self._upstream_tls(),
             "endpoints": [
                 {"endpoint": {"address": {"socket_address": {"address": h, "port_value": p}}}}
                 for h, p in self.executors
@@ -195,6 +210,62 @@ class GatewaySettings:
             if name not in names:
                 names.append(name)
         return names
+
+    @property
+    def scheme(self) -> str:
+        """How browsers reach the gateway: https with a certificate, else http."""
+        return "https" if self.tls_cert is not None else "http"
+
+    def executors_tls_name(self) -> str:
+        """The name checked in the executors' certificates (see `executor_tls_name`)."""
+        if self.executor_tls_name:
+            return self.executor_tls_name
+        hosts = {host for host, _ in self.executors}
+        if len(hosts) != 1:
+            raise ValueError(
+                "executors on several hosts over TLS: name the one name their certificates"
+                " carry (executor_tls_name, --executor-tls-name)"
+            )
+        return hosts.pop()
+
+    def _downstream_tls(self) -> dict[str, Any] | None:
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        certificate = {
+            "certificate_chain": {"filename": str(self.tls_cert.absolute())},
+            "private_key": {"filename": str(self.tls_key.absolute())},
+        }
+        return _tls_socket(
+            "DownstreamTlsContext",
+            # h2 first: browsers get HTTP/2, which has no six-connections-per-origin limit.
+            {
+                "common_tls_context": {
+                    "alpn_protocols": ["h2", "http/1.1"],
+                    "tls_certificates": [certificate],
+                }
+            },
+        )
+
+    def _upstream_tls(self) -> dict[str, Any] | None:
+        if self.executor_ca is None:
+            return None
+        name = self.executors_tls_name().strip("[]")
+        try:
+            ipaddress.ip_address(name)
+            san_type, sni = "IP_ADDRESS", None
+        except ValueError:
+            san_type, sni = "DNS", name
+        validation = {
+            "trusted_ca": {"filename": str(self.executor_ca.absolute())},
+            # Without a name to match Envoy checks only the chain: any certificate of the CA.
+            "match_typed_subject_alt_names": [{"san_type": san_type, "matcher": {"exact": name}}],
+        }
+        context: dict[str, Any] = {
+            "common_tls_context": {"alpn_protocols": ["h2"], "validation_context": validation}
+        }
+        if sni is not None:  # SNI carries host names only, never an address (RFC 6066)
+            context["sni"] = sni
+        return _tls_socket("UpstreamTlsContext", context)
 
     def _admin(self) -> str:
         if self.admin_port is None:
@@ -632,6 +703,20 @@ def dying_with_parent(command: Sequence[str | os.PathLike[str]]) -> list[str]:
     return [sys.executable, "-c", _DIE_WITH_PARENT, *(os.fspath(part) for part in command)]
 
 
+_TLS_API = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3"
+
+
+def _tls_socket(context_type: str, context: dict[str, Any]) -> dict[str, Any]:
+    """Envoy's TLS transport socket with a Downstream- or UpstreamTlsContext."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": f"{_TLS_API}.{context_type}",
+            **context,
+        },
+    }
+
+
 def _admin_get(port: int, path: str) -> str | None:
     """GET from the admin interface; None when it does not answer 200 (yet)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
@@ -707,15 +792,16 @@ def parse_address(text: str, what: str = "address") -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _origins_for(port: int) -> tuple[str, ...]:
-    return (f"http://localhost:{port}", f"http://127.0.0.1:{port}")
+def _origins_for(port: int, scheme: str = "http") -> tuple[str, ...]:
+    return (f"{scheme}://localhost:{port}", f"{scheme}://127.0.0.1:{port}")
 
 
 def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
     """GatewaySettings from the parsed command line (see `main`)."""
     host, port = parse_address(args.listen, "--listen")
     executors = tuple(parse_address(e, "--executor") for e in args.executor or [])
-    origins = tuple(args.cors_origin) if args.cors_origin is not None else _origins_for(port)
+    scheme = "https" if args.tls_cert else "http"
+    origins = args.cors_origin if args.cors_origin is not None else _origins_for(port, scheme)
     return GatewaySettings(
         listen_host=host,
         listen_port=port,
@@ -726,6 +812,10 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
         admin_port=args.admin_port,
         stream_idle_timeout_s=args.stream_idle_timeout,
         max_request_bytes=args.max_request_bytes,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        executor_ca=args.executor_ca,
+        executor_tls_name=args.executor_tls_name,
     )
 
 
@@ -788,6 +878,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_MAX_REQUEST_BYTES,
         help="the largest request body let through; larger ones get RESOURCE_EXHAUSTED"
         " (default %(default)d)",
+    )
+    tls = parser.add_argument_group("TLS")
+    tls.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=env("MITOSIS_GATEWAY_TLS_CERT") or None,
+        help="serve HTTPS (HTTP/2 and HTTP/1.1) with this PEM certificate chain"
+        " (env MITOSIS_GATEWAY_TLS_CERT; needs --tls-key; default: plain text)",
+    )
+    tls.add_argument(
+        "--tls-key",
+        type=Path,
+        default=env("MITOSIS_GATEWAY_TLS_KEY") or None,
+        help="the PEM private key of --tls-cert (env MITOSIS_GATEWAY_TLS_KEY)",
+    )
+    tls.add_argument(
+        "--executor-ca",
+        type=Path,
+        default=env("MITOSIS_GATEWAY_EXECUTOR_CA") or None,
+        help="call the executors over TLS, trusting this PEM CA"
+        " (env MITOSIS_GATEWAY_EXECUTOR_CA; default: plain text)",
+    )
+    tls.add_argument(
+        "--executor-tls-name",
+        metavar="NAME",
+        help="the DNS name or IP the executors' certificates carry (default: their host)",
     )
     parser.add_argument("--out", default="-", help="file to write (default: standard output)")
     return parser.parse_args(argv)
