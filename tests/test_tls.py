@@ -185,14 +185,18 @@ async def tls_executor(start: StartExecutor, authority: TestAuthority) -> Execut
 
 
 async def tls_gateway(
-    tmp_path: Path, authority: TestAuthority, executor: Executor, **settings: object
+    tmp_path: Path,
+    authority: TestAuthority,
+    executor: Executor,
+    static_dir: Path | None = None,
+    **settings: object,
 ) -> Gateway:
     """Envoy serving HTTPS from its own certificate, calling the executor over TLS."""
     server = authority.issue("gateway", server=True)
     return await start_gateway_async(
         tmp_path,
         executor.port,
-        None,
+        static_dir,
         **{"tls_cert": server.cert, "tls_key": server.key, "executor_ca": authority.cert}
         | settings,
     )
