@@ -39,7 +39,8 @@ COPY clients/mitosis/ clients/mitosis/
 RUN /opt/uv/bin/uv sync --locked --extra gateway --no-editable --python python3
 
 FROM ${BASE}
-RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
+RUN groupadd --system --gid 10001 mitosis \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin mitosis \
     && mkdir -p /data && chown mitosis:mitosis /data
 COPY --from=python /app/.venv /app/.venv
