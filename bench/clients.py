@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
+from mitosis.v1 import task_service_pb2, task_service_pb2_grpc
 
 GRPC_WEB_TYPE = "application/grpc-web+proto"
 
@@ -86,11 +86,11 @@ async def watch_native(
     received.started = time.time()
     try:
         call = stub.WatchTask(_request(task_id, received.after_seq), timeout=within)
-        async for event in call:
+        async for message in call:
             now = time.time()
-            if event.WhichOneof("kind") == "heartbeat":
-                continue
-            received.add(event.seq, event.create_time.ToNanoseconds() / 1e9, now)
+            for event in message.events:
+                if event.WhichOneof("kind") != "heartbeat":
+                    received.add(event.seq, event.create_time.ToNanoseconds() / 1e9, now)
         received.finished = True
     except grpc.aio.AioRpcError as error:
         received.error = f"{error.code().name}: {error.details()}"
@@ -139,7 +139,7 @@ class _GrpcWebStream(asyncio.Protocol):
         self._headers: dict[str, str] | None = None
         self._chunked = True
         self._left = -1  # bytes of body left (content-length), or of the current chunk
-        self._parse = task_pb2.TaskEvent.FromString
+        self._parse = task_service_pb2.WatchTaskResponse.FromString
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -232,9 +232,9 @@ class _GrpcWebStream(asyncio.Protocol):
                 return
             at += 5 + length
             now = time.time()
-            event = self._parse(message)
-            if event.WhichOneof("kind") != "heartbeat":
-                self.received.add(event.seq, event.create_time.ToNanoseconds() / 1e9, now)
+            for event in self._parse(message).events:
+                if event.WhichOneof("kind") != "heartbeat":
+                    self.received.add(event.seq, event.create_time.ToNanoseconds() / 1e9, now)
         del body[:at]
 
 

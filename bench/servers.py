@@ -166,7 +166,7 @@ class BareServicer(task_service_pb2_grpc.TaskServiceServicer):
 
     async def WatchTask(
         self, request: task_service_pb2.WatchTaskRequest, context: Any
-    ) -> AsyncIterator[task_pb2.TaskEvent]:
+    ) -> AsyncIterator[task_service_pb2.WatchTaskResponse]:
         topic = self._topics.get(request.task_id)
         if topic is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, "no such stream")
@@ -176,7 +176,7 @@ class BareServicer(task_service_pb2_grpc.TaskServiceServicer):
         try:
             while True:
                 event = await queue.get()
-                yield event
+                yield task_service_pb2.WatchTaskResponse(events=[event])  # one event a message
                 if event.HasField("task_state_changed"):
                     return
         finally:

@@ -57,7 +57,8 @@ async def _one(stub: TaskServiceAsyncStub, text: str, start: float) -> TaskTimin
     events = 0
     state = task_pb2.Task.STATE_UNSPECIFIED
     request = task_service_pb2.WatchTaskRequest(task_id=task.task_id)
-    async for event in stub.WatchTask(request, timeout=300):
+    call = stub.WatchTask(request, timeout=300)
+    async for event in (e async for message in call for e in message.events):
         if event.WhichOneof("kind") == "heartbeat":
             continue
         if not events:

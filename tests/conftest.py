@@ -15,6 +15,7 @@ from mitosis.executor.server import Executor, parse_args, start_executor
 from mitosis.planner.server import parse_args as parse_planner_args
 from mitosis.planner.server import start_planner
 from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
+from tests.support.watch import each_event
 
 StartExecutor = Callable[..., Coroutine[Any, Any, Executor]]
 
@@ -123,6 +124,6 @@ async def watch_all(
     request = task_service_pb2.WatchTaskRequest(task_id=task_id, after_seq=after_seq)
     return [
         event
-        async for event in stub.WatchTask(request, timeout=60)
+        async for event in each_event(stub.WatchTask(request, timeout=60))
         if event.WhichOneof("kind") != "heartbeat"
     ]

@@ -1,9 +1,10 @@
 """A scripted fake TaskService on a real grpc.aio server, for the client and CLI tests.
 
 Each WatchTask call takes the next behaviour from `script` (Serve when it is empty), so a
-test decides exactly how each stream breaks. With `api_key` set, every call must carry
-`authorization: Bearer <api_key>` (UNAUTHENTICATED otherwise, in the executor's words), and
-`authorizations` records what each call carried.
+test decides exactly how each stream breaks. Events go `batch_size` to a message, as the
+executor sends a backlog; a cut after a count of events may fall inside a batch. With
+`api_key` set, every call must carry `authorization: Bearer <api_key>` (UNAUTHENTICATED
+otherwise, in the executor's words), and `authorizations` records what each call carried.
 """
 
 from __future__ import annotations
@@ -68,7 +69,16 @@ class SkipAfter:
     count: int
 
 
-Behaviour = Serve | AbortAfter | EndAfter | Replay | StallAfter | SkipAfter
+@dataclass
+class HoldLive:
+    """A path that buffers streamed responses: a live call gets nothing, ever; a bounded call
+    (max_wait set) gets up to `per_response` events and ends with OK, as such a path delivers
+    it once it ends. Stays in the script for the calls after it."""
+
+    per_response: int = 4
+
+
+Behaviour = Serve | AbortAfter | EndAfter | Replay | StallAfter | SkipAfter | HoldLive
 
 
 @dataclass
@@ -217,6 +227,8 @@ class FakeTaskService(task_service_pb2_grpc.TaskServiceServicer):
         self.tasks: dict[str, FakeTask] = {}
         self.script: list[Behaviour] = []
         self.watch_calls: list[int] = []
+        self.watch_requests: list[task_service_pb2.WatchTaskRequest] = []
+        self.batch_size = 3
         self.unary_failures: list[grpc.StatusCode] = []
         self.unary_calls = 0
         self.stalled = threading.Event()
@@ -300,9 +312,18 @@ class FakeTaskService(task_service_pb2_grpc.TaskServiceServicer):
             f"task {fake.task.task_id} has no plan awaiting approval",
         )
 
-    async def WatchTask(self, request, context) -> AsyncIterator[task_pb2.TaskEvent]:
+    def _messages(
+        self, events: list[task_pb2.TaskEvent]
+    ) -> Iterator[task_service_pb2.WatchTaskResponse]:
+        for start in range(0, len(events), self.batch_size):
+            yield task_service_pb2.WatchTaskResponse(events=events[start : start + self.batch_size])
+
+    async def WatchTask(
+        self, request, context
+    ) -> AsyncIterator[task_service_pb2.WatchTaskResponse]:
         await self._authorize("WatchTask", context)
         self.watch_calls.append(request.after_seq)
+        self.watch_requests.append(request)
         fake = await self._find(request.task_id, context)
         if request.after_seq < 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "after_seq must not be negative")
@@ -310,38 +331,46 @@ class FakeTaskService(task_service_pb2_grpc.TaskServiceServicer):
             await context.abort(
                 grpc.StatusCode.OUT_OF_RANGE, "after_seq is beyond the newest event"
             )
-        behaviour = self.script.pop(0) if self.script else Serve()
+        behaviour = self.script[0] if self.script else Serve()
+        if not isinstance(behaviour, HoldLive):
+            behaviour = self.script.pop(0) if self.script else Serve()
         start = request.after_seq
         if isinstance(behaviour, Replay):
             start = max(0, start - behaviour.back)
         rest = fake.events[start:]
         match behaviour:
             case Serve():
-                for event in rest:
-                    yield event
+                for message in self._messages(rest):
+                    yield message
             case AbortAfter(count, code):
-                for event in rest[:count]:
-                    yield event
+                for message in self._messages(rest[:count]):
+                    yield message
                 await context.abort(code, "the stream was cut")
             case Replay(_, count):
-                for event in rest[:count]:
-                    yield event
+                for message in self._messages(rest[:count]):
+                    yield message
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "the stream was cut")
             case EndAfter(count):
-                for event in rest[:count]:
-                    yield event
+                for message in self._messages(rest[:count]):
+                    yield message
             case SkipAfter(count):
-                for event in rest[:count] + rest[count + 1 :]:
-                    yield event
+                for message in self._messages(rest[:count] + rest[count + 1 :]):
+                    yield message
+            case HoldLive(per_response):
+                if not request.HasField("max_wait"):
+                    await asyncio.sleep(3600)
+                for message in self._messages(rest[:per_response]):
+                    yield message
             case StallAfter(count, heartbeats):
-                for event in rest[:count]:
-                    yield event
+                for message in self._messages(rest[:count]):
+                    yield message
                 latest = rest[:count][-1].seq if rest[:count] else start
                 for _ in range(heartbeats):
                     await asyncio.sleep(HEARTBEAT_GAP)
-                    yield TaskEvent(
+                    beat = TaskEvent(
                         task_id=request.task_id, seq=latest, heartbeat=task_pb2.Heartbeat()
                     )
+                    yield task_service_pb2.WatchTaskResponse(events=[beat])
                 self.stalled.set()
                 await asyncio.sleep(3600)
 

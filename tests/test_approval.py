@@ -8,6 +8,7 @@ from google.protobuf import struct_pb2
 
 from mitosis.v1 import plan_pb2, task_pb2, task_service_pb2
 from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
+from tests.support.watch import each_event
 
 from .conftest import watch_all
 
@@ -20,7 +21,7 @@ async def create_waiting(stub: TaskServiceStub) -> Task:
             text="Write a guide to composting", require_approval=True
         )
     )
-    call = stub.WatchTask(task_service_pb2.WatchTaskRequest(task_id=task.task_id))
+    call = each_event(stub.WatchTask(task_service_pb2.WatchTaskRequest(task_id=task.task_id)))
     async for event in call:
         if event.task_state_changed.state == Task.STATE_AWAITING_APPROVAL:
             break

@@ -15,6 +15,7 @@ from mitosis.auth import KeyRing, KeysFileError, hash_key, is_loopback, key_line
 from mitosis.executor.server import Executor
 from mitosis.v1 import plan_pb2, task_pb2, task_service_pb2, task_service_pb2_grpc
 from tests.conftest import StartExecutor
+from tests.support.watch import WatchCall, each_event
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -110,7 +111,7 @@ async def finished(
     stub: task_service_pb2_grpc.TaskServiceStub, task_id: str, who: Metadata
 ) -> task_pb2.Task:
     request = task_service_pb2.WatchTaskRequest(task_id=task_id)
-    async for _ in stub.WatchTask(request, metadata=who, timeout=60):
+    async for _ in each_event(stub.WatchTask(request, metadata=who, timeout=60)):
         pass
     return await stub.GetTask(task_service_pb2.GetTaskRequest(task_id=task_id), metadata=who)
 
@@ -120,7 +121,7 @@ def every_call(stub: task_service_pb2_grpc.TaskServiceStub, task_id: str, who: M
 
     async def watch() -> None:
         request = task_service_pb2.WatchTaskRequest(task_id=task_id)
-        async for _ in stub.WatchTask(request, metadata=who, timeout=10):
+        async for _ in each_event(stub.WatchTask(request, metadata=who, timeout=10)):
             pass
 
     async def read() -> None:
@@ -249,14 +250,14 @@ async def test_watchers_per_task_are_limited(
 
 
 async def first_event(
-    call: grpc.aio.UnaryStreamCall[task_service_pb2.WatchTaskRequest, task_pb2.TaskEvent],
+    call: WatchCall,
 ) -> task_pb2.TaskEvent | grpc.StatusCode:
     """Return the stream's first event, or the status it ended with instead."""
     try:
-        event = await call.read()
+        event = await each_event(call).read()
     except grpc.aio.AioRpcError as error:
         return error.code()
-    assert isinstance(event, task_pb2.TaskEvent)
+    assert event is not None
     return event
 
 

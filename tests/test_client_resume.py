@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from mitosis.client import (
+    BOUNDED_STATE,
     RESUMABLE_CODES,
     Admission,
     AsyncClient,
@@ -39,6 +40,7 @@ from tests.fake_task_service import (
     Behaviour,
     EndAfter,
     FakeTaskService,
+    HoldLive,
     Replay,
     SkipAfter,
     StallAfter,
@@ -466,3 +468,58 @@ def test_sync_client_downloads_and_raises_mitosis_errors(
             list(client.watch("t", after_seq=N + 5))
     assert [p.name for p in paths] == ["outline.md", "report.md"]
     assert data == paths[0].read_bytes()
+
+
+# --- batches and bounded calls -------------------------------------------------------------
+
+
+async def test_a_stream_cut_after_a_batch_resumes_after_its_last_event(
+    fake: FakeTaskService, target: str
+) -> None:
+    fake.batch_size = 10
+    fake.script = [AbortAfter(15), EndAfter(3)]
+    async with AsyncClient(target, **FAST) as client:
+        assert await watch_seqs(client) == list(range(1, N + 1))
+    # Messages of 10 and 5 events arrived whole, then the cut: the resume asks from seq 15.
+    assert fake.watch_calls == [0, 15, 18]
+
+
+async def test_a_caller_that_stops_inside_a_batch_resumes_from_the_last_event_it_took(
+    fake: FakeTaskService, target: str
+) -> None:
+    fake.batch_size = 10
+    async with AsyncClient(target, **FAST) as client:
+        taken = []
+        async for event in client.watch("t"):
+            taken.append(event.seq)
+            if event.seq == 4:
+                break  # six more events of that message were received, never taken
+        rest = await watch_seqs(client, after_seq=taken[-1])
+    assert taken + rest == list(range(1, N + 1))
+    assert fake.watch_calls == [0, 4]
+
+
+async def test_a_path_that_holds_back_streams_is_watched_with_bounded_calls(
+    fake: FakeTaskService, target: str
+) -> None:
+    fake.script = [HoldLive(per_response=4)]
+    states: list[str] = []
+    async with AsyncClient(target, probe_timeout=0.2, bounded_wait=0.25, **FAST) as client:
+        seqs = [e.seq async for e in client.watch("t", on_state=states.append)]
+
+    assert seqs == list(range(1, N + 1))
+    live, *bounded = fake.watch_requests
+    assert not live.HasField("max_wait")
+    assert {r.max_wait.ToTimedelta().total_seconds() for r in bounded} == {0.25}
+    assert [r.after_seq for r in bounded] == list(range(0, N, 4))
+    assert BOUNDED_STATE in states
+    assert not any(state.startswith("reconnecting") for state in states)
+
+
+async def test_bounded_calls_can_be_asked_for_from_the_start(
+    fake: FakeTaskService, target: str
+) -> None:
+    fake.script = [HoldLive(per_response=20)]
+    async with AsyncClient(target, **FAST) as client:
+        assert [e.seq async for e in client.watch("t", bounded=True)] == list(range(1, N + 1))
+    assert all(r.HasField("max_wait") for r in fake.watch_requests)

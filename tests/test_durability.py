@@ -11,6 +11,7 @@ import pytest
 
 from mitosis.v1 import task_pb2, task_service_pb2
 from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
+from tests.support.watch import each_event
 
 from .processes import Service, start_service
 
@@ -49,7 +50,9 @@ async def test_kill_9_mid_task_resumes_with_every_event_exactly_once(
                     text="Write a short market brief on home solar batteries"
                 )
             )
-            call = stub.WatchTask(task_service_pb2.WatchTaskRequest(task_id=task.task_id))
+            call = each_event(
+                stub.WatchTask(task_service_pb2.WatchTaskRequest(task_id=task.task_id))
+            )
             pages_seen = 0
             async for event in call:
                 if event.HasField("heartbeat"):
@@ -69,7 +72,7 @@ async def test_kill_9_mid_task_resumes_with_every_event_exactly_once(
             request = task_service_pb2.WatchTaskRequest(
                 task_id=task.task_id, after_seq=received[-1].seq
             )
-            async for event in stub.WatchTask(request, timeout=60):
+            async for event in each_event(stub.WatchTask(request, timeout=60)):
                 if not event.HasField("heartbeat"):
                     received.append(event)
             final = await stub.GetTask(task_service_pb2.GetTaskRequest(task_id=task.task_id))
@@ -98,7 +101,8 @@ async def test_sigterm_stops_gracefully_and_the_task_resumes(
         task = await stub.CreateTask(
             task_service_pb2.CreateTaskRequest(text="Write a guide to composting")
         )
-        async for event in stub.WatchTask(task_service_pb2.WatchTaskRequest(task_id=task.task_id)):
+        watch = stub.WatchTask(task_service_pb2.WatchTaskRequest(task_id=task.task_id))
+        async for event in each_event(watch):
             if event.HasField("page_delta"):
                 break
     assert executor.stop(signal.SIGTERM) == 0
@@ -109,8 +113,10 @@ async def test_sigterm_stops_gracefully_and_the_task_resumes(
             stub = TaskServiceStub(channel)
             events = [
                 e
-                async for e in stub.WatchTask(
-                    task_service_pb2.WatchTaskRequest(task_id=task.task_id), timeout=60
+                async for e in each_event(
+                    stub.WatchTask(
+                        task_service_pb2.WatchTaskRequest(task_id=task.task_id), timeout=60
+                    )
                 )
                 if not e.HasField("heartbeat")
             ]

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import http.client
 import json
-import socket
-import struct
 import subprocess
 import sys
 from collections.abc import AsyncIterable, AsyncIterator
@@ -20,7 +17,6 @@ from urllib.parse import unquote
 
 import grpc
 import pytest
-from google.protobuf import message
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -36,15 +32,17 @@ from mitosis.gateway import (
     write_config,
 )
 from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
+from tests.support.watch import each_event
 
 from . import gateway as harness
 from .conftest import StartExecutor, watch_all
 from .gateway import ALLOWED_ORIGIN, Gateway, start_gateway, start_gateway_async
 from .processes import BIN
+from .support.grpc_web import SERVICE, fetch, grpc_web_call, grpc_web_frame
+from .support.ports import free_port
 
 gateway = harness.gateway  # the fixture, as conftest may re-export it
 TaskServiceStub = task_service_pb2_grpc.TaskServiceStub
-SERVICE = "/mitosis.v1.TaskService"
 EVIL_ORIGIN = "http://evil.example"
 SUCCEEDED = task_pb2.Task.STATE_SUCCEEDED
 CANCELLED = task_pb2.Task.STATE_CANCELLED
@@ -98,85 +96,10 @@ async def hanging_planner() -> AsyncIterator[str]:
     await server.stop(None)
 
 
-def free_port() -> int:
-    """A port nothing listens on (for a gateway whose executor is never asked)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def fetch(
-    port: int,
-    method: str,
-    path: str,
-    *,
-    body: bytes | None = None,
-    headers: dict[str, str] | None = None,
-) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP/1.1 request (blocking): status, lower-cased headers, body."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        connection.request(method, path, body=body, headers=headers or {})
-        response = connection.getresponse()
-        data = response.read()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
-    finally:
-        connection.close()
-
-
-def grpc_web_frame(data: bytes, flags: int = 0) -> bytes:
-    """One gRPC(-Web) frame: flags, big-endian length, data."""
-    return bytes([flags]) + struct.pack(">I", len(data)) + data
-
-
-def grpc_web_call(
-    port: int,
-    method: str,
-    request: message.Message | bytes,
-    origin: str | None = None,
-    *,
-    headers: dict[str, str] | None = None,
-) -> tuple[int, dict[str, str], list[bytes], dict[str, str]]:
-    """A gRPC-Web call as a browser makes it: status, headers, messages, trailers.
-
-    `request` bytes are sent as the body as they are (a test's own, maybe malformed, frames).
-    """
-    body = request if isinstance(request, bytes) else grpc_web_frame(request.SerializeToString())
-    sent = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1", **(headers or {})}
-    if origin is not None:
-        sent["origin"] = origin
-    status, response_headers, data = fetch(
-        port, "POST", f"{SERVICE}/{method}", body=body, headers=sent
-    )
-    messages, trailers = parse_grpc_web(data)
-    return status, response_headers, messages, trailers
-
-
 def grpc_status(headers: dict[str, str], trailers: dict[str, str]) -> tuple[str, str]:
     """The gRPC status and message of a gRPC-Web answer (trailers-only or not)."""
     status = headers.get("grpc-status") or trailers.get("grpc-status", "")
     return status, unquote(headers.get("grpc-message") or trailers.get("grpc-message", ""))
-
-
-def parse_grpc_web(body: bytes) -> tuple[list[bytes], dict[str, str]]:
-    """Split a gRPC-Web body into its messages and its trailer frame (flag 0x80)."""
-    messages: list[bytes] = []
-    trailers: dict[str, str] = {}
-    offset = 0
-    while offset < len(body):
-        flag = body[offset]
-        (length,) = struct.unpack(">I", body[offset + 1 : offset + 5])
-        payload = body[offset + 5 : offset + 5 + length]
-        assert len(payload) == length, "truncated gRPC-Web frame"
-        offset += 5 + length
-        if flag & 0x80:
-            for line in payload.decode().split("\r\n"):
-                if line:
-                    name, _, value = line.partition(":")
-                    trailers[name.strip().lower()] = value.strip()
-        else:
-            messages.append(payload)
-    return messages, trailers
 
 
 def assert_gapless_to_the_end(events: list[task_pb2.TaskEvent], state: int = SUCCEEDED) -> None:
@@ -190,7 +113,7 @@ def is_heartbeat(event: task_pb2.TaskEvent) -> bool:
     return event.WhichOneof("kind") == "heartbeat"
 
 
-async def drain(call: AsyncIterable[task_pb2.TaskEvent]) -> None:
+async def drain(call: AsyncIterable[object]) -> None:
     async for _ in call:
         pass
 
@@ -389,7 +312,7 @@ async def test_a_grpc_web_server_stream_delivers_every_event_and_ok(gateway: Gat
 
     assert status == 200
     assert headers["content-type"].startswith("application/grpc-web")
-    events = [task_pb2.TaskEvent.FromString(m) for m in messages]
+    events = [e for m in messages for e in task_service_pb2.WatchTaskResponse.FromString(m).events]
     assert_gapless_to_the_end([e for e in events if not is_heartbeat(e)])
     assert trailers["grpc-status"] == "0"
 
@@ -580,7 +503,7 @@ async def test_a_stream_outlives_envoys_default_route_timeout(
             task = await stub.CreateTask(task_service_pb2.CreateTaskRequest(text="hello"))
             opened = loop.time()
             call = stub.WatchTask(task_service_pb2.WatchTaskRequest(task_id=task.task_id))
-            events = [event async for event in call if not is_heartbeat(event)]
+            events = [event async for event in each_event(call) if not is_heartbeat(event)]
             lasted = loop.time() - opened
             assert await call.code() == grpc.StatusCode.OK
     finally:
@@ -617,15 +540,16 @@ async def test_heartbeats_keep_a_quiet_stream_open_past_the_idle_timeout(
             stub = TaskServiceStub(beating_channel)
             task = await stub.CreateTask(task_service_pb2.CreateTaskRequest(text="hello"))
             call = stub.WatchTask(task_service_pb2.WatchTaskRequest(task_id=task.task_id))
+            reader = each_event(call)
             opened = loop.time()
             heartbeats = 0
             while loop.time() - opened < 2.5 * idle_timeout_s:
-                event = await asyncio.wait_for(call.read(), 10)
-                assert isinstance(event, task_pb2.TaskEvent), "the stream ended"
+                event = await asyncio.wait_for(reader.read(), 10)
+                assert event is not None, "the stream ended"
                 heartbeats += is_heartbeat(event)
             await stub.CancelTask(task_service_pb2.CancelTaskRequest(task_id=task.task_id))
             rest = []
-            while isinstance(event := await asyncio.wait_for(call.read(), 10), task_pb2.TaskEvent):
+            while (event := await asyncio.wait_for(reader.read(), 10)) is not None:
                 rest.append(event)
             assert rest[-1].task_state_changed.state == CANCELLED
             assert await call.code() == grpc.StatusCode.OK

@@ -25,6 +25,7 @@ from mitosis.cli.progress import TaskProgress
 from mitosis.executor.server import Executor
 from mitosis.projection import MAX_UNSEEN, TERMINAL_STATES
 from mitosis.v1 import plan_pb2, task_pb2, task_service_pb2
+from tests.support.watch import each_event
 
 from .conftest import watch_all
 from .processes import BIN
@@ -88,7 +89,7 @@ pass on."""
 
 async def until_awaiting_approval(stub: TaskServiceStub, task_id: str) -> None:
     request = task_service_pb2.WatchTaskRequest(task_id=task_id)
-    async for event in stub.WatchTask(request, timeout=30):
+    async for event in each_event(stub.WatchTask(request, timeout=30)):
         state = event.task_state_changed.state
         assert state not in TERMINAL_STATES
         if state == Task.STATE_AWAITING_APPROVAL:

@@ -37,6 +37,7 @@ from mitosis.v1 import (
 from mitosis.v1.planner_service_pb2_grpc import PlannerServiceStub
 from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
 from mitosis.validation import MAX_PLAN_STEPS, MAX_TASK_TEXT_BYTES
+from tests.support.watch import each_event
 
 from .conftest import watch_all
 
@@ -416,7 +417,7 @@ def escapes(path: str) -> bool:
 async def until_awaiting_approval(services: Services, task_id: str) -> None:
     """Wait until the task's plan waits for approval."""
     request = task_service_pb2.WatchTaskRequest(task_id=task_id)
-    async for event in services.tasks.WatchTask(request, timeout=CALL_TIMEOUT):
+    async for event in each_event(services.tasks.WatchTask(request, timeout=CALL_TIMEOUT)):
         state = event.task_state_changed.state
         if state == Task.STATE_AWAITING_APPROVAL:
             return
@@ -522,7 +523,8 @@ async def test_watch_replays_a_finished_task_from_any_after_seq(
         assert_answered(outcome, {OUT_OF_RANGE})
     else:
         assert_answered(outcome, {OK})
-        seqs = [e.seq for e in outcome.response if e.WhichOneof("kind") != "heartbeat"]
+        events = [e for message in outcome.response for e in message.events]
+        seqs = [e.seq for e in events if e.WhichOneof("kind") != "heartbeat"]
         assert seqs == list(range(after_seq + 1, task.last_seq + 1))
 
 

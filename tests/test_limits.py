@@ -16,10 +16,11 @@ from mitosis.executor.hub import EventHub
 from mitosis.executor.planned_agent import PlannedToolAgent
 from mitosis.executor.runner import RunnerConfig, TaskRunner
 from mitosis.executor.sqlite_store import SqliteStore
-from mitosis.executor.watch import watch_events
+from mitosis.executor.watch import watch_batches
 from mitosis.models.offline import OfflineModel
 from mitosis.v1 import plan_pb2, task_pb2
 from tests.sandbox_checks import processes_with
+from tests.support.watch import flat
 from tests.test_runner import ScriptedPlanner, python_step
 
 Task = task_pb2.Task
@@ -64,7 +65,9 @@ async def run_to_end(
     await store.create_task(task)
     runner.start(TASK_ID)
     events = [
-        e async for e in watch_events(store, hub, TASK_ID, 0, 5) if not e.HasField("heartbeat")
+        e
+        async for e in flat(watch_batches(store, hub, TASK_ID, 0, 5))
+        if not e.HasField("heartbeat")
     ]
     ended = await store.get_task(TASK_ID)
     assert ended is not None

@@ -15,6 +15,7 @@ from mitosis.planner.server import parse_args as parse_planner_args
 from mitosis.planner.server import start_planner
 from mitosis.v1 import task_pb2, task_service_pb2
 from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
+from tests.support.watch import each_event
 
 from .conftest import watch_all
 from .fake_openai import (
@@ -221,7 +222,7 @@ async def test_cancel_during_a_model_stream_closes_it(
     )
     task = await stub.CreateTask(task_service_pb2.CreateTaskRequest(text="Write a long brief"))
     call = stub.WatchTask(task_service_pb2.WatchTaskRequest(task_id=task.task_id))
-    async for event in call:
+    async for event in each_event(call):
         if event.HasField("page_delta"):
             break
     call.cancel()

@@ -19,6 +19,7 @@ from mitosis.models.offline import OfflineModel
 from mitosis.projection import TERMINAL_STATES, apply_event, is_terminal_event
 from mitosis.v1 import task_pb2, task_service_pb2
 from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
+from tests.support.watch import each_event
 
 from .conftest import StartExecutor, watch_all
 from .redis_server import RedisServer
@@ -44,7 +45,7 @@ async def test_a_task_runs_on_redis_and_resumes_after_a_restart(
         )
         seen: list[task_pb2.TaskEvent] = []
         call = stub.WatchTask(task_service_pb2.WatchTaskRequest(task_id=task.task_id))
-        async for event in call:
+        async for event in each_event(call):
             if not event.HasField("heartbeat"):
                 seen.append(event)
             if event.HasField("page_delta"):
@@ -76,7 +77,7 @@ async def watch_reconnecting(
             after = events[-1].seq if events else 0
             request = task_service_pb2.WatchTaskRequest(task_id=task_id, after_seq=after)
             try:
-                async for event in stub.WatchTask(request, timeout=120):
+                async for event in each_event(stub.WatchTask(request, timeout=120)):
                     if not event.HasField("heartbeat"):
                         events.append(event)
             except grpc.aio.AioRpcError as error:
@@ -117,7 +118,7 @@ async def test_a_task_finishes_and_is_watched_exactly_once_across_a_redis_restar
             for e, b in zip((running, other), breaks, strict=True)
         ]
         request = task_service_pb2.WatchTaskRequest(task_id=created.task_id)
-        async for event in stub.WatchTask(request):
+        async for event in each_event(stub.WatchTask(request)):
             if event.HasField("page_delta"):
                 break  # the task is writing its document
 

@@ -17,10 +17,11 @@ from mitosis.executor.planned_agent import PlannedToolAgent
 from mitosis.executor.planner_client import PlanError
 from mitosis.executor.runner import RunnerConfig, TaskRunner
 from mitosis.executor.sqlite_store import SqliteStore
-from mitosis.executor.watch import watch_events
+from mitosis.executor.watch import watch_batches
 from mitosis.models.offline import OfflineModel
 from mitosis.v1 import plan_pb2, task_pb2
 from tests.sandbox_checks import processes_with
+from tests.support.watch import flat
 
 Task = task_pb2.Task
 Step = task_pb2.Step
@@ -86,7 +87,8 @@ async def events_of(
     parts: tuple[SqliteStore, EventHub, EventLog], task_id: str
 ) -> list[task_pb2.TaskEvent]:
     store, hub, _ = parts
-    return [e async for e in watch_events(store, hub, task_id, 0, 5) if not e.HasField("heartbeat")]
+    events = flat(watch_batches(store, hub, task_id, 0, 5))
+    return [e async for e in events if not e.HasField("heartbeat")]
 
 
 async def test_a_failing_step_is_retried_once_then_fails_the_task(parts, tmp_path: Path) -> None:
@@ -156,7 +158,7 @@ async def test_cancel_kills_the_running_python_and_its_children(parts, tmp_path:
     )
     runner, task_id = await run_task(parts, tmp_path, ScriptedPlanner(python_step(code)))
     store, hub, _ = parts
-    async for event in watch_events(store, hub, task_id, 0, 5):
+    async for event in flat(watch_batches(store, hub, task_id, 0, 5)):
         if event.log_line.source == task_pb2.LogLine.SOURCE_STDOUT:
             assert event.log_line.text == "started"
             break

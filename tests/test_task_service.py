@@ -12,6 +12,7 @@ import pytest
 from mitosis.executor.server import Executor
 from mitosis.v1 import task_pb2, task_service_pb2
 from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
+from tests.support.watch import each_event
 
 from .conftest import StartExecutor, watch_all
 
@@ -144,7 +145,7 @@ async def test_a_stream_dropped_at_random_points_resumes_exactly_once(
             call = stub.WatchTask(request)
             budget = rng.randint(1, 8)
             ended = False
-            async for event in call:
+            async for event in each_event(call):
                 if event.HasField("heartbeat"):
                     continue
                 received.append(event.seq)
@@ -190,7 +191,7 @@ async def test_cancel_stops_the_task_and_watchers_see_the_end(
         task = await create(stub)
         call = stub.WatchTask(task_service_pb2.WatchTaskRequest(task_id=task.task_id))
         seen = 0
-        async for event in call:
+        async for event in each_event(call):
             seen = max(seen, event.seq)
             if event.HasField("page_delta"):
                 break
@@ -314,15 +315,17 @@ async def test_a_watcher_that_stops_reading_blocks_neither_the_task_nor_others(
     async with grpc.aio.insecure_channel(f"127.0.0.1:{executor.port}") as channel:
         stub = TaskServiceStub(channel)
         task = await create(stub)
-        stalled = stub.WatchTask(task_service_pb2.WatchTaskRequest(task_id=task.task_id))
+        stalled = each_event(
+            stub.WatchTask(task_service_pb2.WatchTaskRequest(task_id=task.task_id))
+        )
         first = await stalled.read()  # then reads nothing until the task has ended
-        while first.HasField("heartbeat"):
+        while first is not None and first.HasField("heartbeat"):
             first = await stalled.read()
 
         fast = await watch_all(stub, task.task_id)
         final = await stub.GetTask(task_service_pb2.GetTaskRequest(task_id=task.task_id))
         rest = []
-        while (event := await stalled.read()) != grpc.aio.EOF:
+        while (event := await stalled.read()) is not None:
             if not event.HasField("heartbeat"):
                 rest.append(event)
 

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,10 +14,16 @@ from mitosis.errors import InvalidArgument, NotFound, OutOfRange
 from mitosis.executor.eventlog import EventLog
 from mitosis.executor.hub import EventHub
 from mitosis.executor.sqlite_store import SqliteStore
-from mitosis.executor.watch import watch_events
+from mitosis.executor.watch import MAX_MESSAGE_BYTES, MAX_MESSAGE_EVENTS, split, watch_batches
 from mitosis.v1 import task_pb2
+from tests.support.watch import flat
 
 Event = task_pb2.TaskEvent
+
+
+def watch_events(*args: Any, **kwargs: Any) -> AsyncIterator[Event]:
+    """The watch's events one by one, whatever batches they came in."""
+    return flat(watch_batches(*args, **kwargs))
 
 
 @pytest.fixture
@@ -178,3 +185,125 @@ async def read_into(events: list[Event], stream: AsyncIterator[Event]) -> None:
     """Append what the stream yields to `events` until it ends or fails."""
     async for event in stream:
         events.append(event)
+
+
+# --- batches, the first message, the bounded form -------------------------------------------
+
+
+async def test_a_backlog_comes_many_events_to_a_message(store: SqliteStore) -> None:
+    hub = EventHub()
+    task_id = await new_task(store)
+    await store.append(task_id, [line(str(n)) for n in range(2499)])
+    await store.append(task_id, [end()])
+
+    batches = [batch async for batch in watch_batches(store, hub, task_id, 0, 5)]
+
+    assert [len(batch) for batch in batches] == [MAX_MESSAGE_EVENTS, MAX_MESSAGE_EVENTS, 500]
+    assert [e.seq for batch in batches for e in batch] == list(range(1, 2501))
+
+
+def test_a_message_is_cut_by_size_as_well_as_by_count() -> None:
+    big = [line("x" * 300_000) for _ in range(7)]
+
+    batches = split(big)
+
+    assert [len(batch) for batch in batches] == [3, 3, 1]
+    assert all(sum(e.ByteSize() for e in batch) <= MAX_MESSAGE_BYTES for batch in batches)
+
+
+async def test_a_live_watch_sends_its_first_message_at_once(store: SqliteStore) -> None:
+    """So a client can tell a path that streams from one that holds responses back."""
+    hub = EventHub()
+    task_id = await new_task(store)
+    await EventLog(store, hub).append(task_id, line("a"), line("b"))
+
+    watch = watch_batches(store, hub, task_id, 2, heartbeat_interval=3600)
+    first = await asyncio.wait_for(anext(watch), 10)  # not after the hour-long interval
+
+    assert [e.WhichOneof("kind") for e in first] == ["heartbeat"]
+    assert first[0].seq == 2
+    await watch.aclose()
+
+
+async def test_events_appended_together_reach_a_live_watcher_in_one_message(
+    store: SqliteStore,
+) -> None:
+    hub = EventHub()
+    log = EventLog(store, hub)
+    task_id = await new_task(store)
+    watch = watch_batches(store, hub, task_id, 0, heartbeat_interval=5)
+    assert (await anext(watch))[0].HasField("heartbeat")
+
+    await log.append(task_id, line("a"), line("b"), line("c"))
+
+    assert [e.seq for e in await anext(watch)] == [1, 2, 3]
+    await watch.aclose()
+
+
+async def test_a_bounded_watch_ends_max_wait_after_its_first_event(store: SqliteStore) -> None:
+    hub = EventHub()
+    log = EventLog(store, hub)
+    task_id = await new_task(store)
+    watch = watch_batches(store, hub, task_id, 0, heartbeat_interval=3600, max_wait=0.2)
+    waiting = asyncio.create_task(anext(watch))
+    await asyncio.sleep(0)  # the watch subscribes and finds nothing to send yet
+    assert not waiting.done()
+
+    await log.append(task_id, line("a"))
+    first = await asyncio.wait_for(waiting, 10)
+    await log.append(task_id, line("b"))
+    rest = [batch async for batch in watch]  # ends with no terminal event: time is up
+
+    assert [e.seq for e in first] == [1]
+    assert [e.seq for batch in rest for e in batch] == [2]
+
+
+async def test_a_bounded_watch_of_a_quiet_task_ends_on_one_heartbeat(store: SqliteStore) -> None:
+    hub = EventHub()
+    task_id = await new_task(store)
+    await EventLog(store, hub).append(task_id, line("a"))
+
+    batches = [
+        batch
+        async for batch in watch_batches(
+            store, hub, task_id, 1, heartbeat_interval=0.05, max_wait=10
+        )
+    ]
+
+    assert [[e.WhichOneof("kind") for e in batch] for batch in batches] == [["heartbeat"]]
+
+
+async def test_bounded_watches_one_after_another_see_each_event_once(store: SqliteStore) -> None:
+    hub = EventHub()
+    log = EventLog(store, hub)
+    task_id = await new_task(store)
+
+    async def produce() -> None:
+        for n in range(200):
+            await log.append(task_id, line(str(n)))
+            if n % 10 == 0:
+                await asyncio.sleep(0.01)
+        await log.append(task_id, end())
+
+    producer = asyncio.create_task(produce())
+    seen: list[int] = []
+    calls = 0
+    while not seen or seen[-1] != 201:
+        calls += 1
+        watch = watch_batches(
+            store, hub, task_id, seen[-1] if seen else 0, heartbeat_interval=5, max_wait=0.05
+        )
+        seen += [e.seq async for e in flat(watch) if not e.HasField("heartbeat")]
+    await producer
+
+    assert seen == list(range(1, 202))
+    assert calls > 1
+
+
+@pytest.mark.parametrize("max_wait", [0.01, 31.0, -1.0])
+async def test_a_bounded_wait_out_of_range_is_refused(store: SqliteStore, max_wait: float) -> None:
+    hub = EventHub()
+    task_id = await new_task(store)
+
+    with pytest.raises(InvalidArgument, match=r"max_wait must be from 0\.05 s to 30 s"):
+        await anext(watch_batches(store, hub, task_id, 0, 5, max_wait=max_wait))

@@ -6,7 +6,7 @@ the last `seq` delivered whenever a stream breaks, so each event arrives once an
 (environment, then ~/.config/mitosis/config.toml); `Client.from_settings(...)` uses them.
 """
 
-from mitosis.client.aio import RESUMABLE_CODES, AsyncClient, StateCallback
+from mitosis.client.aio import BOUNDED_STATE, RESUMABLE_CODES, AsyncClient, StateCallback
 from mitosis.client.artifacts import artifact_destination
 from mitosis.client.errors import (
     AlreadyExistsError,
@@ -40,6 +40,7 @@ from mitosis.client.settings import ClientSettings
 from mitosis.client.sync import Client
 
 __all__ = [
+    "BOUNDED_STATE",
     "RESUMABLE_CODES",
     "TERMINAL_STATES",
     "Admission",

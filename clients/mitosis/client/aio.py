@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncGenerator, Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -37,7 +38,8 @@ _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
 
 StateCallback = Callable[[str], None]
-"""Told about the watch's connection: "connecting", "live", "reconnecting (attempt N, ...)"."""
+"""Told about the watch's connection: "connecting", "live", "live (bounded calls: ...)",
+"reconnecting (attempt N, ...)"."""
 
 # Codes after which a watch resumes. The watch sets no deadline, so DEADLINE_EXCEEDED can
 # only come from a proxy's route timeout; CANCELLED here was not caused by us.
@@ -74,6 +76,14 @@ class _StreamEndedError(_StreamBrokenError):
     """The watch stream ended with OK before a terminal event was delivered."""
 
 
+class _FirstMessageLateError(_StreamBrokenError):
+    """A live watch's first message did not come in time: the path may buffer responses."""
+
+
+BOUNDED_STATE = "live (bounded calls: the network path holds back streamed responses)"
+"""The watch state once it has switched to bounded calls."""
+
+
 class AsyncClient:
     """A client of TaskService on grpc.aio. Use it as an async context manager, or close() it."""
 
@@ -88,6 +98,8 @@ class AsyncClient:
         tls_ca: Path | str | None = None,
         stall_timeout: float = 35.0,
         call_timeout: float = 10.0,
+        probe_timeout: float = 3.0,
+        bounded_wait: float = 0.5,
         rand: Callable[[], float] = random.random,
     ) -> None:
         """Prepare a client of the TaskService at `target` ("host:port"); connects lazily.
@@ -97,7 +109,9 @@ class AsyncClient:
         the channel TLS; without it the channel is plain text (h2c). `reconnect_deadline`
         bounds, in seconds, how long a watch keeps failing to reconnect (None: forever) and
         how long unary calls retry UNAVAILABLE (None: `call_timeout`). `stall_timeout` is how
-        long a watch may receive nothing, not even a heartbeat.
+        long a watch may receive nothing, not even a heartbeat. A live watch whose first
+        message takes longer than `probe_timeout` while the server answers GetTask goes on
+        with bounded calls that end `bounded_wait` seconds after their first event.
         """
         self.target = target
         self._max_reconnect_wait = max_reconnect_wait
@@ -109,6 +123,8 @@ class AsyncClient:
         self._credentials = None if tls_ca is None else tls_credentials(Path(tls_ca))
         self._stall_timeout = stall_timeout
         self._call_timeout = call_timeout
+        self._probe_timeout = probe_timeout
+        self._bounded_wait = bounded_wait
         self._rand = rand
         self._channel: grpc.aio.Channel | None = None
         self._stub: TaskServiceAsyncStub | None = None
@@ -210,6 +226,7 @@ class AsyncClient:
         *,
         include_heartbeats: bool = False,
         on_state: StateCallback | None = None,
+        bounded: bool = False,
     ) -> AsyncGenerator[task_pb2.TaskEvent, None]:
         """Yield the task's events with `seq > after_seq`, each once and in order, to the end.
 
@@ -217,6 +234,12 @@ class AsyncClient:
         the last `seq` delivered; stops after the terminal event. Raises a MitosisError for
         errors that a retry cannot fix, and UnavailableError when reconnecting has failed for
         longer than `reconnect_deadline`.
+
+        A path that holds back a live stream (a proxy that buffers whole responses) is found
+        out by itself: when a live call's first message has not come within `probe_timeout`
+        while GetTask answers, the watch goes on with bounded calls (`bounded=True` starts
+        with them), each a response that ends `bounded_wait` after its first event, and
+        `on_state` says "live (bounded calls: ...)".
         """
         loop = asyncio.get_running_loop()
         cursor = SeqCursor(after_seq)
@@ -226,26 +249,38 @@ class AsyncClient:
         attempt = 0
         while True:
             report("connecting")
-            request = task_service_pb2.WatchTaskRequest(task_id=task_id, after_seq=cursor.last)
-            call = self._service().WatchTask(request, metadata=self._metadata)
+            call = self._service().WatchTask(
+                self._watch_request(task_id, cursor.last, bounded), metadata=self._metadata
+            )
+            received = False
             try:
                 while True:
-                    event = await self._next_event(call)
-                    report("live")
+                    probing = not (received or bounded)
+                    message = await self._next_message(call, probing)
+                    received = True
+                    report(BOUNDED_STATE if bounded else "live")
                     failing_since, attempt = None, 0
-                    admission = cursor.admit(event)
-                    if admission is Admission.NEW:
-                        backoff.reset()
-                        yield event
-                        if is_terminal(event):
-                            return
-                    elif admission is Admission.HEARTBEAT and include_heartbeats:
-                        yield event
+                    for event in message.events:
+                        admission = cursor.admit(event)
+                        if admission is Admission.NEW:
+                            backoff.reset()
+                            yield event
+                            if is_terminal(event):
+                                return
+                        elif admission is Admission.HEARTBEAT and include_heartbeats:
+                            yield event
             except grpc.aio.AioRpcError as error:
                 if error.code() not in RESUMABLE_CODES:
                     raise error_from_rpc(error) from None
                 reason = f"{error.code().name}: {error.details()}"
+            except _FirstMessageLateError as late:
+                if await self._answers(task_id):
+                    bounded = True  # the server answers, the stream does not: the path buffers
+                    continue
+                reason = str(late)
             except _StreamEndedError as ended:
+                if bounded and received:
+                    continue  # a bounded response ends by design: ask again from the cursor
                 # The server ends at once when the caller has seen the terminal event already.
                 if await self._has_ended_by(task_id, cursor.last):
                     return
@@ -269,6 +304,22 @@ class AsyncClient:
             report(f"reconnecting (attempt {attempt}, waiting {delay:.1f} s: {reason})")
             await asyncio.sleep(delay)
 
+    def _watch_request(
+        self, task_id: str, after_seq: int, bounded: bool
+    ) -> task_service_pb2.WatchTaskRequest:
+        request = task_service_pb2.WatchTaskRequest(task_id=task_id, after_seq=after_seq)
+        if bounded:
+            request.max_wait.FromTimedelta(timedelta(seconds=self._bounded_wait))
+        return request
+
+    async def _answers(self, task_id: str) -> bool:
+        """Return True if a unary call reaches the server now."""
+        try:
+            await self.get_task(task_id)
+        except (UnavailableError, DeadlineExceededError):
+            return False
+        return True
+
     async def _has_ended_by(self, task_id: str, seq: int) -> bool:
         """Return True if the task has ended and its log holds nothing after `seq`."""
         try:
@@ -277,18 +328,28 @@ class AsyncClient:
             return False  # cannot tell now; the resume will ask again
         return task.state in TERMINAL_STATES and task.last_seq <= seq
 
-    async def _next_event(
-        self, call: grpc.aio.UnaryStreamCall[task_service_pb2.WatchTaskRequest, task_pb2.TaskEvent]
-    ) -> task_pb2.TaskEvent:
-        """Read one message; a stall or an end of stream is a _StreamBrokenError."""
+    async def _next_message(
+        self,
+        call: grpc.aio.UnaryStreamCall[
+            task_service_pb2.WatchTaskRequest, task_service_pb2.WatchTaskResponse
+        ],
+        probing: bool,
+    ) -> task_service_pb2.WatchTaskResponse:
+        """Read one message; a stall or an end of stream is a _StreamBrokenError.
+
+        `probing`: the first message of a live call, which the server sends at once.
+        """
+        wait = self._probe_timeout if probing else self._stall_timeout
         try:
-            async with asyncio.timeout(self._stall_timeout):
+            async with asyncio.timeout(wait):
                 message = await call.read()
         except TimeoutError:
+            if probing:
+                raise _FirstMessageLateError(f"no first message within {wait:g} s") from None
             raise _StreamBrokenError(
-                f"nothing received for {self._stall_timeout:g} s, not even a heartbeat"
+                f"nothing received for {wait:g} s, not even a heartbeat"
             ) from None
-        if not isinstance(message, task_pb2.TaskEvent):  # grpc.aio.EOF
+        if not isinstance(message, task_service_pb2.WatchTaskResponse):  # grpc.aio.EOF
             raise _StreamEndedError("the stream ended before the task's final event")
         return message
 

@@ -36,6 +36,8 @@ class Client:
         tls_ca: Path | str | None = None,
         stall_timeout: float = 35.0,
         call_timeout: float = 10.0,
+        probe_timeout: float = 3.0,
+        bounded_wait: float = 0.5,
         rand: Callable[[], float] = random.random,
     ) -> None:
         """Start the background loop; see AsyncClient for the arguments."""
@@ -48,6 +50,8 @@ class Client:
             tls_ca=tls_ca,
             stall_timeout=stall_timeout,
             call_timeout=call_timeout,
+            probe_timeout=probe_timeout,
+            bounded_wait=bounded_wait,
             rand=rand,
         )
         self._loop = asyncio.new_event_loop()
@@ -118,14 +122,18 @@ class Client:
         *,
         include_heartbeats: bool = False,
         on_state: StateCallback | None = None,
+        bounded: bool = False,
     ) -> Generator[task_pb2.TaskEvent, None, None]:
-        """Yield the task's events with `seq > after_seq`, each once and in order, to the end."""
+        """Yield the task's events with `seq > after_seq`, each once and in order, to the end.
+
+        See AsyncClient.watch, bounded calls included."""
         inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         events = self._aio.watch(
             task_id,
             after_seq,
             include_heartbeats=include_heartbeats,
             on_state=None if on_state is None else lambda state: inbox.put(("state", state)),
+            bounded=bounded,
         )
         return self._iterate(events, inbox, on_state)
 

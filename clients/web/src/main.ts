@@ -1,13 +1,14 @@
 // The Mitosis UI: a header with the connection state, the sidebar (new task, earlier
 // tasks) and the open task, routed by the URL (`/` and `/tasks/<id>`).
 
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { createTaskClient, type TaskClient } from "./api";
 import { KeyKeeper, keyInterceptor, type KeyStorage } from "./apikey";
 import { h, setText } from "./dom";
 import type { Task_State } from "./gen/mitosis/v1/task_pb";
 import { Sidebar } from "./sidebar";
 import { KeyDialog } from "./keydialog";
-import { describeError, TaskStream, type ConnectionState } from "./stream";
+import { describeError, eachEvent, TaskStream, type ConnectionState } from "./stream";
 import { TaskView, type DebugHook } from "./taskview";
 
 declare global {
@@ -93,7 +94,7 @@ class ConnectionIndicator {
       case "connecting":
         return s.attempt > 1 ? `connecting (attempt ${s.attempt})` : "connecting";
       case "live":
-        return "live";
+        return s.bounded ? "live (bounded calls)" : "live";
       case "reconnecting": {
         const seconds = Math.max(0, Math.ceil((s.at - Date.now()) / 1000));
         return `reconnecting in ${seconds} s (attempt ${s.attempt})`;
@@ -113,6 +114,9 @@ class ConnectionIndicator {
     setText(this.label, this.text());
     let detail = "";
     if (s.kind === "reconnecting") detail = s.reason;
+    else if (s.kind === "live" && s.bounded) {
+      detail = "a proxy on the way holds back streamed responses: asking for news every half second";
+    }
     else if (s.kind === "offline") detail = "waiting for the network";
     else if (s.kind === "error") detail = s.message;
     setText(this.detail, detail);
@@ -301,11 +305,17 @@ class App {
 
     let usedKey: string | undefined;
     const stream = new TaskStream({
-      watch: (afterSeq, signal, onHeader) => {
+      watch: (afterSeq, signal, onHeader, maxWaitMs) => {
         if (debug) debug.connections += 1;
         usedKey = this.keys.current();
-        return this.client.watchTask({ taskId, afterSeq }, { signal, onHeader, timeoutMs: 0 });
+        const maxWait = maxWaitMs === undefined ? undefined : durationFromMs(maxWaitMs);
+        const request = { taskId, afterSeq, ...(maxWait ? { maxWait } : {}) };
+        return eachEvent(this.client.watchTask(request, { signal, onHeader, timeoutMs: 0 }));
       },
+      answers: () => this.client.getTask({ taskId }).then(
+        () => true,
+        () => false,
+      ),
       onUnauthenticated: async (reason) =>
         (await this.keys.refused(reason, usedKey)) !== undefined,
       onEvent: (event) => view.push(event),

@@ -49,15 +49,19 @@ function harness(
     watchdogMs?: number;
     initialBackoffMs?: number;
     onUnauthenticated?: (reason: string) => Promise<boolean>;
+    probeMs?: number;
+    answers?: () => Promise<boolean>;
   } = {},
 ) {
   const applied: number[] = [];
   const states: ConnectionState[] = [];
   const requests: bigint[] = [];
+  const maxWaits: (number | undefined)[] = [];
   let duplicates = 0;
   const stream = new TaskStream({
-    watch: (afterSeq, signal, onHeader) => {
+    watch: (afterSeq, signal, onHeader, maxWaitMs) => {
       requests.push(afterSeq);
+      maxWaits.push(maxWaitMs);
       const script = scripts.shift();
       if (!script) throw new Error("no more scripted connections");
       return (async function* () {
@@ -75,8 +79,11 @@ function harness(
     maxBackoffMs: Math.max(40, options.initialBackoffMs ?? 0),
     random: () => 0.5,
     ...(options.onUnauthenticated ? { onUnauthenticated: options.onUnauthenticated } : {}),
+    ...(options.probeMs ? { probeMs: options.probeMs } : {}),
+    ...(options.answers ? { answers: options.answers } : {}),
+    boundedWaitMs: 250,
   });
-  return { stream, applied, states, requests, duplicates: () => duplicates };
+  return { stream, applied, states, requests, maxWaits, duplicates: () => duplicates };
 }
 
 /** Yield events until the signal aborts (then throw as fetch does). */
@@ -318,5 +325,40 @@ describe("TaskStream.reconnectNow", () => {
     h.stream.reconnectNow("back online");
     await running;
     expect(h.requests).toEqual([0n]);
+  });
+});
+
+describe("TaskStream through a path that holds back streams", () => {
+  /** What such a path does: a live call delivers nothing; a bounded one ends whole. */
+  const heldBack: Script = (_, signal) => until(signal, []);
+  const bounded =
+    (...events: TaskEvent[]): Script =>
+    () =>
+      until(new AbortController().signal, events, false);
+
+  it("switches to bounded calls when the first message does not come", async () => {
+    const h = harness(
+      [heldBack, bounded(line(1), line(2)), bounded(heartbeat(2)), bounded(line(3), done(4))],
+      { probeMs: 30, initialBackoffMs: 60_000, answers: async () => true },
+    );
+    await h.stream.start();
+    expect(h.applied).toEqual([1, 2, 3, 4]);
+    expect(h.requests).toEqual([0n, 0n, 2n, 2n]);
+    expect(h.maxWaits).toEqual([undefined, 250, 250, 250]);
+    expect(h.stream.bounded).toBe(true);
+    expect(h.states).toContainEqual({ kind: "live", bounded: true });
+    expect(h.states.some((s) => s.kind === "reconnecting")).toBe(false);
+  });
+
+  it("stays live when the server does not answer either: that is an outage", async () => {
+    const h = harness([heldBack, (_, signal) => until(signal, [line(1), done(2)])], {
+      probeMs: 20,
+      watchdogMs: 80,
+      answers: async () => false,
+    });
+    await h.stream.start();
+    expect(h.applied).toEqual([1, 2]);
+    expect(h.maxWaits).toEqual([undefined, undefined]);
+    expect(h.stream.bounded).toBe(false);
   });
 });

@@ -1,5 +1,6 @@
 // The live stream of one task: WatchTask with resume from the last seq, de-duplication,
-// reconnect with exponential backoff and jitter, and a heartbeat watchdog.
+// reconnect with exponential backoff and jitter, a heartbeat watchdog, and bounded calls
+// when the network path holds back streamed responses (a proxy that buffers them whole).
 //
 // Pure of the DOM: the caller injects how to watch, the clock and the randomness, so the
 // logic runs under vitest as it runs in the browser.
@@ -12,7 +13,8 @@ import { isTerminalEvent } from "./model";
 export type ConnectionState =
   | { kind: "idle" }
   | { kind: "connecting"; attempt: number }
-  | { kind: "live" }
+  /** Receiving; `bounded`: by bounded calls, because the path holds back streams. */
+  | { kind: "live"; bounded?: boolean }
   | {
       kind: "reconnecting";
       /** The reconnect attempt this wait leads to, counting from 1. */
@@ -26,12 +28,24 @@ export type ConnectionState =
   | { kind: "ended" }
   | { kind: "error"; message: string; code: Code | undefined };
 
-/** Opens one WatchTask call. `onHeader` runs when the response headers arrive. */
+/**
+ * Opens one WatchTask call. `onHeader` runs when the response headers arrive. `maxWaitMs`
+ * undefined: a live stream; set: the bounded form, a response that ends that long after
+ * its first event (see WatchTaskRequest.max_wait).
+ */
 export type WatchFn = (
   afterSeq: bigint,
   signal: AbortSignal,
   onHeader: () => void,
+  maxWaitMs: number | undefined,
 ) => AsyncIterable<TaskEvent>;
+
+/** The events of WatchTask's messages (each carries a batch), one by one. */
+export async function* eachEvent(
+  messages: AsyncIterable<{ events: TaskEvent[] }>,
+): AsyncIterable<TaskEvent> {
+  for await (const message of messages) yield* message.events;
+}
 
 /** Timers, injectable for tests. */
 export interface Clock {
@@ -55,6 +69,16 @@ export interface TaskStreamOptions {
   watchdogMs: number;
   /** Resume after this seq (0: the whole log). */
   afterSeq?: bigint;
+  /**
+   * A live call's first message comes at once; when none came for this long while
+   * `answers` says the server is reachable, the path holds back streams: go on with
+   * bounded calls.
+   */
+  probeMs?: number;
+  /** How long a bounded response may go on after its first event. */
+  boundedWaitMs?: number;
+  /** Whether a unary call reaches the server now (GetTask); assumed true without it. */
+  answers?: () => Promise<boolean>;
   initialBackoffMs?: number;
   maxBackoffMs?: number;
   random?: () => number;
@@ -112,10 +136,16 @@ export class TaskStream {
   /** Connections opened so far (the first one included). */
   connections = 0;
 
+  /** Whether the stream has switched to bounded calls (the path holds back streams). */
+  bounded = false;
+
   private readonly opts: Required<
-    Omit<TaskStreamOptions, "afterSeq" | "onDuplicate" | "isOnline" | "onUnauthenticated">
+    Omit<
+      TaskStreamOptions,
+      "afterSeq" | "onDuplicate" | "isOnline" | "onUnauthenticated" | "answers"
+    >
   > &
-    Pick<TaskStreamOptions, "onDuplicate" | "isOnline" | "onUnauthenticated">;
+    Pick<TaskStreamOptions, "onDuplicate" | "isOnline" | "onUnauthenticated" | "answers">;
   private stopped = false;
   private running = false;
   private current: AbortController | undefined;
@@ -130,6 +160,8 @@ export class TaskStream {
     this.opts = {
       initialBackoffMs: 500,
       maxBackoffMs: 10_000,
+      probeMs: 3_000,
+      boundedWaitMs: 500,
       random: Math.random,
       clock: browserClock,
       ...options,
@@ -220,7 +252,7 @@ export class TaskStream {
         return;
       }
       if (outcome.immediate) {
-        failures = 0; // replaced on purpose (back online, tab visible): no backoff
+        failures = 0; // replaced on purpose (back online, tab visible, bounded): no backoff
         continue;
       }
       failures = outcome.heardAnything ? 1 : failures + 1;
@@ -240,6 +272,14 @@ export class TaskStream {
     }
   }
 
+  /** No first message in time: if the server answers, switch to bounded calls. */
+  private async probeFailed(controller: AbortController): Promise<void> {
+    const reachable = this.opts.answers ? await this.opts.answers() : true;
+    if (!reachable || this.current !== controller || this.stopped) return;
+    this.bounded = true;
+    this.abort("the network path holds back streamed responses", true);
+  }
+
   private async connect(
     attempt: number,
   ): Promise<
@@ -253,7 +293,9 @@ export class TaskStream {
     this.abortReason = "";
     this.abortImmediate = false;
     this.connections += 1;
-    this.setState({ kind: "connecting", attempt });
+    const bounded = this.bounded;
+    // Bounded calls follow one another; between two of them the stream is still live.
+    if (!(bounded && this.state.kind === "live")) this.setState({ kind: "connecting", attempt });
 
     let heardAnything = false;
     let watchdog: unknown;
@@ -267,13 +309,24 @@ export class TaskStream {
     const heard = () => {
       this.lastMessageAt = clock.now();
       armWatchdog();
-      if (this.state.kind !== "live") this.setState({ kind: "live" });
+      if (this.state.kind !== "live" || (this.state.bounded ?? false) !== bounded) {
+        this.setState(bounded ? { kind: "live", bounded } : { kind: "live" });
+      }
     };
+    // A live call's first message comes at once, unless the path holds it back.
+    let probe: unknown;
+    if (!bounded) {
+      probe = clock.setTimeout(() => {
+        void this.probeFailed(controller);
+      }, this.opts.probeMs);
+    }
     this.lastMessageAt = clock.now();
     armWatchdog();
     try {
-      const events = this.opts.watch(this.lastSeq, controller.signal, heard);
+      const maxWaitMs = bounded ? this.opts.boundedWaitMs : undefined;
+      const events = this.opts.watch(this.lastSeq, controller.signal, heard, maxWaitMs);
       for await (const event of events) {
+        clock.clearTimeout(probe);
         heard();
         heardAnything = true;
         if (event.kind.case === "heartbeat") continue;
@@ -294,6 +347,9 @@ export class TaskStream {
         }
       }
       if (this.stopped) return { kind: "done" };
+      if (bounded && heardAnything) {
+        return { kind: "retry", reason: "a bounded call ended", heardAnything, immediate: true };
+      }
       return { kind: "retry", reason: "the stream ended early", heardAnything };
     } catch (err) {
       if (this.stopped) return { kind: "done" };
@@ -313,6 +369,7 @@ export class TaskStream {
       return { kind: "retry", reason: describeError(error), heardAnything };
     } finally {
       clock.clearTimeout(watchdog);
+      clock.clearTimeout(probe);
       this.current = undefined;
       controller.abort(); // release the fetch if the loop ended without it
     }

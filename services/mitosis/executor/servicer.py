@@ -47,11 +47,11 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
 
     async def WatchTask(
         self, request: task_service_pb2.WatchTaskRequest, context: Context
-    ) -> AsyncIterator[task_pb2.TaskEvent]:
-        # Headers now, not with the first event: a client knows at once that it is live.
-        await context.send_initial_metadata(())
-        async for event in self._tasks.watch(request.task_id, request.after_seq, current_caller()):
-            yield event
+    ) -> AsyncIterator[task_service_pb2.WatchTaskResponse]:
+        max_wait = request.max_wait.ToTimedelta().total_seconds() or None
+        batches = self._tasks.watch(request.task_id, request.after_seq, current_caller(), max_wait)
+        async for events in batches:
+            yield task_service_pb2.WatchTaskResponse(events=events)
 
     async def ApprovePlan(
         self, request: task_service_pb2.ApprovePlanRequest, context: Context

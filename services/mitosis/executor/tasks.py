@@ -13,7 +13,7 @@ from mitosis.errors import InvalidArgument, NotFound, ResourceExhausted
 from mitosis.executor.eventlog import EventLog
 from mitosis.executor.quotas import CreationGate, Limits, WatcherCount
 from mitosis.executor.runner import TaskRunner
-from mitosis.executor.watch import watch_events
+from mitosis.executor.watch import Batch, check_max_wait, watch_batches
 from mitosis.executor.workspace import PathEscapeError
 from mitosis.v1 import plan_pb2, task_pb2
 from mitosis.validation import validate_plan, validate_task_text
@@ -106,15 +106,16 @@ class Tasks:
         return await self.get(task_id, owner)
 
     async def watch(
-        self, task_id: str, after_seq: int, owner: str
-    ) -> AsyncIterator[task_pb2.TaskEvent]:
-        """Yield the task's events after `after_seq`, live, ending after the terminal one."""
+        self, task_id: str, after_seq: int, owner: str, max_wait: float | None = None
+    ) -> AsyncIterator[Batch]:
+        """Yield the task's events after `after_seq` in batches, live, or bounded by max_wait."""
+        check_max_wait(max_wait)
         await self.get(task_id, owner)
         with self._watchers.hold(task_id, owner):
-            async for event in watch_events(
-                self._store, self._hub, task_id, after_seq, self._heartbeat_interval
+            async for batch in watch_batches(
+                self._store, self._hub, task_id, after_seq, self._heartbeat_interval, max_wait
             ):
-                yield event
+                yield batch
 
     async def read_artifact(
         self, task_id: str, path: str, owner: str

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from mitosis.v1 import plan_pb2 as _plan_pb2
@@ -152,6 +153,7 @@ class WatchTaskRequest(_message.Message):
 
     TASK_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    MAX_WAIT_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """The task's identifier."""
     after_seq: _builtins.int
@@ -159,19 +161,57 @@ class WatchTaskRequest(_message.Message):
     caller saw to resume. Negative values are INVALID_ARGUMENT; values beyond the newest
     event are OUT_OF_RANGE.
     """
+    @_builtins.property
+    def max_wait(self) -> _duration_pb2.Duration:
+        """Unset or zero: a live stream until the task's terminal event; its first message comes
+        at once (the backlog, or a heartbeat when there is none), so a caller can tell that
+        the path to it streams. Set: the bounded form, for a path that buffers whole responses
+        (some proxies do): the response waits for the first event after `after_seq` (at most
+        one heartbeat interval, then it sends a heartbeat), sends what comes for at most this
+        long after that, and ends with OK; the caller asks again from the last `seq` it saw.
+        From 0.05 s to 30 s; other values are INVALID_ARGUMENT.
+        """
+
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
         after_seq: _builtins.int = ...,
+        max_wait: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["max_wait", b"max_wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "max_wait", b"max_wait", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchTaskRequest: _TypeAlias = WatchTaskRequest  # noqa: Y015
+
+@_typing.final
+class WatchTaskResponse(_message.Message):
+    """Response message for TaskService.WatchTask: events that follow one another in the log."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_task_pb2.TaskEvent]:
+        """Events in `seq` order with no gap: the first follows the last of the previous message.
+        A heartbeat travels alone. At most 1,000 events and about 1 MiB in one message.
+        """
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[_task_pb2.TaskEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchTaskResponse: _TypeAlias = WatchTaskResponse  # noqa: Y015
 
 @_typing.final
 class ApprovePlanRequest(_message.Message):

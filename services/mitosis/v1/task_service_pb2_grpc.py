@@ -59,7 +59,7 @@ class TaskServiceStub:
         self.WatchTask = channel.unary_stream(
                 '/mitosis.v1.TaskService/WatchTask',
                 request_serializer=mitosis_dot_v1_dot_task__service__pb2.WatchTaskRequest.SerializeToString,
-                response_deserializer=mitosis_dot_v1_dot_task__pb2.TaskEvent.FromString,
+                response_deserializer=mitosis_dot_v1_dot_task__service__pb2.WatchTaskResponse.FromString,
                 _registered_method=True)
         self.ApprovePlan = channel.unary_unary(
                 '/mitosis.v1.TaskService/ApprovePlan',
@@ -108,8 +108,11 @@ class TaskServiceServicer:
 
     def WatchTask(self, request, context):
         """Streams a task's events with `seq` greater than `after_seq`: first those already in
-        the log, then new ones as they are appended, with no gap and no duplicate. Sends a
-        heartbeat while nothing happens. Ends with OK after the task's terminal event.
+        the log, then new ones as they are appended, with no gap and no duplicate. Events that
+        are ready together travel in one message (a catch-up, many); a watcher that keeps up
+        gets each event as soon as it is stored. Sends a heartbeat while nothing happens. Ends
+        with OK after the task's terminal event, or, in the bounded form (`max_wait`), soon
+        after it has sent something, for paths that deliver a response only once it ends.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -156,7 +159,7 @@ def add_TaskServiceServicer_to_server(servicer, server):
             'WatchTask': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchTask,
                     request_deserializer=mitosis_dot_v1_dot_task__service__pb2.WatchTaskRequest.FromString,
-                    response_serializer=mitosis_dot_v1_dot_task__pb2.TaskEvent.SerializeToString,
+                    response_serializer=mitosis_dot_v1_dot_task__service__pb2.WatchTaskResponse.SerializeToString,
             ),
             'ApprovePlan': grpc.unary_unary_rpc_method_handler(
                     servicer.ApprovePlan,
@@ -304,7 +307,7 @@ class TaskService:
             target,
             '/mitosis.v1.TaskService/WatchTask',
             mitosis_dot_v1_dot_task__service__pb2.WatchTaskRequest.SerializeToString,
-            mitosis_dot_v1_dot_task__pb2.TaskEvent.FromString,
+            mitosis_dot_v1_dot_task__service__pb2.WatchTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,

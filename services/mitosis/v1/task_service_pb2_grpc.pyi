@@ -44,10 +44,13 @@ class TaskServiceStub:
     """Cancels a running task: its running step is stopped and the task ends cancelled.
     Answers FAILED_PRECONDITION for a task that has already ended.
     """
-    WatchTask: _grpc.UnaryStreamMultiCallable[_task_service_pb2.WatchTaskRequest, _task_pb2.TaskEvent]
+    WatchTask: _grpc.UnaryStreamMultiCallable[_task_service_pb2.WatchTaskRequest, _task_service_pb2.WatchTaskResponse]
     """Streams a task's events with `seq` greater than `after_seq`: first those already in
-    the log, then new ones as they are appended, with no gap and no duplicate. Sends a
-    heartbeat while nothing happens. Ends with OK after the task's terminal event.
+    the log, then new ones as they are appended, with no gap and no duplicate. Events that
+    are ready together travel in one message (a catch-up, many); a watcher that keeps up
+    gets each event as soon as it is stored. Sends a heartbeat while nothing happens. Ends
+    with OK after the task's terminal event, or, in the bounded form (`max_wait`), soon
+    after it has sent something, for paths that deliver a response only once it ends.
     """
     ApprovePlan: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.ApprovePlanRequest, _task_pb2.Task]
     """Approves a plan that waits for approval (state AWAITING_APPROVAL), optionally with
@@ -71,10 +74,13 @@ class TaskServiceAsyncStub(TaskServiceStub):
     """Cancels a running task: its running step is stopped and the task ends cancelled.
     Answers FAILED_PRECONDITION for a task that has already ended.
     """
-    WatchTask: _aio.UnaryStreamMultiCallable[_task_service_pb2.WatchTaskRequest, _task_pb2.TaskEvent]  # type: ignore[assignment]
+    WatchTask: _aio.UnaryStreamMultiCallable[_task_service_pb2.WatchTaskRequest, _task_service_pb2.WatchTaskResponse]  # type: ignore[assignment]
     """Streams a task's events with `seq` greater than `after_seq`: first those already in
-    the log, then new ones as they are appended, with no gap and no duplicate. Sends a
-    heartbeat while nothing happens. Ends with OK after the task's terminal event.
+    the log, then new ones as they are appended, with no gap and no duplicate. Events that
+    are ready together travel in one message (a catch-up, many); a watcher that keeps up
+    gets each event as soon as it is stored. Sends a heartbeat while nothing happens. Ends
+    with OK after the task's terminal event, or, in the bounded form (`max_wait`), soon
+    after it has sent something, for paths that deliver a response only once it ends.
     """
     ApprovePlan: _aio.UnaryUnaryMultiCallable[_task_service_pb2.ApprovePlanRequest, _task_pb2.Task]  # type: ignore[assignment]
     """Approves a plan that waits for approval (state AWAITING_APPROVAL), optionally with
@@ -125,10 +131,13 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _task_service_pb2.WatchTaskRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_task_pb2.TaskEvent], _abc.AsyncIterator[_task_pb2.TaskEvent]]:
+    ) -> _typing.Union[_abc.Iterator[_task_service_pb2.WatchTaskResponse], _abc.AsyncIterator[_task_service_pb2.WatchTaskResponse]]:
         """Streams a task's events with `seq` greater than `after_seq`: first those already in
-        the log, then new ones as they are appended, with no gap and no duplicate. Sends a
-        heartbeat while nothing happens. Ends with OK after the task's terminal event.
+        the log, then new ones as they are appended, with no gap and no duplicate. Events that
+        are ready together travel in one message (a catch-up, many); a watcher that keeps up
+        gets each event as soon as it is stored. Sends a heartbeat while nothing happens. Ends
+        with OK after the task's terminal event, or, in the bounded form (`max_wait`), soon
+        after it has sent something, for paths that deliver a response only once it ends.
         """
 
     @_abc_1.abstractmethod

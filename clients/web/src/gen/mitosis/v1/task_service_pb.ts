@@ -4,9 +4,11 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Duration } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration } from "@bufbuild/protobuf/wkt";
 import type { Plan } from "./plan_pb";
 import { file_mitosis_v1_plan } from "./plan_pb";
-import type { Task, TaskEventSchema, TaskSchema } from "./task_pb";
+import type { Task, TaskEvent, TaskSchema } from "./task_pb";
 import { file_mitosis_v1_task } from "./task_pb";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -14,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mitosis/v1/task_service.proto.
  */
 export const file_mitosis_v1_task_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch1taXRvc2lzL3YxL3Rhc2tfc2VydmljZS5wcm90bxIKbWl0b3Npcy52MSI7ChFDcmVhdGVUYXNrUmVxdWVzdBIMCgR0ZXh0GAEgASgJEhgKEHJlcXVpcmVfYXBwcm92YWwYAiABKAgiIQoOR2V0VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSI5ChBMaXN0VGFza3NSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIk0KEUxpc3RUYXNrc1Jlc3BvbnNlEh8KBXRhc2tzGAEgAygLMhAubWl0b3Npcy52MS5UYXNrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIkChFDYW5jZWxUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIjYKEFdhdGNoVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIRCglhZnRlcl9zZXEYAiABKAMiRQoSQXBwcm92ZVBsYW5SZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSHgoEcGxhbhgCIAEoCzIQLm1pdG9zaXMudjEuUGxhbiI0ChNSZWFkQXJ0aWZhY3RSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSDAoEcGF0aBgCIAEoCSI0ChRSZWFkQXJ0aWZhY3RSZXNwb25zZRIOCgZvZmZzZXQYASABKAMSDAoEZGF0YRgCIAEoDDLoAwoLVGFza1NlcnZpY2USPQoKQ3JlYXRlVGFzaxIdLm1pdG9zaXMudjEuQ3JlYXRlVGFza1JlcXVlc3QaEC5taXRvc2lzLnYxLlRhc2sSNwoHR2V0VGFzaxIaLm1pdG9zaXMudjEuR2V0VGFza1JlcXVlc3QaEC5taXRvc2lzLnYxLlRhc2sSSAoJTGlzdFRhc2tzEhwubWl0b3Npcy52MS5MaXN0VGFza3NSZXF1ZXN0Gh0ubWl0b3Npcy52MS5MaXN0VGFza3NSZXNwb25zZRI9CgpDYW5jZWxUYXNrEh0ubWl0b3Npcy52MS5DYW5jZWxUYXNrUmVxdWVzdBoQLm1pdG9zaXMudjEuVGFzaxJCCglXYXRjaFRhc2sSHC5taXRvc2lzLnYxLldhdGNoVGFza1JlcXVlc3QaFS5taXRvc2lzLnYxLlRhc2tFdmVudDABEj8KC0FwcHJvdmVQbGFuEh4ubWl0b3Npcy52MS5BcHByb3ZlUGxhblJlcXVlc3QaEC5taXRvc2lzLnYxLlRhc2sSUwoMUmVhZEFydGlmYWN0Eh8ubWl0b3Npcy52MS5SZWFkQXJ0aWZhY3RSZXF1ZXN0GiAubWl0b3Npcy52MS5SZWFkQXJ0aWZhY3RSZXNwb25zZTABYgZwcm90bzM", [file_mitosis_v1_plan, file_mitosis_v1_task]);
+  fileDesc("Ch1taXRvc2lzL3YxL3Rhc2tfc2VydmljZS5wcm90bxIKbWl0b3Npcy52MSI7ChFDcmVhdGVUYXNrUmVxdWVzdBIMCgR0ZXh0GAEgASgJEhgKEHJlcXVpcmVfYXBwcm92YWwYAiABKAgiIQoOR2V0VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSI5ChBMaXN0VGFza3NSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIk0KEUxpc3RUYXNrc1Jlc3BvbnNlEh8KBXRhc2tzGAEgAygLMhAubWl0b3Npcy52MS5UYXNrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIkChFDYW5jZWxUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJImMKEFdhdGNoVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIRCglhZnRlcl9zZXEYAiABKAMSKwoIbWF4X3dhaXQYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iOgoRV2F0Y2hUYXNrUmVzcG9uc2USJQoGZXZlbnRzGAEgAygLMhUubWl0b3Npcy52MS5UYXNrRXZlbnQiRQoSQXBwcm92ZVBsYW5SZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSHgoEcGxhbhgCIAEoCzIQLm1pdG9zaXMudjEuUGxhbiI0ChNSZWFkQXJ0aWZhY3RSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSDAoEcGF0aBgCIAEoCSI0ChRSZWFkQXJ0aWZhY3RSZXNwb25zZRIOCgZvZmZzZXQYASABKAMSDAoEZGF0YRgCIAEoDDLwAwoLVGFza1NlcnZpY2USPQoKQ3JlYXRlVGFzaxIdLm1pdG9zaXMudjEuQ3JlYXRlVGFza1JlcXVlc3QaEC5taXRvc2lzLnYxLlRhc2sSNwoHR2V0VGFzaxIaLm1pdG9zaXMudjEuR2V0VGFza1JlcXVlc3QaEC5taXRvc2lzLnYxLlRhc2sSSAoJTGlzdFRhc2tzEhwubWl0b3Npcy52MS5MaXN0VGFza3NSZXF1ZXN0Gh0ubWl0b3Npcy52MS5MaXN0VGFza3NSZXNwb25zZRI9CgpDYW5jZWxUYXNrEh0ubWl0b3Npcy52MS5DYW5jZWxUYXNrUmVxdWVzdBoQLm1pdG9zaXMudjEuVGFzaxJKCglXYXRjaFRhc2sSHC5taXRvc2lzLnYxLldhdGNoVGFza1JlcXVlc3QaHS5taXRvc2lzLnYxLldhdGNoVGFza1Jlc3BvbnNlMAESPwoLQXBwcm92ZVBsYW4SHi5taXRvc2lzLnYxLkFwcHJvdmVQbGFuUmVxdWVzdBoQLm1pdG9zaXMudjEuVGFzaxJTCgxSZWFkQXJ0aWZhY3QSHy5taXRvc2lzLnYxLlJlYWRBcnRpZmFjdFJlcXVlc3QaIC5taXRvc2lzLnYxLlJlYWRBcnRpZmFjdFJlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_duration, file_mitosis_v1_plan, file_mitosis_v1_task]);
 
 /**
  * Request message for TaskService.CreateTask.
@@ -163,6 +165,19 @@ export type WatchTaskRequest = Message<"mitosis.v1.WatchTaskRequest"> & {
    * @generated from field: int64 after_seq = 2;
    */
   afterSeq: bigint;
+
+  /**
+   * Unset or zero: a live stream until the task's terminal event; its first message comes
+   * at once (the backlog, or a heartbeat when there is none), so a caller can tell that
+   * the path to it streams. Set: the bounded form, for a path that buffers whole responses
+   * (some proxies do): the response waits for the first event after `after_seq` (at most
+   * one heartbeat interval, then it sends a heartbeat), sends what comes for at most this
+   * long after that, and ends with OK; the caller asks again from the last `seq` it saw.
+   * From 0.05 s to 30 s; other values are INVALID_ARGUMENT.
+   *
+   * @generated from field: google.protobuf.Duration max_wait = 3;
+   */
+  maxWait?: Duration | undefined;
 };
 
 /**
@@ -171,6 +186,28 @@ export type WatchTaskRequest = Message<"mitosis.v1.WatchTaskRequest"> & {
  */
 export const WatchTaskRequestSchema: GenMessage<WatchTaskRequest> = /*@__PURE__*/
   messageDesc(file_mitosis_v1_task_service, 5);
+
+/**
+ * Response message for TaskService.WatchTask: events that follow one another in the log.
+ *
+ * @generated from message mitosis.v1.WatchTaskResponse
+ */
+export type WatchTaskResponse = Message<"mitosis.v1.WatchTaskResponse"> & {
+  /**
+   * Events in `seq` order with no gap: the first follows the last of the previous message.
+   * A heartbeat travels alone. At most 1,000 events and about 1 MiB in one message.
+   *
+   * @generated from field: repeated mitosis.v1.TaskEvent events = 1;
+   */
+  events: TaskEvent[];
+};
+
+/**
+ * Describes the message mitosis.v1.WatchTaskResponse.
+ * Use `create(WatchTaskResponseSchema)` to create a new message.
+ */
+export const WatchTaskResponseSchema: GenMessage<WatchTaskResponse> = /*@__PURE__*/
+  messageDesc(file_mitosis_v1_task_service, 6);
 
 /**
  * Request message for TaskService.ApprovePlan.
@@ -199,7 +236,7 @@ export type ApprovePlanRequest = Message<"mitosis.v1.ApprovePlanRequest"> & {
  * Use `create(ApprovePlanRequestSchema)` to create a new message.
  */
 export const ApprovePlanRequestSchema: GenMessage<ApprovePlanRequest> = /*@__PURE__*/
-  messageDesc(file_mitosis_v1_task_service, 6);
+  messageDesc(file_mitosis_v1_task_service, 7);
 
 /**
  * Request message for TaskService.ReadArtifact.
@@ -227,7 +264,7 @@ export type ReadArtifactRequest = Message<"mitosis.v1.ReadArtifactRequest"> & {
  * Use `create(ReadArtifactRequestSchema)` to create a new message.
  */
 export const ReadArtifactRequestSchema: GenMessage<ReadArtifactRequest> = /*@__PURE__*/
-  messageDesc(file_mitosis_v1_task_service, 7);
+  messageDesc(file_mitosis_v1_task_service, 8);
 
 /**
  * Response message for TaskService.ReadArtifact: one chunk of the file.
@@ -255,7 +292,7 @@ export type ReadArtifactResponse = Message<"mitosis.v1.ReadArtifactResponse"> & 
  * Use `create(ReadArtifactResponseSchema)` to create a new message.
  */
 export const ReadArtifactResponseSchema: GenMessage<ReadArtifactResponse> = /*@__PURE__*/
-  messageDesc(file_mitosis_v1_task_service, 8);
+  messageDesc(file_mitosis_v1_task_service, 9);
 
 /**
  * Runs tasks and streams everything that happens while they run.
@@ -306,15 +343,18 @@ export const TaskService: GenService<{
   },
   /**
    * Streams a task's events with `seq` greater than `after_seq`: first those already in
-   * the log, then new ones as they are appended, with no gap and no duplicate. Sends a
-   * heartbeat while nothing happens. Ends with OK after the task's terminal event.
+   * the log, then new ones as they are appended, with no gap and no duplicate. Events that
+   * are ready together travel in one message (a catch-up, many); a watcher that keeps up
+   * gets each event as soon as it is stored. Sends a heartbeat while nothing happens. Ends
+   * with OK after the task's terminal event, or, in the bounded form (`max_wait`), soon
+   * after it has sent something, for paths that deliver a response only once it ends.
    *
    * @generated from rpc mitosis.v1.TaskService.WatchTask
    */
   watchTask: {
     methodKind: "server_streaming";
     input: typeof WatchTaskRequestSchema;
-    output: typeof TaskEventSchema;
+    output: typeof WatchTaskResponseSchema;
   },
   /**
    * Approves a plan that waits for approval (state AWAITING_APPROVAL), optionally with
