@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,15 +13,10 @@ from pathlib import Path
 import pytest
 
 from .processes import BIN, Service, start_service
+from .support.ports import free_port
 
 pytestmark = pytest.mark.e2e
 TASK_TEXT = "Write a short market brief on home solar batteries"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
