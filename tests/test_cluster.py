@@ -7,11 +7,8 @@ import asyncio
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -25,7 +22,8 @@ from scripts.run import Backoff, Supervised
 
 from .gateway import start_gateway
 from .processes import Service, start_service
-from .redis_server import RedisServer, free_port
+from .redis_server import RedisServer
+from .runner import Runner, running
 
 pytestmark = pytest.mark.e2e
 Task = task_pb2.Task
@@ -265,85 +263,12 @@ def test_a_terminated_service_is_not_started_again() -> None:
     assert len(started) == 1
 
 
-ROOT = Path(__file__).resolve().parent.parent
-STARTUP_S = 120.0
-"""Generous: a planner, three executors and Envoy start one after another on a busy machine."""
-
-
-@dataclass
-class RunCluster:
-    """`scripts/run.py --executors 3` on free ports, its output in a file."""
-
-    process: subprocess.Popen[bytes]
-    output: Path
-    gateway: str
-    executors: list[str]
-
-    def text(self) -> str:
-        return self.output.read_text(errors="replace")
-
-    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
-        """Wait until the runner's output matches `pattern`; fail if it exits first."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = re.search(pattern, self.text(), flags=re.MULTILINE)
-            if found:
-                return found
-            if self.process.poll() is not None:
-                pytest.fail(f"run.py exited with {self.process.returncode}:\n{self.text()}")
-            time.sleep(0.1)
-        pytest.fail(f"no {pattern!r} in run.py's output after {timeout:g} s:\n{self.text()}")
-
-    def pid_of(self, address: str) -> int:
-        """The pid of the runner's child serving `address`."""
-        flag = f"--listen={address}".encode()
-        for entry in Path("/proc").iterdir():
-            try:
-                stat = (entry / "stat").read_text()
-                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            except (OSError, NotADirectoryError):
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == self.process.pid and flag in cmdline:
-                return int(entry.name)
-        raise AssertionError(f"no child of run.py serves {address}")
-
-
 @pytest.fixture
-def run_cluster(tmp_path: Path) -> Iterator[RunCluster]:
-    gateway, planner, redis, *executors = [f"127.0.0.1:{free_port()}" for _ in range(6)]
-    output = tmp_path / "run.out"
-    env = {
-        **os.environ,
-        "MITOSIS_GATEWAY_LISTEN": gateway,
-        "MITOSIS_PLANNER_LISTEN": planner,
-        "MITOSIS_CLUSTER_REDIS": redis,
-        "MITOSIS_CLUSTER_LISTEN": ",".join(executors),
-        "MITOSIS_RUN_DIR": str(tmp_path / "build"),
-        "MITOSIS_DATA_DIR": str(tmp_path / "data"),
-        "MITOSIS_METRICS_LISTEN": "",  # off: the runner's fixed metrics ports may be taken
-        "MITOSIS_MODEL": "offline",
-        "MITOSIS_OFFLINE_PACE": "0.02",
-        "MITOSIS_LEASE_TTL": str(LEASE_TTL),
-    }
-    with output.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, str(ROOT / "scripts" / "run.py"), "--executors", "3"],
-            cwd=tmp_path,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    cluster = RunCluster(process, output, gateway, executors)
-    try:
-        cluster.wait_for("^Mitosis is running", STARTUP_S)
-        yield cluster
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def run_cluster(tmp_path: Path) -> Iterator[Runner]:
+    """`make run-cluster` (scripts/run.py --executors 3) on free ports."""
+    env = {"MITOSIS_OFFLINE_PACE": "0.02", "MITOSIS_LEASE_TTL": str(LEASE_TTL)}
+    with running(tmp_path, executors=3, env=env) as runner:
+        yield runner
 
 
 async def serving(address: str) -> bool:
@@ -368,7 +293,7 @@ async def wait_until_serving(address: str) -> None:
 
 @pytest.mark.timeout(300)
 async def test_run_cluster_restarts_a_killed_executor_while_its_task_moves_on(
-    run_cluster: RunCluster,
+    run_cluster: Runner,
 ) -> None:
     first = run_cluster.executors[0]
     task = await create(first)  # the executor that creates a task takes its lease and runs it

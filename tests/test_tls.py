@@ -4,6 +4,7 @@ the whole chain: HTTPS at the gateway, TLS from Envoy to the executors and on to
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import urllib.request
 from collections.abc import AsyncIterator
@@ -20,9 +21,11 @@ from mitosis.planner.server import Planner, start_planner
 from mitosis.planner.server import parse_args as parse_planner_args
 from mitosis.tls import TlsConfigError, channel_credentials
 from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
+from scripts.run import tls_from
 from tests.certs import TestAuthority
 from tests.conftest import StartExecutor
 from tests.gateway import Gateway, start_gateway_async
+from tests.runner import running
 from tests.support.watch import each_event
 
 EXECUTOR_KEY = "mk_executor-test-key-000000000000000000000000"
@@ -284,3 +287,53 @@ def test_tls_to_executors_on_several_hosts_needs_the_name_their_certificates_car
         executors=(("a", 1), ("b", 1)), executor_ca=tmp_path / "ca.pem", executor_tls_name="x"
     )
     assert '"sni": "x"' in named.render()
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+async def test_make_run_with_the_tls_variables_is_tls_on_every_hop(
+    tmp_path: Path, authority: TestAuthority
+) -> None:
+    server = authority.issue("Mitosis server", server=True)
+    env = {
+        "MITOSIS_TLS_CERT": str(server.cert),
+        "MITOSIS_TLS_KEY": str(server.key),
+        "MITOSIS_TLS_CA": str(authority.cert),
+    }
+    with running(tmp_path, env=env) as runner:
+        offered = runner.wait_for(r"open (\S+)$", 1).group(1)
+        async with AsyncClient(runner.gateway, tls_ca=authority.cert) as client:
+            task = await client.create_task("Explain tides.")
+            events = [event async for event in client.watch(task.task_id)]
+            final = await client.get_task(task.task_id)
+        output = runner.text()
+
+    assert offered == f"https://{runner.gateway}/"
+    assert final.state == task_pb2.Task.STATE_SUCCEEDED, final.error
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert re.search(r"planner serving on port \d+ \(TLS", output)
+    assert re.search(r"executor serving on port \d+ \(TLS", output)
+    assert "Handshake failed" not in output
+
+
+def test_make_run_refuses_tls_variables_that_do_not_go_together(tmp_path: Path) -> None:
+    cert, key, ca = (str(tmp_path / name) for name in ("s.crt", "s.key", "ca.pem"))
+    with pytest.raises(SystemExit, match="set MITOSIS_TLS_CA"):
+        tls_from({"MITOSIS_TLS_CERT": cert, "MITOSIS_TLS_KEY": key})
+    with pytest.raises(SystemExit, match="go together"):
+        tls_from({"MITOSIS_TLS_CERT": cert, "MITOSIS_TLS_CA": ca})
+    with pytest.raises(SystemExit, match="mutual TLS"):
+        tls_from(
+            {
+                "MITOSIS_TLS_CERT": cert,
+                "MITOSIS_TLS_KEY": key,
+                "MITOSIS_TLS_CA": ca,
+                "MITOSIS_TLS_CLIENT_CA": ca,
+            }
+        )
+
+
+def test_make_run_can_serve_https_in_front_of_plain_services(tmp_path: Path) -> None:
+    tls = tls_from({"MITOSIS_GATEWAY_TLS_CERT": "g.crt", "MITOSIS_GATEWAY_TLS_KEY": "g.key"})
+    assert (tls.cert, tls.ca) == (None, None)
+    assert tls.gateway_cert == Path("g.crt").absolute()
