@@ -506,9 +506,13 @@ async def test_a_path_that_holds_back_streams_is_watched_with_bounded_calls(
     states: list[str] = []
     async with AsyncClient(target, probe_timeout=0.2, bounded_wait=0.25, **FAST) as client:
         seqs = [e.seq async for e in client.watch("t", on_state=states.append)]
+        assert client.path_buffers
+        again = len(fake.watch_requests)
+        assert await watch_seqs(client, after_seq=N - 2) == [N - 1, N]
+        assert fake.watch_requests[again].HasField("max_wait")  # no second probe
 
     assert seqs == list(range(1, N + 1))
-    live, *bounded = fake.watch_requests
+    live, *bounded = fake.watch_requests[:again]
     assert not live.HasField("max_wait")
     assert {r.max_wait.ToTimedelta().total_seconds() for r in bounded} == {0.25}
     assert [r.after_seq for r in bounded] == list(range(0, N, 4))

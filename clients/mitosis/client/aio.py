@@ -98,7 +98,7 @@ class AsyncClient:
         tls_ca: Path | str | None = None,
         stall_timeout: float = 35.0,
         call_timeout: float = 10.0,
-        probe_timeout: float = 3.0,
+        probe_timeout: float = 2.0,
         bounded_wait: float = 0.5,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -125,6 +125,8 @@ class AsyncClient:
         self._call_timeout = call_timeout
         self._probe_timeout = probe_timeout
         self._bounded_wait = bounded_wait
+        self.path_buffers = False
+        """Whether a watch found that the path holds back streams; later watches start bounded."""
         self._rand = rand
         self._channel: grpc.aio.Channel | None = None
         self._stub: TaskServiceAsyncStub | None = None
@@ -226,7 +228,7 @@ class AsyncClient:
         *,
         include_heartbeats: bool = False,
         on_state: StateCallback | None = None,
-        bounded: bool = False,
+        bounded: bool | None = None,
     ) -> AsyncGenerator[task_pb2.TaskEvent, None]:
         """Yield the task's events with `seq > after_seq`, each once and in order, to the end.
 
@@ -238,9 +240,12 @@ class AsyncClient:
         A path that holds back a live stream (a proxy that buffers whole responses) is found
         out by itself: when a live call's first message has not come within `probe_timeout`
         while GetTask answers, the watch goes on with bounded calls (`bounded=True` starts
-        with them), each a response that ends `bounded_wait` after its first event, and
-        `on_state` says "live (bounded calls: ...)".
+        with them; None: when an earlier watch of this client found the path out), each a
+        response that ends `bounded_wait` after its first event, and `on_state` says
+        "live (bounded calls: ...)".
         """
+        if bounded is None:
+            bounded = self.path_buffers
         loop = asyncio.get_running_loop()
         cursor = SeqCursor(after_seq)
         backoff = Backoff(maximum=self._max_reconnect_wait, rand=self._rand)
@@ -275,7 +280,8 @@ class AsyncClient:
                 reason = f"{error.code().name}: {error.details()}"
             except _FirstMessageLateError as late:
                 if await self._answers(task_id):
-                    bounded = True  # the server answers, the stream does not: the path buffers
+                    # The server answers, the stream does not: the path buffers.
+                    bounded = self.path_buffers = True
                     continue
                 reason = str(late)
             except _StreamEndedError as ended:

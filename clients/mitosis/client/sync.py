@@ -36,7 +36,7 @@ class Client:
         tls_ca: Path | str | None = None,
         stall_timeout: float = 35.0,
         call_timeout: float = 10.0,
-        probe_timeout: float = 3.0,
+        probe_timeout: float = 2.0,
         bounded_wait: float = 0.5,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -122,7 +122,7 @@ class Client:
         *,
         include_heartbeats: bool = False,
         on_state: StateCallback | None = None,
-        bounded: bool = False,
+        bounded: bool | None = None,
     ) -> Generator[task_pb2.TaskEvent, None, None]:
         """Yield the task's events with `seq > after_seq`, each once and in order, to the end.
 

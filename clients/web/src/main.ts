@@ -48,6 +48,9 @@ function sessionStore(): KeyStorage | undefined {
   }
 }
 
+/** sessionStorage: "1" once a stream found that the path holds back streamed responses. */
+const PATH_BUFFERS_KEY = "mitosis.path-buffers";
+
 /** The pill in the header: what the live connection is doing right now. */
 class ConnectionIndicator {
   readonly el: HTMLElement;
@@ -254,6 +257,19 @@ class App {
     }
   }
 
+  /** Whether a stream of this tab found that the path to the server holds streams back. */
+  private pathBuffers(): boolean {
+    return sessionStore()?.getItem(PATH_BUFFERS_KEY) === "1";
+  }
+
+  private rememberPathBuffers(): void {
+    try {
+      sessionStore()?.setItem(PATH_BUFFERS_KEY, "1");
+    } catch {
+      // Storage refused: the next task's stream finds it out again.
+    }
+  }
+
   /** Stop the open task's stream and drop its view. */
   private close(): void {
     this.route += 1;
@@ -312,6 +328,8 @@ class App {
         const request = { taskId, afterSeq, ...(maxWait ? { maxWait } : {}) };
         return eachEvent(this.client.watchTask(request, { signal, onHeader, timeoutMs: 0 }));
       },
+      bounded: this.pathBuffers(),
+      onBounded: () => this.rememberPathBuffers(),
       answers: () => this.client.getTask({ taskId }).then(
         () => true,
         () => false,

@@ -79,6 +79,10 @@ export interface TaskStreamOptions {
   boundedWaitMs?: number;
   /** Whether a unary call reaches the server now (GetTask); assumed true without it. */
   answers?: () => Promise<boolean>;
+  /** Start with bounded calls (an earlier stream found that the path holds streams back). */
+  bounded?: boolean;
+  /** Told once when this stream switches to bounded calls. */
+  onBounded?: () => void;
   initialBackoffMs?: number;
   maxBackoffMs?: number;
   random?: () => number;
@@ -142,10 +146,19 @@ export class TaskStream {
   private readonly opts: Required<
     Omit<
       TaskStreamOptions,
-      "afterSeq" | "onDuplicate" | "isOnline" | "onUnauthenticated" | "answers"
+      | "afterSeq"
+      | "onDuplicate"
+      | "isOnline"
+      | "onUnauthenticated"
+      | "answers"
+      | "bounded"
+      | "onBounded"
     >
   > &
-    Pick<TaskStreamOptions, "onDuplicate" | "isOnline" | "onUnauthenticated" | "answers">;
+    Pick<
+      TaskStreamOptions,
+      "onDuplicate" | "isOnline" | "onUnauthenticated" | "answers" | "onBounded"
+    >;
   private stopped = false;
   private running = false;
   private current: AbortController | undefined;
@@ -157,10 +170,11 @@ export class TaskStream {
 
   constructor(options: TaskStreamOptions) {
     this.lastSeq = options.afterSeq ?? 0n;
+    this.bounded = options.bounded ?? false;
     this.opts = {
       initialBackoffMs: 500,
       maxBackoffMs: 10_000,
-      probeMs: 3_000,
+      probeMs: 2_000,
       boundedWaitMs: 500,
       random: Math.random,
       clock: browserClock,
@@ -277,6 +291,7 @@ export class TaskStream {
     const reachable = this.opts.answers ? await this.opts.answers() : true;
     if (!reachable || this.current !== controller || this.stopped) return;
     this.bounded = true;
+    this.opts.onBounded?.();
     this.abort("the network path holds back streamed responses", true);
   }
 
