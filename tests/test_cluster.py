@@ -271,22 +271,22 @@ def run_cluster(tmp_path: Path) -> Iterator[Runner]:
         yield runner
 
 
-async def serving(address: str) -> bool:
-    """Whether the executor at `address` says SERVING for TaskService."""
+async def serving(address: str, service: str = "mitosis.v1.TaskService") -> bool:
+    """Whether the server at `address` says SERVING for `service` (an executor's by default)."""
     async with grpc.aio.insecure_channel(address) as channel:
         try:
             reply = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service="mitosis.v1.TaskService"), timeout=1
+                health_pb2.HealthCheckRequest(service=service), timeout=1
             )
         except grpc.aio.AioRpcError:
             return False
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-async def wait_until_serving(address: str) -> None:
-    """Return once the executor at `address` says SERVING; the caller bounds the wait."""
+async def wait_until_serving(address: str, service: str = "mitosis.v1.TaskService") -> None:
+    """Return once the server at `address` says SERVING; the caller bounds the wait."""
     while True:  # a remote state: nothing to wait on but asking again
-        if await serving(address):
+        if await serving(address, service):
             return
         await asyncio.sleep(0.1)
 
@@ -319,3 +319,25 @@ async def test_run_cluster_restarts_a_killed_executor_while_its_task_moves_on(
     assert run_cluster.process.poll() is None
     assert all([await serving(address) for address in run_cluster.executors])
     print(f"executor 1 serving again {back_s:.2f} s after kill -9 (backoff 1 s)")
+
+
+@pytest.mark.timeout(300)
+async def test_run_cluster_restarts_a_killed_planner_and_tasks_are_planned_again(
+    run_cluster: Runner,
+) -> None:
+    planner = run_cluster.planner
+    os.kill(run_cluster.pid_of(planner), signal.SIGKILL)
+    killed_at = time.monotonic()
+    restarted = rf"^the planner \({re.escape(planner)}\) exited with status -9; restarting in 1 s$"
+    await asyncio.to_thread(run_cluster.wait_for, restarted, 10)
+    async with asyncio.timeout(60):
+        await wait_until_serving(planner, "mitosis.v1.PlannerService")
+    back_s = time.monotonic() - killed_at
+    async with AsyncClient(run_cluster.gateway) as client:
+        task = await client.create_task(TEXT)
+        events = [event async for event in client.watch(task.task_id)]
+        final = await client.get_task(task.task_id)
+
+    assert final.state == Task.STATE_SUCCEEDED, final.error
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    print(f"planner serving again {back_s:.2f} s after kill -9 (backoff 1 s)")
