@@ -105,10 +105,7 @@ def split_frames(data: bytes) -> tuple[list[bytes], dict[str, str], bytes]:
 
 def watch_events(data: bytes) -> list[task_pb2.TaskEvent]:
     """The events of one WatchTask response message (the one place that decodes them)."""
-    # The contract is changing from `stream TaskEvent` to `stream WatchTaskResponse`.
-    if hasattr(task_service_pb2, "WatchTaskResponse"):
-        return list(task_service_pb2.WatchTaskResponse.FromString(data).events)
-    return [task_pb2.TaskEvent.FromString(data)]
+    return list(task_service_pb2.WatchTaskResponse.FromString(data).events)
 
 
 def is_heartbeat(event: task_pb2.TaskEvent) -> bool:
@@ -139,6 +136,19 @@ class Arrival:
     def lag_s(self) -> float:
         """Arrival time minus the event's creation time."""
         return self.at - self.event.create_time.ToNanoseconds() / 1e9
+
+
+def whole_watch_call(
+    port: int, request: task_service_pb2.WatchTaskRequest
+) -> tuple[list[Arrival], str]:
+    """A gRPC-Web WatchTask read whole (a bounded one): its events, arrived together, and
+    its gRPC status."""
+    status, headers, messages, trailers = grpc_web_call(port, "WatchTask", request)
+    arrived = time.time()
+    assert status == 200, (status, headers)
+    events = [event for data in messages for event in watch_events(data)]
+    grpc_status = headers.get("grpc-status") or trailers.get("grpc-status", "")
+    return [Arrival(arrived, event) for event in events], grpc_status
 
 
 @dataclass(frozen=True)
