@@ -27,6 +27,7 @@ from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
 
 from .conftest import StartExecutor, watch_all
 from .redis_server import RedisServer, running_redis
+from .support.waiting import eventually
 
 Task = task_pb2.Task
 Event = task_pb2.TaskEvent
@@ -81,22 +82,34 @@ GONE = (False, False, False, False)
 
 
 async def until_gone(store: Store, data_dir: Path, task_ids: list[str]) -> None:
-    """Wait (up to 10 s) until a running loop has deleted the tasks."""
-    for _ in range(200):
-        if all([await parts(store, data_dir, task_id) == GONE for task_id in task_ids]):
-            return
-        await asyncio.sleep(0.05)
+    """Wait until a running loop has deleted the tasks."""
+
+    async def all_gone() -> bool:
+        return all([await parts(store, data_dir, task_id) == GONE for task_id in task_ids])
+
+    await eventually(all_gone, what=f"retention deleted {task_ids}")
+
+
+async def end_ns(store: Store, task_id: str) -> int:
+    """When the task ended, as the store recorded it."""
+    task = await store.get_task(task_id)
+    assert task is not None
+    return task.update_time.ToNanoseconds()
 
 
 async def test_a_sweep_deletes_tasks_that_ended_before_the_retention(
     store: Store, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "data"
-    retention = Retention(store, data_dir, retain=1.5)
     old, running, recent = [await new_task(store, data_dir) for _ in range(3)]
     await finish(store, old)
-    await asyncio.sleep(2)  # old ended more than the retention ago; running never ends
     await finish(store, recent)
+    old_end, recent_end = await end_ns(store, old), await end_ns(store, recent)
+    assert old_end < recent_end
+    # The sweep runs when old ended more than the retention ago, recent not yet; running
+    # never ends.
+    retain_ns = 1_500_000_000
+    retention = Retention(store, data_dir, retain=1.5, now=lambda: old_end + 1 + retain_ns)
 
     assert await retention.sweep() == 1
 
@@ -157,16 +170,14 @@ async def test_a_deleted_task_is_not_found_through_the_service(
         assert done.artifacts
         folder = task_folder(tmp_path / "data", task.task_id)
 
-        for _ in range(400):
+        async def refused() -> grpc.StatusCode | None:
             try:
                 await stub.GetTask(task_service_pb2.GetTaskRequest(task_id=task.task_id))
             except grpc.aio.AioRpcError as error:
-                gone = error.code()
-                break
-            await asyncio.sleep(0.05)
-        else:
-            pytest.fail("the executor never deleted the task it finished")
+                return error.code()
+            return None
 
+        gone = await eventually(refused, timeout=20, what="the executor deleted the task")
         assert gone == grpc.StatusCode.NOT_FOUND
         assert not folder.exists()
         for call in (

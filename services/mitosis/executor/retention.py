@@ -78,12 +78,14 @@ class Retention:
         *,
         interval: float | None = None,
         batch: int = BATCH,
+        now: Callable[[], int] = time.time_ns,
     ) -> None:
         self._store = store
         self._data_dir = data_dir
         self._retain = retain
         self._interval = interval or min(max(retain / 4, 0.05), MAX_INTERVAL)
         self._batch = batch
+        self._now = now  # nanoseconds since the epoch, as events' create_time; tests move it
 
     async def run(self) -> None:
         """Sweep every interval until cancelled; return at once when tasks are kept forever."""
@@ -106,7 +108,7 @@ class Retention:
 
     async def sweep(self) -> int:
         """Delete every task that ended before now minus `retain`; return how many."""
-        cutoff = time.time_ns() - round(self._retain * 1e9)
+        cutoff = self._now() - round(self._retain * 1e9)
         total = 0
         while True:
             task_ids = await self._store.ended_before(cutoff, self._batch)
