@@ -28,7 +28,6 @@ from mitosis.gateway import DEFAULT_STATIC_DIR
 from mitosis.v1 import task_pb2, task_service_pb2
 
 from .gateway import Gateway, start_gateway
-from .processes import Service, start_service
 from .support.grpc_web import (
     SERVICE,
     Arrival,
@@ -41,6 +40,7 @@ from .support.grpc_web import (
     open_native_watch,
     whole_watch_call,
 )
+from .support.processes import Service, start_executor, start_planner
 from .support.proxies import READ_TIMEOUT_S, SETUPS, Proxy, ProxySetup, program_path, start_proxy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,15 +75,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if not (DEFAULT_STATIC_DIR / "index.html").exists():
         pytest.fail(f"the UI is not built: run `make web` (no {DEFAULT_STATIC_DIR}/index.html)")
     folder = tmp_path_factory.mktemp("stack")
-    planner = start_service("mitosis-planner", folder / "planner.log")
-    executor = start_service(
-        "mitosis-executor",
-        folder / "executor.log",
-        f"--planner={planner.target}",
-        f"--data-dir={folder / 'data'}",
-        f"--offline-pace={PACE_S}",
-        f"--heartbeat-interval={HEARTBEAT_S}",
-    )
+    planner = start_planner(folder)
+    executor = start_executor(folder, planner, pace=PACE_S, heartbeat=HEARTBEAT_S)
     try:
         with start_gateway(folder, executor.port, DEFAULT_STATIC_DIR) as gateway:
             yield Stack(planner, executor, gateway)

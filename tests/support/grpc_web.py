@@ -263,9 +263,10 @@ def open_native_watch(target: str, request: message.Message) -> WatchStream:
     closing = threading.Event()
     channel = grpc.insecure_channel(target)
     # The raw bytes of each response, so `watch_events` decodes them as for gRPC-Web.
-    call = channel.unary_stream(WATCH_TASK, request_serializer=lambda m: m.SerializeToString())(
-        request, timeout=120
+    watch_task = channel.unary_stream(
+        WATCH_TASK, request_serializer=lambda m: m.SerializeToString(), response_deserializer=None
     )
+    call = watch_task(request, timeout=120)
 
     def read() -> None:
         code, error = "", None
