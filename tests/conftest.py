@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,8 @@ from mitosis.executor.server import Executor, parse_args, start_executor
 from mitosis.planner.server import parse_args as parse_planner_args
 from mitosis.planner.server import start_planner
 from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
+from tests.support import processes
+from tests.support.redis_server import RedisServer, running_redis
 from tests.support.watch import each_event
 
 StartExecutor = Callable[..., Coroutine[Any, Any, Executor]]
@@ -61,6 +63,21 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     skipped = reporter.stats.get("skipped", []) if reporter is not None else []
     if skipped and os.environ.get("CI") and exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the whole session; tests keep apart by key prefix."""
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def planner_process(tmp_path: Path) -> Iterator[processes.Service]:
+    """`mitosis-planner` as a subprocess on a free port, its log in tmp_path."""
+    service = processes.start_planner(tmp_path)
+    yield service
+    service.stop()
 
 
 @pytest.fixture

@@ -6,36 +6,15 @@ import hashlib
 import json
 import signal
 import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .processes import BIN, Service, start_service
 from .support.ports import free_port
+from .support.processes import BIN, Service, start_executor
 
 pytestmark = pytest.mark.e2e
 TASK_TEXT = "Write a short market brief on home solar batteries"
-
-
-@pytest.fixture
-def planner(tmp_path: Path) -> Iterator[Service]:
-    service = start_service("mitosis-planner", tmp_path / "planner.log")
-    yield service
-    service.stop()
-
-
-def start_executor(tmp_path: Path, planner: Service, port: int = 0, pace: str = "0") -> Service:
-    return start_service(
-        "mitosis-executor",
-        tmp_path / "executor.log",
-        f"--listen=127.0.0.1:{port}",
-        f"--planner={planner.target}",
-        f"--data-dir={tmp_path / 'data'}",
-        f"--offline-pace={pace}",
-        "--heartbeat-interval=0.5",
-    )
 
 
 def mitosis(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -44,8 +23,10 @@ def mitosis(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
     )
 
 
-def test_run_shows_pages_and_delivers_verified_files(tmp_path: Path, planner: Service) -> None:
-    executor = start_executor(tmp_path, planner)
+def test_run_shows_pages_and_delivers_verified_files(
+    tmp_path: Path, planner_process: Service
+) -> None:
+    executor = start_executor(tmp_path, planner_process, pace="0")
     try:
         out = tmp_path / "out"
         result = mitosis("--target", executor.target, "run", TASK_TEXT, "--out", str(out))
@@ -65,9 +46,11 @@ def test_run_shows_pages_and_delivers_verified_files(tmp_path: Path, planner: Se
         assert hashlib.sha256(data).hexdigest() == artifact["sha256"]
 
 
-def test_watch_survives_an_executor_killed_and_restarted(tmp_path: Path, planner: Service) -> None:
-    port = free_port()
-    executor = start_executor(tmp_path, planner, port, pace="0.01")
+def test_watch_survives_an_executor_killed_and_restarted(
+    tmp_path: Path, planner_process: Service
+) -> None:
+    listen = f"--listen=127.0.0.1:{free_port()}"  # the same port again after the kill
+    executor = start_executor(tmp_path, planner_process, listen)
     created = mitosis("--target", executor.target, "--json", "run", TASK_TEXT, "--detach")
     assert created.returncode == 0, created.stderr
     task_id = json.loads(created.stdout)["taskId"]
@@ -78,25 +61,31 @@ def test_watch_survives_an_executor_killed_and_restarted(tmp_path: Path, planner
         text=True,
     )
     try:
-        time.sleep(1.0)  # mid-task: the offline model is writing its pages
+        assert watcher.stdout is not None
+        before = []
+        for line in watcher.stdout:  # mid-task: the watcher has shown part of a page
+            before.append(line)
+            if "pageDelta" in json.loads(line):
+                break
         executor.stop(signal.SIGKILL)
-        time.sleep(0.5)
-        executor = start_executor(tmp_path, planner, port, pace="0.01")
+        executor = start_executor(tmp_path, planner_process, listen)
         stdout, stderr = watcher.communicate(timeout=60)
     finally:
         watcher.kill()
         executor.stop()
 
     assert watcher.returncode == 0, stderr
-    seqs = [int(json.loads(line)["seq"]) for line in stdout.splitlines()]
+    seqs = [int(json.loads(line)["seq"]) for line in [*before, *stdout.splitlines()]]
     assert seqs == list(range(1, len(seqs) + 1))
     assert "reconnecting" in stderr
     last = json.loads(stdout.splitlines()[-1])
     assert last["taskStateChanged"]["state"] == "STATE_SUCCEEDED"
 
 
-def test_watch_from_after_seq_prints_only_the_rest(tmp_path: Path, planner: Service) -> None:
-    executor = start_executor(tmp_path, planner)
+def test_watch_from_after_seq_prints_only_the_rest(
+    tmp_path: Path, planner_process: Service
+) -> None:
+    executor = start_executor(tmp_path, planner_process, pace="0")
     try:
         created = mitosis("--target", executor.target, "--json", "run", TASK_TEXT)
         first_line = json.loads(created.stdout.splitlines()[0])
@@ -114,9 +103,9 @@ def test_watch_from_after_seq_prints_only_the_rest(tmp_path: Path, planner: Serv
 
 
 def test_run_approve_waits_and_approve_runs_an_edited_plan(
-    tmp_path: Path, planner: Service
+    tmp_path: Path, planner_process: Service
 ) -> None:
-    executor = start_executor(tmp_path, planner)
+    executor = start_executor(tmp_path, planner_process, pace="0")
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(
         json.dumps(

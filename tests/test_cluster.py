@@ -21,9 +21,9 @@ from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
 from scripts.run import Backoff, Supervised
 
 from .gateway import start_gateway
-from .processes import Service, start_service
-from .redis_server import RedisServer
-from .runner import Runner, running
+from .support.make_run import Runner, running
+from .support.processes import Service, start_executor
+from .support.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
 Task = task_pb2.Task
@@ -39,28 +39,19 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-@pytest.fixture
-def planner(tmp_path: Path) -> Iterator[Service]:
-    service = start_service("mitosis-planner", tmp_path / "planner.log")
-    yield service
-    service.stop()
-
-
 class Cluster:
     def __init__(self, tmp_path: Path, planner: Service, redis: RedisServer) -> None:
         self.tmp_path, self.planner, self.redis = tmp_path, planner, redis
         self.executors: list[Service] = []
 
     def start(self, name: str, pace: str = "0.01") -> Service:
-        executor = start_service(
-            "mitosis-executor",
-            self.tmp_path / f"{name}.log",
-            f"--planner={self.planner.target}",
-            f"--data-dir={self.tmp_path / 'data'}",
+        executor = start_executor(
+            self.tmp_path,
+            self.planner,
             f"--store={self.redis.url}",
             f"--lease-ttl={LEASE_TTL}",
-            f"--offline-pace={pace}",
-            "--heartbeat-interval=0.5",
+            name=name,
+            pace=pace,
         )
         self.executors.append(executor)
         return executor
@@ -73,8 +64,8 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, planner: Service, redis: RedisServer) -> Iterator[Cluster]:
-    cluster = Cluster(tmp_path, planner, redis)
+def cluster(tmp_path: Path, planner_process: Service, redis: RedisServer) -> Iterator[Cluster]:
+    cluster = Cluster(tmp_path, planner_process, redis)
     yield cluster
     cluster.stop()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -13,34 +12,16 @@ from mitosis.v1 import task_pb2, task_service_pb2
 from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
 from tests.support.watch import each_event
 
-from .processes import Service, start_service
+from .support.processes import Service, start_executor
 
 pytestmark = pytest.mark.e2e
 Task = task_pb2.Task
 
 
-@pytest.fixture
-def planner(tmp_path: Path) -> Iterator[Service]:
-    service = start_service("mitosis-planner", tmp_path / "planner.log")
-    yield service
-    service.stop()
-
-
-def start_executor(tmp_path: Path, planner: Service) -> Service:
-    return start_service(
-        "mitosis-executor",
-        tmp_path / "executor.log",
-        f"--planner={planner.target}",
-        f"--data-dir={tmp_path / 'data'}",
-        "--offline-pace=0.01",
-        "--heartbeat-interval=0.5",
-    )
-
-
 async def test_kill_9_mid_task_resumes_with_every_event_exactly_once(
-    tmp_path: Path, planner: Service
+    tmp_path: Path, planner_process: Service
 ) -> None:
-    executor = start_executor(tmp_path, planner)
+    executor = start_executor(tmp_path, planner_process)
     received: list[task_pb2.TaskEvent] = []
     try:
         async with grpc.aio.insecure_channel(executor.target) as channel:
@@ -66,7 +47,7 @@ async def test_kill_9_mid_task_resumes_with_every_event_exactly_once(
             call.cancel()
         assert executor.process.returncode == -signal.SIGKILL
 
-        executor = start_executor(tmp_path, planner)
+        executor = start_executor(tmp_path, planner_process)
         async with grpc.aio.insecure_channel(executor.target) as channel:
             stub = TaskServiceStub(channel)
             request = task_service_pb2.WatchTaskRequest(
@@ -93,9 +74,9 @@ async def test_kill_9_mid_task_resumes_with_every_event_exactly_once(
 
 
 async def test_sigterm_stops_gracefully_and_the_task_resumes(
-    tmp_path: Path, planner: Service
+    tmp_path: Path, planner_process: Service
 ) -> None:
-    executor = start_executor(tmp_path, planner)
+    executor = start_executor(tmp_path, planner_process)
     async with grpc.aio.insecure_channel(executor.target) as channel:
         stub = TaskServiceStub(channel)
         task = await stub.CreateTask(
@@ -107,7 +88,7 @@ async def test_sigterm_stops_gracefully_and_the_task_resumes(
                 break
     assert executor.stop(signal.SIGTERM) == 0
 
-    executor = start_executor(tmp_path, planner)
+    executor = start_executor(tmp_path, planner_process)
     try:
         async with grpc.aio.insecure_channel(executor.target) as channel:
             stub = TaskServiceStub(channel)

@@ -37,7 +37,7 @@ from tests.support.watch import each_event
 from . import gateway as harness
 from .conftest import StartExecutor, watch_all
 from .gateway import ALLOWED_ORIGIN, Gateway, start_gateway, start_gateway_async
-from .processes import BIN
+from .support.processes import BIN
 from .support.grpc_web import SERVICE, fetch, grpc_web_call, grpc_web_frame
 from .support.ports import free_port
 

@@ -16,7 +16,7 @@ from mitosis.executor.server import SERVICE_NAME, Executor, parse_args, start_ex
 from mitosis.planner.server import Planner, start_planner
 from mitosis.planner.server import parse_args as parse_planner_args
 
-from .redis_server import RedisServer
+from .support.redis_server import RedisServer
 from .support.ports import free_port
 from .test_metrics import until
 

@@ -28,7 +28,7 @@ from mitosis.v1 import plan_pb2, task_pb2, task_service_pb2
 from tests.support.watch import each_event
 
 from .conftest import watch_all
-from .processes import BIN
+from .support.processes import BIN
 
 if TYPE_CHECKING:
     from mitosis.v1.task_service_pb2_grpc import TaskServiceAsyncStub as TaskServiceStub

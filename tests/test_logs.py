@@ -19,7 +19,7 @@ from mitosis.v1 import task_pb2, task_service_pb2
 from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
 
 from .conftest import watch_all
-from .processes import start_service
+from .support.processes import start_executor, start_planner
 
 Task = task_pb2.Task
 
@@ -153,15 +153,8 @@ _GRPC_CORE_LINE = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\] ")
 @pytest.mark.e2e
 async def test_the_services_log_json_from_the_environment(tmp_path: Path) -> None:
     json_logs = {"MITOSIS_LOG_FORMAT": "json"}
-    planner = start_service("mitosis-planner", tmp_path / "planner.log", env=json_logs)
-    executor = start_service(
-        "mitosis-executor",
-        tmp_path / "executor.log",
-        f"--planner={planner.target}",
-        f"--data-dir={tmp_path / 'data'}",
-        "--offline-pace=0",
-        env=json_logs,
-    )
+    planner = start_planner(tmp_path, env=json_logs)
+    executor = start_executor(tmp_path, planner, pace=0, env=json_logs)
     try:
         async with grpc.aio.insecure_channel(executor.target) as channel:
             stub = TaskServiceStub(channel)

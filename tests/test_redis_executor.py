@@ -22,7 +22,7 @@ from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
 from tests.support.watch import each_event
 
 from .conftest import StartExecutor, watch_all
-from .redis_server import RedisServer
+from .support.redis_server import RedisServer
 from .test_runner import ScriptedPlanner, python_step
 
 

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -26,17 +26,11 @@ from mitosis.v1 import task_pb2, task_service_pb2
 from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
 
 from .conftest import StartExecutor, watch_all
-from .redis_server import RedisServer, running_redis
+from .support.redis_server import RedisServer
 from .support.waiting import eventually
 
 Task = task_pb2.Task
 Event = task_pb2.TaskEvent
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    with running_redis(tmp_path_factory.mktemp("redis")) as server:
-        yield server
 
 
 @pytest.fixture(params=["sqlite", "redis"])

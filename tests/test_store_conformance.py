@@ -27,7 +27,7 @@ from mitosis.executor.store import LeaseLost, Store, StoreUnavailable
 from mitosis.executor.stores import open_store
 from mitosis.projection import apply_event
 from mitosis.v1 import task_pb2
-from tests.redis_server import RedisServer, running_redis
+from tests.support.redis_server import RedisServer, running_redis
 
 Event = task_pb2.TaskEvent
 Task = task_pb2.Task

@@ -25,7 +25,7 @@ from scripts.run import tls_from
 from tests.certs import TestAuthority
 from tests.conftest import StartExecutor
 from tests.gateway import Gateway, start_gateway_async
-from tests.runner import running
+from tests.support.make_run import running
 from tests.support.watch import each_event
 
 EXECUTOR_KEY = "mk_executor-test-key-000000000000000000000000"
