@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from .redis_server import free_port
+from .ports import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STARTUP_S = 120.0
 """Generous: the services and Envoy start one after another on a busy machine."""
 

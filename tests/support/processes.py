@@ -7,9 +7,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from .waiting import eventually_sync
 
 BIN = Path(sys.executable).parent
 _PORT = re.compile(r"serving on port (\d+)")
@@ -47,13 +48,48 @@ def start_service(
             # The offline model unless a test says otherwise, whatever the developer's shell has.
             env={**os.environ, "MITOSIS_MODEL": "offline", **(env or {})},
         )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def said_port() -> int | None:
         found = _PORT.findall(log.read_bytes()[start:].decode(errors="replace"))
         if found:
-            return Service(process, int(found[-1]), log)
+            return int(found[-1])
         if process.poll() is not None:
             raise RuntimeError(f"{command} exited with {process.returncode}:\n{log.read_text()}")
-        time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"{command} did not start within {timeout} s:\n{log.read_text()}")
+        return None
+
+    try:
+        port = eventually_sync(said_port, timeout=timeout, what=f"{command} says its port")
+    except TimeoutError:
+        process.kill()
+        raise RuntimeError(
+            f"{command} did not start within {timeout} s:\n{log.read_text()}"
+        ) from None
+    return Service(process, port, log)
+
+
+def start_planner(folder: Path, *args: str, env: dict[str, str] | None = None) -> Service:
+    """`mitosis-planner` on a free port, its log `folder/planner.log`."""
+    return start_service("mitosis-planner", folder / "planner.log", *args, env=env)
+
+
+def start_executor(
+    folder: Path,
+    planner: Service,
+    *args: str,
+    name: str = "executor",
+    pace: float | str = 0.01,
+    heartbeat: float | str = 0.5,
+    env: dict[str, str] | None = None,
+) -> Service:
+    """`mitosis-executor` on a free port (or `--listen` in `args`) with the offline model
+    paced by `pace`, its data in `folder/data` and its log `folder/<name>.log`."""
+    return start_service(
+        "mitosis-executor",
+        folder / f"{name}.log",
+        f"--planner={planner.target}",
+        f"--data-dir={folder / 'data'}",
+        f"--offline-pace={pace}",
+        f"--heartbeat-interval={heartbeat}",
+        *args,
+        env=env,
+    )

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .support.ports import free_port
+from .ports import free_port
 
 
 class RedisServer:
