@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -14,12 +13,13 @@ import pytest
 from mitosis.executor.server import Executor, parse_args, start_executor
 from mitosis.planner.server import parse_args as parse_planner_args
 from mitosis.planner.server import start_planner
-from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
+from mitosis.v1 import task_service_pb2_grpc
 from tests.support import processes
+from tests.support.executors import StartExecutor
 from tests.support.redis_server import RedisServer, running_redis
-from tests.support.watch import each_event
+from tests.support.watch import watch_all
 
-StartExecutor = Callable[..., Coroutine[Any, Any, Executor]]
+__all__ = ["StartExecutor", "watch_all"]  # until every test imports them from tests.support
 
 # Programs some tests drive; without one those tests are skipped, loudly, and under CI
 # (CI=true) any skipped test fails the run.
@@ -132,15 +132,3 @@ async def channel(executor: Executor) -> AsyncIterator[grpc.aio.Channel]:
 def stub(channel: grpc.aio.Channel) -> task_service_pb2_grpc.TaskServiceStub:
     """A TaskService stub on the executor's channel."""
     return task_service_pb2_grpc.TaskServiceStub(channel)
-
-
-async def watch_all(
-    stub: task_service_pb2_grpc.TaskServiceStub, task_id: str, after_seq: int = 0
-) -> list[task_pb2.TaskEvent]:
-    """Return every stored event the watch delivers until it ends, heartbeats left out."""
-    request = task_service_pb2.WatchTaskRequest(task_id=task_id, after_seq=after_seq)
-    return [
-        event
-        async for event in each_event(stub.WatchTask(request, timeout=60))
-        if event.WhichOneof("kind") != "heartbeat"
-    ]

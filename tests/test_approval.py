@@ -10,7 +10,7 @@ from mitosis.v1 import plan_pb2, task_pb2, task_service_pb2
 from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
 from tests.support.watch import each_event
 
-from .conftest import watch_all
+from .support.watch import watch_all
 
 Task = task_pb2.Task
 

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mitosis.auth import KeyRing, KeysFileError, hash_key, is_loopback, key_line, keygen_main
 from mitosis.executor.server import Executor
 from mitosis.v1 import plan_pb2, task_pb2, task_service_pb2, task_service_pb2_grpc
-from tests.conftest import StartExecutor
+from tests.support.executors import StartExecutor
 from tests.support.watch import WatchCall, each_event
 
 Metadata = tuple[tuple[str, str], ...]

@@ -24,8 +24,8 @@ from mitosis.v1 import plan_pb2, task_pb2
 
 from . import browser as kit
 from .browser import UI, record_latency
-from .conftest import StartExecutor
 from .gateway import Gateway, start_gateway_async
+from .support.executors import StartExecutor
 
 # Fixtures from tests/browser.py: headless Chromium and the built UI.
 chromium = kit.chromium

@@ -18,8 +18,8 @@ from mitosis.client import AsyncClient
 from mitosis.v1 import task_pb2
 from tests import browser as kit
 from tests.browser import UI, record_latency
-from tests.conftest import StartExecutor
 from tests.gateway import Gateway, start_gateway_async
+from tests.support.executors import StartExecutor
 from tests.support.proxies import SETUPS, Proxy, program_path, start_proxy
 
 # Fixtures from tests/browser.py: headless Chromium and the built UI.

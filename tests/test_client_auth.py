@@ -21,8 +21,8 @@ from mitosis.cli.status import ExitStatus
 from mitosis.client import Client, ClientSettings, ConfigurationError, UnauthenticatedError
 from mitosis.client.settings import is_loopback
 from tests.certs import TestAuthority
-from tests.conftest import StartExecutor
 from tests.fake_task_service import AbortAfter, EndAfter, FakeTaskService, running
+from tests.support.executors import StartExecutor
 
 KEY = "mk_live_Q2hlY2sgdGhlIGtleSBuZXZlciBzaG93cw"
 OTHER_KEY = "mk_live_bm90IHRoZSByaWdodCBrZXkgYXQgYWxs"

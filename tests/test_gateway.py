@@ -35,11 +35,12 @@ from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 from tests.support.watch import each_event
 
 from . import gateway as harness
-from .conftest import StartExecutor, watch_all
 from .gateway import ALLOWED_ORIGIN, Gateway, start_gateway, start_gateway_async
-from .support.processes import BIN
+from .support.executors import StartExecutor
 from .support.grpc_web import SERVICE, fetch, grpc_web_call, grpc_web_frame
 from .support.ports import free_port
+from .support.processes import BIN
+from .support.watch import watch_all
 
 gateway = harness.gateway  # the fixture, as conftest may re-export it
 TaskServiceStub = task_service_pb2_grpc.TaskServiceStub

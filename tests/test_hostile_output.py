@@ -27,8 +27,8 @@ from mitosis.projection import MAX_UNSEEN, TERMINAL_STATES
 from mitosis.v1 import plan_pb2, task_pb2, task_service_pb2
 from tests.support.watch import each_event
 
-from .conftest import watch_all
 from .support.processes import BIN
+from .support.watch import watch_all
 
 if TYPE_CHECKING:
     from mitosis.v1.task_service_pb2_grpc import TaskServiceAsyncStub as TaskServiceStub

@@ -39,7 +39,7 @@ from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
 from mitosis.validation import MAX_PLAN_STEPS, MAX_TASK_TEXT_BYTES
 from tests.support.watch import each_event
 
-from .conftest import watch_all
+from .support.watch import watch_all
 
 if TYPE_CHECKING:
     from mitosis.v1.planner_service_pb2_grpc import PlannerServiceAsyncStub

@@ -18,8 +18,8 @@ from mitosis.logs import REQUEST_ID_HEADER, configure_logging
 from mitosis.v1 import task_pb2, task_service_pb2
 from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
 
-from .conftest import watch_all
 from .support.processes import start_executor, start_planner
+from .support.watch import watch_all
 
 Task = task_pb2.Task
 

@@ -23,8 +23,9 @@ from mitosis.planner.server import parse_args as parse_planner_args
 from mitosis.v1 import task_pb2, task_service_pb2
 from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
 
-from .conftest import StartExecutor, watch_all
 from .fake_openai import Call, FakeOpenAI, Text, ToolCalls, plan_reply, plan_step
+from .support.executors import StartExecutor
+from .support.watch import watch_all
 
 Task = task_pb2.Task
 Step = task_pb2.Step

@@ -17,7 +17,6 @@ from mitosis.v1 import task_pb2, task_service_pb2
 from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
 from tests.support.watch import each_event
 
-from .conftest import watch_all
 from .fake_openai import (
     Call,
     Drop,
@@ -30,6 +29,7 @@ from .fake_openai import (
     plan_reply,
     plan_step,
 )
+from .support.watch import watch_all
 
 Task = task_pb2.Task
 DOCUMENT = ["# Solar", " batteries\n\n", "Home ", "storage ", "is ", "growing."]

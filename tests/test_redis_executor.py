@@ -21,8 +21,9 @@ from mitosis.v1 import task_pb2, task_service_pb2
 from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
 from tests.support.watch import each_event
 
-from .conftest import StartExecutor, watch_all
+from .support.executors import StartExecutor
 from .support.redis_server import RedisServer
+from .support.watch import watch_all
 from .test_runner import ScriptedPlanner, python_step
 
 

@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
-from tests.conftest import watch_all
+from tests.support.watch import watch_all
 
 
 async def test_a_request_over_one_mebibyte_is_resource_exhausted(

@@ -25,9 +25,10 @@ from mitosis.executor.store import Store
 from mitosis.v1 import task_pb2, task_service_pb2
 from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
 
-from .conftest import StartExecutor, watch_all
+from .support.executors import StartExecutor
 from .support.redis_server import RedisServer
 from .support.waiting import eventually
+from .support.watch import watch_all
 
 Task = task_pb2.Task
 Event = task_pb2.TaskEvent

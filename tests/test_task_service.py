@@ -14,7 +14,8 @@ from mitosis.v1 import task_pb2, task_service_pb2
 from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
 from tests.support.watch import each_event
 
-from .conftest import StartExecutor, watch_all
+from .support.executors import StartExecutor
+from .support.watch import watch_all
 
 Task = task_pb2.Task
 TASK_TEXT = "Write a short market brief on home solar batteries"

@@ -23,8 +23,8 @@ from mitosis.tls import TlsConfigError, channel_credentials
 from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 from scripts.run import tls_from
 from tests.certs import TestAuthority
-from tests.conftest import StartExecutor
 from tests.gateway import Gateway, start_gateway_async
+from tests.support.executors import StartExecutor
 from tests.support.make_run import running
 from tests.support.watch import each_event
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from mitosis.v1 import task_pb2, task_service_pb2
+from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 
 WatchCall = grpc.aio.UnaryStreamCall[
     task_service_pb2.WatchTaskRequest, task_service_pb2.WatchTaskResponse
@@ -59,3 +59,15 @@ async def flat(
     async for batch in batches:
         for event in batch:
             yield event
+
+
+async def watch_all(
+    stub: task_service_pb2_grpc.TaskServiceStub, task_id: str, after_seq: int = 0
+) -> list[task_pb2.TaskEvent]:
+    """Return every stored event the watch delivers until it ends, heartbeats left out."""
+    request = task_service_pb2.WatchTaskRequest(task_id=task_id, after_seq=after_seq)
+    return [
+        event
+        async for event in each_event(stub.WatchTask(request, timeout=60))
+        if event.WhichOneof("kind") != "heartbeat"
+    ]
