@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from mitosis.errors import API_KEY_MISSING, API_KEY_UNKNOWN, error_status
 from mitosis.handlers import (
     Behaviour,
     Continuation,
@@ -49,6 +50,15 @@ OPEN_SERVICES = frozenset({HEALTH_SERVICE, *_REFLECTION_SERVICES})
 
 MISSING_KEY = "this service needs an API key (metadata authorization: Bearer <key>)"
 UNKNOWN_KEY = "unknown API key"
+
+
+class KeyRefused(PermissionError):
+    """A call's key is missing or unknown; `reason` says which, as its ErrorInfo does."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
 
 _caller: ContextVar[str] = ContextVar("mitosis_caller", default="")
 
@@ -132,16 +142,16 @@ class KeyRing:
         return None
 
     def authenticate(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
-        """Return the caller's key name from call metadata, or raise PermissionError."""
+        """Return the caller's key name from call metadata, or raise KeyRefused."""
         for header, value in metadata or ():
             if header == "authorization" and isinstance(value, str):
                 if value[: len(_BEARER)].lower() != _BEARER:
-                    raise PermissionError(MISSING_KEY)
+                    raise KeyRefused(MISSING_KEY, API_KEY_MISSING)
                 name = self.name_for(value[len(_BEARER) :].strip())
                 if name is None:
-                    raise PermissionError(UNKNOWN_KEY)
+                    raise KeyRefused(UNKNOWN_KEY, API_KEY_UNKNOWN)
                 return name
-        raise PermissionError(MISSING_KEY)
+        raise KeyRefused(MISSING_KEY, API_KEY_MISSING)
 
 
 class ApiKeyInterceptor(ServerInterceptor):
@@ -159,8 +169,8 @@ class ApiKeyInterceptor(ServerInterceptor):
             return handler
         try:
             caller = self._keys.authenticate(details.invocation_metadata)
-        except PermissionError as refusal:
-            return wrap_handler(handler, _refusing(str(refusal), handler.response_streaming))
+        except KeyRefused as refusal:
+            return wrap_handler(handler, _refusing(refusal, handler.response_streaming))
 
         def as_caller(_context: Any) -> None:
             _caller.set(caller)
@@ -168,11 +178,13 @@ class ApiKeyInterceptor(ServerInterceptor):
         return prepared(handler, as_caller)
 
 
-def _refusing(message: str, streaming: bool) -> Callable[[Behaviour], Behaviour]:
+def _refusing(refusal: KeyRefused, streaming: bool) -> Callable[[Behaviour], Behaviour]:
     """Return a wrapper whose behaviour only refuses the call."""
+    code, message = grpc.StatusCode.UNAUTHENTICATED, str(refusal)
+    trailer = error_status(code, message, refusal.reason, {})
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await context.abort(code, message, trailing_metadata=trailer)
 
     async def refuse_streaming(request: Any, context: Any) -> AsyncIterator[Any]:
         await refuse(request, context)

@@ -1,4 +1,5 @@
-"""Server interceptors' common part: wrapping a method's behaviour; MitosisError as a status."""
+"""Server interceptors' common part: wrapping a method's behaviour; MitosisError as a status
+(with its reason as a google.rpc.ErrorInfo)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from mitosis.errors import MitosisError
+from mitosis.errors import MitosisError, error_status
 from mitosis.validation import status_message
 
 Behaviour = Callable[..., Any]
@@ -74,7 +75,7 @@ def prepared(handler: Handler, prepare: Callable[[Any], None]) -> Handler:
 
 
 class ErrorStatusInterceptor(ServerInterceptor):
-    """Ends a call that raised a MitosisError with its status and message.
+    """Ends a call that raised a MitosisError with its status, message and reason.
 
     Servicers then only translate messages; any other exception stays UNKNOWN and is logged
     by grpc, as a bug should be.
@@ -97,7 +98,7 @@ def _unary_statuses(behaviour: Behaviour) -> Behaviour:
         try:
             return await behaviour(request, context)
         except MitosisError as error:
-            await context.abort(error.code, status_message(str(error)))
+            await _abort(context, error)
 
     return unary
 
@@ -110,6 +111,12 @@ def _streaming_statuses(behaviour: Behaviour) -> Behaviour:
             async for response in behaviour(request, context):
                 yield response
         except MitosisError as error:
-            await context.abort(error.code, status_message(str(error)))
+            await _abort(context, error)
 
     return streaming
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: MitosisError) -> None:
+    message = status_message(str(error))
+    trailer = error_status(error.code, message, error.reason, error.metadata)
+    await context.abort(error.code, message, trailing_metadata=trailer)

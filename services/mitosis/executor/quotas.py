@@ -8,7 +8,11 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
-from mitosis.errors import ResourceExhausted
+from mitosis.errors import (
+    KEY_WATCHER_QUOTA_EXCEEDED,
+    TASK_WATCHER_QUOTA_EXCEEDED,
+    ResourceExhausted,
+)
 
 
 @dataclass(frozen=True)
@@ -34,15 +38,20 @@ class WatcherCount:
     @contextmanager
     def hold(self, task_id: str, owner: str) -> Iterator[None]:
         """Count one watcher of the task by the key while the block runs."""
-        if self._by_task[task_id] >= self._limits.watchers_per_task:
+        per_task, per_key = self._limits.watchers_per_task, self._limits.watchers_per_key
+        if self._by_task[task_id] >= per_task:
             raise ResourceExhausted(
-                f"task {task_id} already has {self._limits.watchers_per_task} watchers, the"
-                " most one task may have; close one and try again"
+                f"task {task_id} already has {per_task} watchers, the most one task may have;"
+                " close one and try again",
+                reason=TASK_WATCHER_QUOTA_EXCEEDED,
+                metadata={"limit": str(per_task), "task_id": task_id},
             )
-        if self._by_key[owner] >= self._limits.watchers_per_key:
+        if self._by_key[owner] >= per_key:
             raise ResourceExhausted(
-                f"this key already has {self._limits.watchers_per_key} WatchTask streams open,"
-                " the most one key may have; close one and try again"
+                f"this key already has {per_key} WatchTask streams open, the most one key may"
+                " have; close one and try again",
+                reason=KEY_WATCHER_QUOTA_EXCEEDED,
+                metadata={"limit": str(per_key)},
             )
         self._by_task[task_id] += 1
         self._by_key[owner] += 1

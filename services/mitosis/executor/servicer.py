@@ -25,7 +25,9 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     async def CreateTask(
         self, request: task_service_pb2.CreateTaskRequest, context: Context
     ) -> task_pb2.Task:
-        return await self._tasks.create(request.text, request.require_approval, current_caller())
+        return await self._tasks.create(
+            request.text, request.require_approval, current_caller(), request.request_id
+        )
 
     async def GetTask(
         self, request: task_service_pb2.GetTaskRequest, context: Context
@@ -36,7 +38,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         self, request: task_service_pb2.ListTasksRequest, context: Context
     ) -> task_service_pb2.ListTasksResponse:
         tasks, next_token = await self._tasks.list(
-            request.page_size, request.page_token, current_caller()
+            request.page_size, request.page_token, current_caller(), request.view
         )
         return task_service_pb2.ListTasksResponse(tasks=tasks, next_page_token=next_token)
 
@@ -62,6 +64,8 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     async def ReadArtifact(
         self, request: task_service_pb2.ReadArtifactRequest, context: Context
     ) -> AsyncIterator[task_service_pb2.ReadArtifactResponse]:
-        chunks = self._tasks.read_artifact(request.task_id, request.path, current_caller())
+        chunks = self._tasks.read_artifact(
+            request.task_id, request.path, current_caller(), request.read_offset
+        )
         async for offset, data in chunks:
             yield task_service_pb2.ReadArtifactResponse(offset=offset, data=data)

@@ -4,24 +4,38 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import os
 import re
 import secrets
 import time
 from collections.abc import AsyncIterator
 
-from mitosis.errors import InvalidArgument, NotFound, ResourceExhausted
+from mitosis.errors import (
+    READ_OFFSET_OUT_OF_RANGE,
+    TASK_QUOTA_EXCEEDED,
+    InvalidArgument,
+    MitosisError,
+    NotFound,
+    OutOfRange,
+    ResourceExhausted,
+)
 from mitosis.executor.eventlog import EventLog
 from mitosis.executor.quotas import CreationGate, Limits, WatcherCount
 from mitosis.executor.runner import TaskRunner
 from mitosis.executor.watch import Batch, check_max_wait, watch_batches
 from mitosis.executor.workspace import PathEscapeError
 from mitosis.v1 import plan_pb2, task_pb2
-from mitosis.validation import validate_plan, validate_task_text
+from mitosis.validation import shown, validate_plan, validate_task_text
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+MAX_PAGE_BYTES = 1024 * 1024 - 1024
+"""The most bytes of tasks one ListTasks page holds: gRPC clients refuse messages over 4 MiB
+by default, and 1,000 tasks in full are about 6.5 MB (1 KiB is kept for the token)."""
 ARTIFACT_CHUNK_BYTES = 64 * 1024
 _TASK_ID = re.compile(r"[0-9a-f]{16}")
+_REQUEST_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class Tasks:
@@ -45,11 +59,20 @@ class Tasks:
         self._watchers = WatcherCount(limits)
         self._creation = CreationGate()
 
-    async def create(self, text: str, require_approval: bool, owner: str) -> task_pb2.Task:
-        """Store a new task of the key `owner` and start running it."""
+    async def create(
+        self, text: str, require_approval: bool, owner: str, request_id: str = ""
+    ) -> task_pb2.Task:
+        """Store a new task of the key `owner` and start running it.
+
+        With a `request_id` the key used before, return the task it created and start none.
+        """
         text = validate_task_text(text)
+        if request_id:
+            task_id = task_id_for_request(owner, validate_request_id(request_id))
+        else:
+            task_id = secrets.token_hex(8)
         task = task_pb2.Task(
-            task_id=secrets.token_hex(8),
+            task_id=task_id,
             text=text,
             state=task_pb2.Task.STATE_PENDING,
             require_approval=require_approval,
@@ -57,15 +80,28 @@ class Tasks:
         )
         task.model = self._model
         async with self._creation.turn(owner):
+            # A retry is answered before the quota is counted: the task it asks for exists.
+            if request_id and (earlier := await self._store.get_task(task_id)) is not None:
+                return _requested_before(earlier, owner, request_id)
             unfinished = await self._store.count_unfinished(owner)
             if unfinished >= self._limits.tasks_per_key:
                 raise ResourceExhausted(
                     f"this key already has {unfinished} unfinished tasks, the most one key may"
-                    f" have ({self._limits.tasks_per_key}); wait for one to end or cancel one"
+                    f" have ({self._limits.tasks_per_key}); wait for one to end or cancel one",
+                    reason=TASK_QUOTA_EXCEEDED,
+                    metadata={"limit": str(self._limits.tasks_per_key)},
                 )
             task.create_time.FromNanoseconds(time.time_ns())
             task.update_time.CopyFrom(task.create_time)
-            await self._store.create_task(task)
+            try:
+                await self._store.create_task(task)
+            except Exception:
+                # Another executor (same Redis) created it from the same request_id first:
+                # the store refused our copy, and the retry gets the task that won.
+                earlier = await self._store.get_task(task_id) if request_id else None
+                if earlier is None:
+                    raise
+                return _requested_before(earlier, owner, request_id)
         # The first event at once: a watcher sees the task accepted before it is planned.
         accepted = task_pb2.TaskStateChanged(state=task.state, message="accepted")
         await self._log.append(task.task_id, task_pb2.TaskEvent(task_state_changed=accepted))
@@ -81,15 +117,29 @@ class Tasks:
         return task
 
     async def list(
-        self, page_size: int, page_token: str, owner: str
+        self,
+        page_size: int,
+        page_token: str,
+        owner: str,
+        view: task_pb2.Task.View.ValueType = task_pb2.Task.VIEW_BASIC,
     ) -> tuple[list[task_pb2.Task], str]:
-        """Return a page of the key's tasks, newest first, and the token of the next page."""
+        """Return a page of the key's tasks in `view`, newest first, and the next page's token.
+
+        The page ends after `page_size` tasks or before MAX_PAGE_BYTES, whichever comes first.
+        """
         if page_size < 0:
             raise InvalidArgument(f"page_size must be 0 or more, not {page_size}")
+        if view not in task_pb2.Task.View.values():
+            raise InvalidArgument(f"view {view} is not a Task.View")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         page = await self._store.list_tasks(size, decode_page_token(page_token), owner=owner)
-        next_token = "" if page.next_cursor is None else encode_page_token(page.next_cursor)
-        return page.tasks, next_token
+        tasks = fitting_page([in_view(task, view) for task in page.tasks], MAX_PAGE_BYTES)
+        next_cursor = page.next_cursor
+        if len(tasks) < len(page.tasks):
+            last = tasks[-1]
+            next_cursor = (last.create_time.ToNanoseconds(), last.task_id)
+        next_token = "" if next_cursor is None else encode_page_token(next_cursor)
+        return tasks, next_token
 
     async def cancel(self, task_id: str, owner: str) -> task_pb2.Task:
         """Cancel the task and return it as it ended."""
@@ -118,9 +168,11 @@ class Tasks:
                 yield batch
 
     async def read_artifact(
-        self, task_id: str, path: str, owner: str
+        self, task_id: str, path: str, owner: str, read_offset: int = 0
     ) -> AsyncIterator[tuple[int, bytes]]:
-        """Yield (offset, chunk) pairs of a delivered file."""
+        """Yield (offset, chunk) pairs of a delivered file, from byte `read_offset` on."""
+        if read_offset < 0:
+            raise InvalidArgument(f"read_offset must be 0 or more, not {read_offset}")
         task = await self.get(task_id, owner)
         workspace = self._runner.workspace(task.task_id)
         delivered = any(artifact.path == path for artifact in task.artifacts)
@@ -140,7 +192,15 @@ class Tasks:
                 f" ({error.strerror})"
             ) from error
         with file:
-            offset = 0
+            size = os.fstat(file.fileno()).st_size
+            if read_offset > size:
+                raise OutOfRange(
+                    f"read_offset {read_offset} is beyond the end of {path!r}"
+                    f" ({size} bytes); resume from at most {size}",
+                    reason=READ_OFFSET_OUT_OF_RANGE,
+                    metadata={"size_bytes": str(size)},
+                )
+            offset = file.seek(read_offset)
             while chunk := file.read(ARTIFACT_CHUNK_BYTES):
                 yield offset, chunk
                 offset += len(chunk)
@@ -153,6 +213,61 @@ def validate_task_id(task_id: str) -> str:
     if not _TASK_ID.fullmatch(task_id):
         raise NotFound(f"task {task_id!r} does not exist")
     return task_id
+
+
+def validate_request_id(request_id: str) -> str:
+    """Return a CreateTask request_id in its canonical (lower-case) form, or raise."""
+    if not _REQUEST_ID.fullmatch(request_id.lower()):
+        raise InvalidArgument(
+            f"request_id {shown(request_id)} is not a UUID"
+            " (such as 123e4567-e89b-12d3-a456-426614174000)"
+        )
+    return request_id.lower()
+
+
+def task_id_for_request(owner: str, request_id: str) -> str:
+    """Return the id of the task a key's CreateTask request_id creates.
+
+    Derived, not stored: every executor of a cluster finds the same id for a retry without
+    an index, and the key's name in the hash keeps two keys' ids apart.
+    """
+    digest = hashlib.blake2b(
+        request_id.encode(), key=owner.encode(), digest_size=8, person=b"mitosis.request"
+    )
+    return digest.hexdigest()
+
+
+def _requested_before(task: task_pb2.Task, owner: str, request_id: str) -> task_pb2.Task:
+    """Return the task an earlier CreateTask with the same request_id created."""
+    if task.owner != owner:  # a random id of another key's task: 1 in 2^64
+        raise MitosisError(f"request_id {request_id} cannot be used; make a new one")
+    return task
+
+
+def in_view(task: task_pb2.Task, view: task_pb2.Task.View.ValueType) -> task_pb2.Task:
+    """Return the task with only the fields `view` shows (BASIC when unspecified)."""
+    if view == task_pb2.Task.VIEW_FULL:
+        return task
+    basic = task_pb2.Task()
+    basic.CopyFrom(task)
+    basic.ClearField("steps")
+    basic.ClearField("artifacts")
+    basic.ClearField("pages")
+    basic.ClearField("plan_summary")
+    return basic
+
+
+def fitting_page(tasks: list[task_pb2.Task], max_bytes: int) -> list[task_pb2.Task]:
+    """Return the first tasks that fit in `max_bytes` once encoded; at least one, if any.
+
+    One task over the limit still goes alone, so paging always moves on.
+    """
+    total = 0
+    for count, task in enumerate(tasks):
+        total += task.ByteSize() + 6  # the field's tag and length prefix, at most
+        if total > max_bytes and count:
+            return tasks[:count]
+    return tasks
 
 
 def encode_page_token(cursor: tuple[int, str]) -> str:

@@ -72,6 +72,37 @@ class Task(_message.Message):
     STATE_AWAITING_APPROVAL: Task.State.ValueType  # 7
     """The plan is ready and waits for ApprovePlan (or CancelTask) before any step runs."""
 
+    class _View:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Task._View.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        VIEW_UNSPECIFIED: Task._View.ValueType  # 0
+        """Default value: VIEW_BASIC."""
+        VIEW_BASIC: Task._View.ValueType  # 1
+        """What a list of tasks shows: `task_id`, `text`, `state`, `model`, `error`,
+        `create_time`, `update_time`, `last_seq`, `require_approval`, `revisions` and
+        `owner`; not `steps`, `artifacts`, `pages` or `plan_summary`, which make a
+        finished task about 7 KB where the rest is about 110 bytes.
+        """
+        VIEW_FULL: Task._View.ValueType  # 2
+        """Every field, as GetTask returns it."""
+
+    class View(_View, metaclass=_ViewEnumTypeWrapper):
+        """Which fields of a task a listing returns (as Cloud Tasks' Task.View does)."""
+
+    VIEW_UNSPECIFIED: Task.View.ValueType  # 0
+    """Default value: VIEW_BASIC."""
+    VIEW_BASIC: Task.View.ValueType  # 1
+    """What a list of tasks shows: `task_id`, `text`, `state`, `model`, `error`,
+    `create_time`, `update_time`, `last_seq`, `require_approval`, `revisions` and
+    `owner`; not `steps`, `artifacts`, `pages` or `plan_summary`, which make a
+    finished task about 7 KB where the rest is about 110 bytes.
+    """
+    VIEW_FULL: Task.View.ValueType  # 2
+    """Every field, as GetTask returns it."""
+
     TASK_ID_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int

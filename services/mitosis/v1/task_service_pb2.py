@@ -27,7 +27,7 @@ from mitosis.v1 import plan_pb2 as mitosis_dot_v1_dot_plan__pb2
 from mitosis.v1 import task_pb2 as mitosis_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmitosis/v1/task_service.proto\x12\nmitosis.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x15mitosis/v1/plan.proto\x1a\x15mitosis/v1/task.proto\";\n\x11\x43reateTaskRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x18\n\x10require_approval\x18\x02 \x01(\x08\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"9\n\x10ListTasksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"M\n\x11ListTasksResponse\x12\x1f\n\x05tasks\x18\x01 \x03(\x0b\x32\x10.mitosis.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"c\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12+\n\x08max_wait\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\":\n\x11WatchTaskResponse\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.mitosis.v1.TaskEvent\"E\n\x12\x41pprovePlanRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x1e\n\x04plan\x18\x02 \x01(\x0b\x32\x10.mitosis.v1.Plan\"4\n\x13ReadArtifactRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"4\n\x14ReadArtifactResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x32\xf0\x03\n\x0bTaskService\x12=\n\nCreateTask\x12\x1d.mitosis.v1.CreateTaskRequest\x1a\x10.mitosis.v1.Task\x12\x37\n\x07GetTask\x12\x1a.mitosis.v1.GetTaskRequest\x1a\x10.mitosis.v1.Task\x12H\n\tListTasks\x12\x1c.mitosis.v1.ListTasksRequest\x1a\x1d.mitosis.v1.ListTasksResponse\x12=\n\nCancelTask\x12\x1d.mitosis.v1.CancelTaskRequest\x1a\x10.mitosis.v1.Task\x12J\n\tWatchTask\x12\x1c.mitosis.v1.WatchTaskRequest\x1a\x1d.mitosis.v1.WatchTaskResponse0\x01\x12?\n\x0b\x41pprovePlan\x12\x1e.mitosis.v1.ApprovePlanRequest\x1a\x10.mitosis.v1.Task\x12S\n\x0cReadArtifact\x12\x1f.mitosis.v1.ReadArtifactRequest\x1a .mitosis.v1.ReadArtifactResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmitosis/v1/task_service.proto\x12\nmitosis.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x15mitosis/v1/plan.proto\x1a\x15mitosis/v1/task.proto\"O\n\x11\x43reateTaskRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x18\n\x10require_approval\x18\x02 \x01(\x08\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"^\n\x10ListTasksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12#\n\x04view\x18\x03 \x01(\x0e\x32\x15.mitosis.v1.Task.View\"M\n\x11ListTasksResponse\x12\x1f\n\x05tasks\x18\x01 \x03(\x0b\x32\x10.mitosis.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"c\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12+\n\x08max_wait\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\":\n\x11WatchTaskResponse\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.mitosis.v1.TaskEvent\"E\n\x12\x41pprovePlanRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x1e\n\x04plan\x18\x02 \x01(\x0b\x32\x10.mitosis.v1.Plan\"I\n\x13ReadArtifactRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x13\n\x0bread_offset\x18\x03 \x01(\x03\"4\n\x14ReadArtifactResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x32\xf0\x03\n\x0bTaskService\x12=\n\nCreateTask\x12\x1d.mitosis.v1.CreateTaskRequest\x1a\x10.mitosis.v1.Task\x12\x37\n\x07GetTask\x12\x1a.mitosis.v1.GetTaskRequest\x1a\x10.mitosis.v1.Task\x12H\n\tListTasks\x12\x1c.mitosis.v1.ListTasksRequest\x1a\x1d.mitosis.v1.ListTasksResponse\x12=\n\nCancelTask\x12\x1d.mitosis.v1.CancelTaskRequest\x1a\x10.mitosis.v1.Task\x12J\n\tWatchTask\x12\x1c.mitosis.v1.WatchTaskRequest\x1a\x1d.mitosis.v1.WatchTaskResponse0\x01\x12?\n\x0b\x41pprovePlan\x12\x1e.mitosis.v1.ApprovePlanRequest\x1a\x10.mitosis.v1.Task\x12S\n\x0cReadArtifact\x12\x1f.mitosis.v1.ReadArtifactRequest\x1a .mitosis.v1.ReadArtifactResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,25 +35,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mitosis.v1.task_service_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CREATETASKREQUEST']._serialized_start=123
-  _globals['_CREATETASKREQUEST']._serialized_end=182
-  _globals['_GETTASKREQUEST']._serialized_start=184
-  _globals['_GETTASKREQUEST']._serialized_end=217
-  _globals['_LISTTASKSREQUEST']._serialized_start=219
-  _globals['_LISTTASKSREQUEST']._serialized_end=276
-  _globals['_LISTTASKSRESPONSE']._serialized_start=278
-  _globals['_LISTTASKSRESPONSE']._serialized_end=355
-  _globals['_CANCELTASKREQUEST']._serialized_start=357
-  _globals['_CANCELTASKREQUEST']._serialized_end=393
-  _globals['_WATCHTASKREQUEST']._serialized_start=395
-  _globals['_WATCHTASKREQUEST']._serialized_end=494
-  _globals['_WATCHTASKRESPONSE']._serialized_start=496
-  _globals['_WATCHTASKRESPONSE']._serialized_end=554
-  _globals['_APPROVEPLANREQUEST']._serialized_start=556
-  _globals['_APPROVEPLANREQUEST']._serialized_end=625
-  _globals['_READARTIFACTREQUEST']._serialized_start=627
-  _globals['_READARTIFACTREQUEST']._serialized_end=679
-  _globals['_READARTIFACTRESPONSE']._serialized_start=681
-  _globals['_READARTIFACTRESPONSE']._serialized_end=733
-  _globals['_TASKSERVICE']._serialized_start=736
-  _globals['_TASKSERVICE']._serialized_end=1232
+  _globals['_CREATETASKREQUEST']._serialized_end=202
+  _globals['_GETTASKREQUEST']._serialized_start=204
+  _globals['_GETTASKREQUEST']._serialized_end=237
+  _globals['_LISTTASKSREQUEST']._serialized_start=239
+  _globals['_LISTTASKSREQUEST']._serialized_end=333
+  _globals['_LISTTASKSRESPONSE']._serialized_start=335
+  _globals['_LISTTASKSRESPONSE']._serialized_end=412
+  _globals['_CANCELTASKREQUEST']._serialized_start=414
+  _globals['_CANCELTASKREQUEST']._serialized_end=450
+  _globals['_WATCHTASKREQUEST']._serialized_start=452
+  _globals['_WATCHTASKREQUEST']._serialized_end=551
+  _globals['_WATCHTASKRESPONSE']._serialized_start=553
+  _globals['_WATCHTASKRESPONSE']._serialized_end=611
+  _globals['_APPROVEPLANREQUEST']._serialized_start=613
+  _globals['_APPROVEPLANREQUEST']._serialized_end=682
+  _globals['_READARTIFACTREQUEST']._serialized_start=684
+  _globals['_READARTIFACTREQUEST']._serialized_end=757
+  _globals['_READARTIFACTRESPONSE']._serialized_start=759
+  _globals['_READARTIFACTRESPONSE']._serialized_end=811
+  _globals['_TASKSERVICE']._serialized_start=814
+  _globals['_TASKSERVICE']._serialized_end=1310
 # @@protoc_insertion_point(module_scope)

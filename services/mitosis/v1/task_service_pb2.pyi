@@ -29,19 +29,28 @@ class CreateTaskRequest(_message.Message):
 
     TEXT_FIELD_NUMBER: _builtins.int
     REQUIRE_APPROVAL_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The task, in plain words. Required; at most 64 KiB of UTF-8."""
     require_approval: _builtins.bool
     """Wait in AWAITING_APPROVAL once the plan is ready, until ApprovePlan or CancelTask."""
+    request_id: _builtins.str
+    """A UUID (36 characters, as `123e4567-e89b-12d3-a456-426614174000`) the caller makes once
+    per task it means to create, so that it can retry the call safely: a CreateTask with a
+    `request_id` this API key already used returns the task that id created (as long as
+    the task is kept), whatever the rest of the request says, and starts nothing new.
+    Empty: no such guarantee. Anything else is INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
         require_approval: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["require_approval", b"require_approval", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "require_approval", b"require_approval", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -77,19 +86,26 @@ class ListTasksRequest(_message.Message):
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """How many tasks to return at most; 0 means 50, and more than 1000 is treated as 1000."""
+    """How many tasks to return at most; 0 means 50, and more than 1000 is treated as 1000.
+    A page also ends before it would pass about 1 MiB, so it may hold fewer tasks than
+    this while more follow: go on while `next_page_token` is not empty.
+    """
     page_token: _builtins.str
     """The `next_page_token` of a previous ListTasks response, to get the next page."""
+    view: _task_pb2.Task.View.ValueType
+    """Which fields of each task to return: VIEW_UNSPECIFIED means VIEW_BASIC."""
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        view: _task_pb2.Task.View.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -107,7 +123,9 @@ class ListTasksResponse(_message.Message):
     """A token for the next page; empty when there are no more tasks."""
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_task_pb2.Task]:
-        """The tasks, newest first."""
+        """The tasks, newest first, in the view the request asked for. At most `page_size` of
+        them, and about 1 MiB in all (at least one task when any follow the page token).
+        """
 
     def __init__(
         self,
@@ -251,19 +269,26 @@ class ReadArtifactRequest(_message.Message):
 
     TASK_ID_FIELD_NUMBER: _builtins.int
     PATH_FIELD_NUMBER: _builtins.int
+    READ_OFFSET_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """The task's identifier."""
     path: _builtins.str
     """The artifact's path, as in Artifact.path."""
+    read_offset: _builtins.int
+    """The position of the first byte to send, to resume a download that broke: the number
+    of bytes already received. 0 sends the whole file; the file's size sends nothing.
+    Negative values are INVALID_ARGUMENT; values beyond the file's size are OUT_OF_RANGE.
+    """
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
         path: _builtins.str = ...,
+        read_offset: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "read_offset", b"read_offset", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

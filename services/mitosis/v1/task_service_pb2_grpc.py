@@ -79,6 +79,7 @@ class TaskServiceServicer:
 
     def CreateTask(self, request, context):
         """Creates a task and starts it. The task is planned and run in the background.
+        A retry with the same `request_id` returns the task the first call created.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -92,7 +93,7 @@ class TaskServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListTasks(self, request, context):
-        """Lists tasks, newest first.
+        """Lists tasks, newest first, in the view the request asks for (BASIC by default).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -127,7 +128,7 @@ class TaskServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReadArtifact(self, request, context):
-        """Streams the bytes of a file the task delivered, in chunks.
+        """Streams the bytes of a file the task delivered, in chunks, from `read_offset` on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

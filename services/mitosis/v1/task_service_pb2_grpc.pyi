@@ -35,11 +35,13 @@ class TaskServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> TaskServiceAsyncStub: ...
     CreateTask: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.CreateTaskRequest, _task_pb2.Task]
-    """Creates a task and starts it. The task is planned and run in the background."""
+    """Creates a task and starts it. The task is planned and run in the background.
+    A retry with the same `request_id` returns the task the first call created.
+    """
     GetTask: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.GetTaskRequest, _task_pb2.Task]
     """Gets a task with its steps and delivered files."""
     ListTasks: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.ListTasksRequest, _task_service_pb2.ListTasksResponse]
-    """Lists tasks, newest first."""
+    """Lists tasks, newest first, in the view the request asks for (BASIC by default)."""
     CancelTask: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.CancelTaskRequest, _task_pb2.Task]
     """Cancels a running task: its running step is stopped and the task ends cancelled.
     Answers FAILED_PRECONDITION for a task that has already ended.
@@ -57,7 +59,7 @@ class TaskServiceStub:
     edited steps, and starts running it. Answers FAILED_PRECONDITION in any other state.
     """
     ReadArtifact: _grpc.UnaryStreamMultiCallable[_task_service_pb2.ReadArtifactRequest, _task_service_pb2.ReadArtifactResponse]
-    """Streams the bytes of a file the task delivered, in chunks."""
+    """Streams the bytes of a file the task delivered, in chunks, from `read_offset` on."""
 
 @_typing.type_check_only
 class TaskServiceAsyncStub(TaskServiceStub):
@@ -65,11 +67,13 @@ class TaskServiceAsyncStub(TaskServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateTask: _aio.UnaryUnaryMultiCallable[_task_service_pb2.CreateTaskRequest, _task_pb2.Task]  # type: ignore[assignment]
-    """Creates a task and starts it. The task is planned and run in the background."""
+    """Creates a task and starts it. The task is planned and run in the background.
+    A retry with the same `request_id` returns the task the first call created.
+    """
     GetTask: _aio.UnaryUnaryMultiCallable[_task_service_pb2.GetTaskRequest, _task_pb2.Task]  # type: ignore[assignment]
     """Gets a task with its steps and delivered files."""
     ListTasks: _aio.UnaryUnaryMultiCallable[_task_service_pb2.ListTasksRequest, _task_service_pb2.ListTasksResponse]  # type: ignore[assignment]
-    """Lists tasks, newest first."""
+    """Lists tasks, newest first, in the view the request asks for (BASIC by default)."""
     CancelTask: _aio.UnaryUnaryMultiCallable[_task_service_pb2.CancelTaskRequest, _task_pb2.Task]  # type: ignore[assignment]
     """Cancels a running task: its running step is stopped and the task ends cancelled.
     Answers FAILED_PRECONDITION for a task that has already ended.
@@ -87,7 +91,7 @@ class TaskServiceAsyncStub(TaskServiceStub):
     edited steps, and starts running it. Answers FAILED_PRECONDITION in any other state.
     """
     ReadArtifact: _aio.UnaryStreamMultiCallable[_task_service_pb2.ReadArtifactRequest, _task_service_pb2.ReadArtifactResponse]  # type: ignore[assignment]
-    """Streams the bytes of a file the task delivered, in chunks."""
+    """Streams the bytes of a file the task delivered, in chunks, from `read_offset` on."""
 
 class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     """Runs tasks and streams everything that happens while they run."""
@@ -98,7 +102,9 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _task_service_pb2.CreateTaskRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_task_pb2.Task, _abc.Awaitable[_task_pb2.Task]]:
-        """Creates a task and starts it. The task is planned and run in the background."""
+        """Creates a task and starts it. The task is planned and run in the background.
+        A retry with the same `request_id` returns the task the first call created.
+        """
 
     @_abc_1.abstractmethod
     def GetTask(
@@ -114,7 +120,7 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _task_service_pb2.ListTasksRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_task_service_pb2.ListTasksResponse, _abc.Awaitable[_task_service_pb2.ListTasksResponse]]:
-        """Lists tasks, newest first."""
+        """Lists tasks, newest first, in the view the request asks for (BASIC by default)."""
 
     @_abc_1.abstractmethod
     def CancelTask(
@@ -156,6 +162,6 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _task_service_pb2.ReadArtifactRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_task_service_pb2.ReadArtifactResponse], _abc.AsyncIterator[_task_service_pb2.ReadArtifactResponse]]:
-        """Streams the bytes of a file the task delivered, in chunks."""
+        """Streams the bytes of a file the task delivered, in chunks, from `read_offset` on."""
 
 def add_TaskServiceServicer_to_server(servicer: TaskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

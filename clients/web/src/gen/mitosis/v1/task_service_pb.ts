@@ -8,7 +8,7 @@ import type { Duration } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration } from "@bufbuild/protobuf/wkt";
 import type { Plan } from "./plan_pb";
 import { file_mitosis_v1_plan } from "./plan_pb";
-import type { Task, TaskEvent, TaskSchema } from "./task_pb";
+import type { Task, Task_View, TaskEvent, TaskSchema } from "./task_pb";
 import { file_mitosis_v1_task } from "./task_pb";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mitosis/v1/task_service.proto.
  */
 export const file_mitosis_v1_task_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch1taXRvc2lzL3YxL3Rhc2tfc2VydmljZS5wcm90bxIKbWl0b3Npcy52MSI7ChFDcmVhdGVUYXNrUmVxdWVzdBIMCgR0ZXh0GAEgASgJEhgKEHJlcXVpcmVfYXBwcm92YWwYAiABKAgiIQoOR2V0VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSI5ChBMaXN0VGFza3NSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIk0KEUxpc3RUYXNrc1Jlc3BvbnNlEh8KBXRhc2tzGAEgAygLMhAubWl0b3Npcy52MS5UYXNrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIkChFDYW5jZWxUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJImMKEFdhdGNoVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIRCglhZnRlcl9zZXEYAiABKAMSKwoIbWF4X3dhaXQYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iOgoRV2F0Y2hUYXNrUmVzcG9uc2USJQoGZXZlbnRzGAEgAygLMhUubWl0b3Npcy52MS5UYXNrRXZlbnQiRQoSQXBwcm92ZVBsYW5SZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSHgoEcGxhbhgCIAEoCzIQLm1pdG9zaXMudjEuUGxhbiI0ChNSZWFkQXJ0aWZhY3RSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSDAoEcGF0aBgCIAEoCSI0ChRSZWFkQXJ0aWZhY3RSZXNwb25zZRIOCgZvZmZzZXQYASABKAMSDAoEZGF0YRgCIAEoDDLwAwoLVGFza1NlcnZpY2USPQoKQ3JlYXRlVGFzaxIdLm1pdG9zaXMudjEuQ3JlYXRlVGFza1JlcXVlc3QaEC5taXRvc2lzLnYxLlRhc2sSNwoHR2V0VGFzaxIaLm1pdG9zaXMudjEuR2V0VGFza1JlcXVlc3QaEC5taXRvc2lzLnYxLlRhc2sSSAoJTGlzdFRhc2tzEhwubWl0b3Npcy52MS5MaXN0VGFza3NSZXF1ZXN0Gh0ubWl0b3Npcy52MS5MaXN0VGFza3NSZXNwb25zZRI9CgpDYW5jZWxUYXNrEh0ubWl0b3Npcy52MS5DYW5jZWxUYXNrUmVxdWVzdBoQLm1pdG9zaXMudjEuVGFzaxJKCglXYXRjaFRhc2sSHC5taXRvc2lzLnYxLldhdGNoVGFza1JlcXVlc3QaHS5taXRvc2lzLnYxLldhdGNoVGFza1Jlc3BvbnNlMAESPwoLQXBwcm92ZVBsYW4SHi5taXRvc2lzLnYxLkFwcHJvdmVQbGFuUmVxdWVzdBoQLm1pdG9zaXMudjEuVGFzaxJTCgxSZWFkQXJ0aWZhY3QSHy5taXRvc2lzLnYxLlJlYWRBcnRpZmFjdFJlcXVlc3QaIC5taXRvc2lzLnYxLlJlYWRBcnRpZmFjdFJlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_duration, file_mitosis_v1_plan, file_mitosis_v1_task]);
+  fileDesc("Ch1taXRvc2lzL3YxL3Rhc2tfc2VydmljZS5wcm90bxIKbWl0b3Npcy52MSJPChFDcmVhdGVUYXNrUmVxdWVzdBIMCgR0ZXh0GAEgASgJEhgKEHJlcXVpcmVfYXBwcm92YWwYAiABKAgSEgoKcmVxdWVzdF9pZBgDIAEoCSIhCg5HZXRUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIl4KEExpc3RUYXNrc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSIwoEdmlldxgDIAEoDjIVLm1pdG9zaXMudjEuVGFzay5WaWV3Ik0KEUxpc3RUYXNrc1Jlc3BvbnNlEh8KBXRhc2tzGAEgAygLMhAubWl0b3Npcy52MS5UYXNrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIkChFDYW5jZWxUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJImMKEFdhdGNoVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIRCglhZnRlcl9zZXEYAiABKAMSKwoIbWF4X3dhaXQYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iOgoRV2F0Y2hUYXNrUmVzcG9uc2USJQoGZXZlbnRzGAEgAygLMhUubWl0b3Npcy52MS5UYXNrRXZlbnQiRQoSQXBwcm92ZVBsYW5SZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSHgoEcGxhbhgCIAEoCzIQLm1pdG9zaXMudjEuUGxhbiJJChNSZWFkQXJ0aWZhY3RSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSDAoEcGF0aBgCIAEoCRITCgtyZWFkX29mZnNldBgDIAEoAyI0ChRSZWFkQXJ0aWZhY3RSZXNwb25zZRIOCgZvZmZzZXQYASABKAMSDAoEZGF0YRgCIAEoDDLwAwoLVGFza1NlcnZpY2USPQoKQ3JlYXRlVGFzaxIdLm1pdG9zaXMudjEuQ3JlYXRlVGFza1JlcXVlc3QaEC5taXRvc2lzLnYxLlRhc2sSNwoHR2V0VGFzaxIaLm1pdG9zaXMudjEuR2V0VGFza1JlcXVlc3QaEC5taXRvc2lzLnYxLlRhc2sSSAoJTGlzdFRhc2tzEhwubWl0b3Npcy52MS5MaXN0VGFza3NSZXF1ZXN0Gh0ubWl0b3Npcy52MS5MaXN0VGFza3NSZXNwb25zZRI9CgpDYW5jZWxUYXNrEh0ubWl0b3Npcy52MS5DYW5jZWxUYXNrUmVxdWVzdBoQLm1pdG9zaXMudjEuVGFzaxJKCglXYXRjaFRhc2sSHC5taXRvc2lzLnYxLldhdGNoVGFza1JlcXVlc3QaHS5taXRvc2lzLnYxLldhdGNoVGFza1Jlc3BvbnNlMAESPwoLQXBwcm92ZVBsYW4SHi5taXRvc2lzLnYxLkFwcHJvdmVQbGFuUmVxdWVzdBoQLm1pdG9zaXMudjEuVGFzaxJTCgxSZWFkQXJ0aWZhY3QSHy5taXRvc2lzLnYxLlJlYWRBcnRpZmFjdFJlcXVlc3QaIC5taXRvc2lzLnYxLlJlYWRBcnRpZmFjdFJlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_duration, file_mitosis_v1_plan, file_mitosis_v1_task]);
 
 /**
  * Request message for TaskService.CreateTask.
@@ -37,6 +37,17 @@ export type CreateTaskRequest = Message<"mitosis.v1.CreateTaskRequest"> & {
    * @generated from field: bool require_approval = 2;
    */
   requireApproval: boolean;
+
+  /**
+   * A UUID (36 characters, as `123e4567-e89b-12d3-a456-426614174000`) the caller makes once
+   * per task it means to create, so that it can retry the call safely: a CreateTask with a
+   * `request_id` this API key already used returns the task that id created (as long as
+   * the task is kept), whatever the rest of the request says, and starts nothing new.
+   * Empty: no such guarantee. Anything else is INVALID_ARGUMENT.
+   *
+   * @generated from field: string request_id = 3;
+   */
+  requestId: string;
 };
 
 /**
@@ -75,6 +86,8 @@ export const GetTaskRequestSchema: GenMessage<GetTaskRequest> = /*@__PURE__*/
 export type ListTasksRequest = Message<"mitosis.v1.ListTasksRequest"> & {
   /**
    * How many tasks to return at most; 0 means 50, and more than 1000 is treated as 1000.
+   * A page also ends before it would pass about 1 MiB, so it may hold fewer tasks than
+   * this while more follow: go on while `next_page_token` is not empty.
    *
    * @generated from field: int32 page_size = 1;
    */
@@ -86,6 +99,13 @@ export type ListTasksRequest = Message<"mitosis.v1.ListTasksRequest"> & {
    * @generated from field: string page_token = 2;
    */
   pageToken: string;
+
+  /**
+   * Which fields of each task to return: VIEW_UNSPECIFIED means VIEW_BASIC.
+   *
+   * @generated from field: mitosis.v1.Task.View view = 3;
+   */
+  view: Task_View;
 };
 
 /**
@@ -102,7 +122,8 @@ export const ListTasksRequestSchema: GenMessage<ListTasksRequest> = /*@__PURE__*
  */
 export type ListTasksResponse = Message<"mitosis.v1.ListTasksResponse"> & {
   /**
-   * The tasks, newest first.
+   * The tasks, newest first, in the view the request asked for. At most `page_size` of
+   * them, and about 1 MiB in all (at least one task when any follow the page token).
    *
    * @generated from field: repeated mitosis.v1.Task tasks = 1;
    */
@@ -257,6 +278,15 @@ export type ReadArtifactRequest = Message<"mitosis.v1.ReadArtifactRequest"> & {
    * @generated from field: string path = 2;
    */
   path: string;
+
+  /**
+   * The position of the first byte to send, to resume a download that broke: the number
+   * of bytes already received. 0 sends the whole file; the file's size sends nothing.
+   * Negative values are INVALID_ARGUMENT; values beyond the file's size are OUT_OF_RANGE.
+   *
+   * @generated from field: int64 read_offset = 3;
+   */
+  readOffset: bigint;
 };
 
 /**
@@ -302,6 +332,7 @@ export const ReadArtifactResponseSchema: GenMessage<ReadArtifactResponse> = /*@_
 export const TaskService: GenService<{
   /**
    * Creates a task and starts it. The task is planned and run in the background.
+   * A retry with the same `request_id` returns the task the first call created.
    *
    * @generated from rpc mitosis.v1.TaskService.CreateTask
    */
@@ -321,7 +352,7 @@ export const TaskService: GenService<{
     output: typeof TaskSchema;
   },
   /**
-   * Lists tasks, newest first.
+   * Lists tasks, newest first, in the view the request asks for (BASIC by default).
    *
    * @generated from rpc mitosis.v1.TaskService.ListTasks
    */
@@ -368,7 +399,7 @@ export const TaskService: GenService<{
     output: typeof TaskSchema;
   },
   /**
-   * Streams the bytes of a file the task delivered, in chunks.
+   * Streams the bytes of a file the task delivered, in chunks, from `read_offset` on.
    *
    * @generated from rpc mitosis.v1.TaskService.ReadArtifact
    */
