@@ -233,6 +233,11 @@ class FakeTaskService(task_service_pb2_grpc.TaskServiceServicer):
         self.unary_calls = 0
         self.stalled = threading.Event()
         self.chunk_size = 7
+        self.read_cuts: list[int | None] = []
+        """Each ReadArtifact call takes the first: it breaks UNAVAILABLE after so many chunks."""
+        self.read_offsets: list[int] = []
+        self.create_requests: list[task_service_pb2.CreateTaskRequest] = []
+        self._created: dict[str, str] = {}
         self.api_key: str | None = None
         self.authorizations: list[tuple[str, str | None]] = []
 
@@ -268,7 +273,10 @@ class FakeTaskService(task_service_pb2_grpc.TaskServiceServicer):
         return self.tasks[task_id]
 
     async def CreateTask(self, request, context):
+        self.create_requests.append(request)
         await self._unary("CreateTask", context)
+        if request.request_id in self._created:  # a retry: the task it created (AIP-155)
+            return self.tasks[self._created[request.request_id]].task
         if not request.text.strip():
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "text is required")
         outcome = Task.STATE_SUCCEEDED
@@ -277,6 +285,8 @@ class FakeTaskService(task_service_pb2_grpc.TaskServiceServicer):
         elif "please cancel" in request.text:
             outcome = Task.STATE_CANCELLED
         fake = self.add(document_story(f"task-{len(self.tasks) + 1}", request.text, outcome))
+        if request.request_id:
+            self._created[request.request_id] = fake.task.task_id
         return Task(
             task_id=fake.task.task_id, text=request.text, state=Task.STATE_PENDING, model="offline"
         )
@@ -288,6 +298,8 @@ class FakeTaskService(task_service_pb2_grpc.TaskServiceServicer):
     async def ListTasks(self, request, context):
         await self._unary("ListTasks", context)
         tasks = [fake.task for fake in reversed(self.tasks.values())]
+        if request.view != Task.VIEW_FULL:  # the basic view, as the executor's
+            tasks = [Task(task_id=t.task_id, text=t.text, state=t.state) for t in tasks]
         start = int(request.page_token or 0)
         size = request.page_size or 50
         end = start + size
@@ -380,7 +392,11 @@ class FakeTaskService(task_service_pb2_grpc.TaskServiceServicer):
         if request.path not in fake.files:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no artifact {request.path!r}")
         data = fake.files[request.path]
-        for offset in range(0, len(data), self.chunk_size):
+        self.read_offsets.append(request.read_offset)
+        cut = self.read_cuts.pop(0) if self.read_cuts else None
+        for sent, offset in enumerate(range(request.read_offset, len(data), self.chunk_size)):
+            if sent == cut:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "scripted cut")
             yield task_service_pb2.ReadArtifactResponse(
                 offset=offset, data=data[offset : offset + self.chunk_size]
             )

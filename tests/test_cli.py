@@ -200,6 +200,19 @@ def test_ls_pages_and_all(
     assert [t["taskId"] for t in json_lines(capsys.readouterr().out)] == ["c", "b", "a"]
 
 
+def test_ls_lists_the_basic_view_and_whole_tasks_with_full(
+    fake: FakeTaskService, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.add(document_story("d", "write", Task.STATE_SUCCEEDED))
+    assert main(["ls", "--json"], env=env) == 0
+    basic = json_lines(capsys.readouterr().out)[0]
+    assert (basic["taskId"], "steps" in basic, "artifacts" in basic) == ("d", False, False)
+    assert main(["ls", "--json", "--full"], env=env) == 0
+    full = json_lines(capsys.readouterr().out)[0]
+    assert full["steps"]
+    assert full["artifacts"]
+
+
 def test_get_shows_the_task_and_says_what_the_offline_model_is(
     fake: FakeTaskService, env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:

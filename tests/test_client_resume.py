@@ -6,6 +6,7 @@ import hashlib
 import random
 import socket
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -336,14 +337,19 @@ async def test_unary_calls_retry_unavailable_within_the_deadline(
     assert fake.unary_calls == 3
 
 
-async def test_create_task_is_not_retried_so_it_cannot_run_twice(
+async def test_create_task_is_retried_with_one_request_id_so_it_cannot_run_twice(
     fake: FakeTaskService, target: str
 ) -> None:
     fake.unary_failures = [grpc.StatusCode.UNAVAILABLE]
     async with AsyncClient(target, **FAST) as client:
-        with pytest.raises(UnavailableError):
-            await client.create_task("write a report")
-    assert fake.unary_calls == 1
+        task = await client.create_task("write a report")
+        again = await client.create_task("write a report", request_id="")
+    request_ids = [request.request_id for request in fake.create_requests]
+    assert len(request_ids) == 3
+    assert request_ids[0] == request_ids[1]  # the retry: the server returns the same task
+    assert str(uuid.UUID(request_ids[0])) == request_ids[0]
+    assert request_ids[2] not in ("", request_ids[0])  # a new call, a new task
+    assert task.task_id != again.task_id
 
 
 async def test_an_unreachable_server_is_unavailable_after_the_deadline(
@@ -412,6 +418,33 @@ async def test_download_refuses_a_path_that_escapes_before_writing_anything(
             await client.download_artifacts("d", out)
     assert not (tmp_path / "evil.txt").exists()
     assert not out.exists()
+
+
+async def test_a_broken_download_resumes_from_the_bytes_it_has(
+    fake: FakeTaskService, target: str, tmp_path: Path
+) -> None:
+    story = fake.add(document_story("d", "write", task_pb2.Task.STATE_SUCCEEDED))
+    fake.read_cuts = [0, None, 3, 2]  # outline.md breaks at once, report.md twice midway
+    async with AsyncClient(target, **FAST) as client:
+        paths = await client.download_artifacts("d", tmp_path)
+    for path, artifact in zip(paths, story.task.artifacts, strict=True):
+        assert path.read_bytes() == story.files[artifact.path]  # and its sha256 was checked
+    step = fake.chunk_size
+    assert fake.read_offsets == [0, 0, 0, 3 * step, 5 * step]
+    assert not partial_files(tmp_path)
+
+
+async def test_a_resumed_download_still_refuses_a_wrong_sha256(
+    fake: FakeTaskService, target: str, tmp_path: Path
+) -> None:
+    story = fake.add(document_story("d", "write", task_pb2.Task.STATE_SUCCEEDED))
+    story.files["docs/report.md"] = story.files["docs/report.md"].replace(b"Line", b"Lime")
+    fake.read_cuts = [None, 2]
+    async with AsyncClient(target, **FAST) as client:
+        with pytest.raises(IntegrityError, match=r"docs/report\.md"):
+            await client.download_artifacts("d", tmp_path)
+    assert fake.read_offsets[-1] == 2 * fake.chunk_size
+    assert not partial_files(tmp_path)
 
 
 async def test_read_artifact_streams_the_bytes_in_order(fake: FakeTaskService, target: str) -> None:

@@ -187,6 +187,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     ls.add_argument("--page-token", metavar="TOKEN", default="", help="the page to start at")
     ls.add_argument("--all", action="store_true", help="follow page tokens to the last task")
+    ls.add_argument(
+        "--full",
+        action="store_true",
+        help="with --json, whole tasks (steps, pages, files) as `get` prints them; without it"
+        " only the id, text, state, model, times and owner",
+    )
 
     approve = command(
         "approve",

@@ -140,7 +140,8 @@ async def list_tasks(
     """List tasks, one line (or JSON object) each; follow page tokens with --all."""
     token: str = args.page_token
     while True:
-        page = await client.list_tasks(args.page_size, token)
+        view = task_pb2.Task.VIEW_FULL if args.full else task_pb2.Task.VIEW_BASIC
+        page = await client.list_tasks(args.page_size, token, view=view)
         for task in page.tasks:
             _print_result(term, task, [task_row(task)])
         token = page.next_page_token
@@ -148,7 +149,8 @@ async def list_tasks(
             return ExitStatus.SUCCESS
         if not args.all:
             size = f" --page-size {args.page_size}" if args.page_size else ""
-            term.note(f"more tasks: mitosis ls{size} --page-token {token}")
+            full = " --full" if args.full else ""
+            term.note(f"more tasks: mitosis ls{size}{full} --page-token {token}")
             return ExitStatus.SUCCESS
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from collections.abc import AsyncGenerator, Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ from mitosis.client.errors import (
     ConfigurationError,
     DeadlineExceededError,
     InternalError,
+    MitosisError,
     UnavailableError,
     error_from_rpc,
 )
@@ -167,14 +169,23 @@ class AsyncClient:
             self._stub = task_service_pb2_grpc.TaskServiceStub(self._channel)
         return self._stub
 
-    async def create_task(self, text: str, *, require_approval: bool = False) -> task_pb2.Task:
-        """Create a task and start it. Not retried: a retry could create it twice.
+    async def create_task(
+        self, text: str, *, require_approval: bool = False, request_id: str | None = None
+    ) -> task_pb2.Task:
+        """Create a task and start it; UNAVAILABLE is retried, as for every other call.
 
-        With `require_approval`, the task stops in STATE_AWAITING_APPROVAL once its plan is
+        The request carries a `request_id` (a new UUID unless given), so a retry of a call
+        whose answer was lost returns the task the first attempt created instead of making
+        a second one; pass the same `request_id` to retry across calls or processes. With
+        `require_approval`, the task stops in STATE_AWAITING_APPROVAL once its plan is
         ready, until `approve_plan` or `cancel_task`.
         """
-        request = task_service_pb2.CreateTaskRequest(text=text, require_approval=require_approval)
-        return await self._unary(self._service().CreateTask, request, idempotent=False)
+        request = task_service_pb2.CreateTaskRequest(
+            text=text,
+            require_approval=require_approval,
+            request_id=request_id or str(uuid.uuid4()),
+        )
+        return await self._unary(self._service().CreateTask, request)
 
     async def get_task(self, task_id: str) -> task_pb2.Task:
         """Get a task with its steps, pages and delivered files."""
@@ -182,10 +193,18 @@ class AsyncClient:
         return await self._unary(self._service().GetTask, request)
 
     async def list_tasks(
-        self, page_size: int = 0, page_token: str = ""
+        self,
+        page_size: int = 0,
+        page_token: str = "",
+        *,
+        view: task_pb2.Task.View.ValueType = task_pb2.Task.VIEW_BASIC,
     ) -> task_service_pb2.ListTasksResponse:
-        """List tasks, newest first, one page at a time."""
-        request = task_service_pb2.ListTasksRequest(page_size=page_size, page_token=page_token)
+        """List tasks, newest first, one page at a time: by default without their steps,
+        pages and files (VIEW_BASIC; VIEW_FULL has them, as `get_task` does). A page may hold
+        fewer than `page_size` tasks while more follow: go on while `next_page_token` is set."""
+        request = task_service_pb2.ListTasksRequest(
+            page_size=page_size, page_token=page_token, view=view
+        )
         return await self._unary(self._service().ListTasks, request)
 
     async def cancel_task(self, task_id: str) -> task_pb2.Task:
@@ -359,11 +378,14 @@ class AsyncClient:
             raise _StreamEndedError("the stream ended before the task's final event")
         return message
 
-    async def read_artifact(self, task_id: str, path: str) -> AsyncGenerator[bytes, None]:
-        """Yield the bytes of a delivered file, chunk by chunk, in order."""
-        request = task_service_pb2.ReadArtifactRequest(task_id=task_id, path=path)
+    async def read_artifact(
+        self, task_id: str, path: str, *, offset: int = 0
+    ) -> AsyncGenerator[bytes, None]:
+        """Yield the bytes of a delivered file from byte `offset` on, chunk by chunk, in order."""
+        request = task_service_pb2.ReadArtifactRequest(
+            task_id=task_id, path=path, read_offset=offset
+        )
         call = self._service().ReadArtifact(request, metadata=self._metadata)
-        offset = 0
         try:
             while True:
                 async with asyncio.timeout(self._stall_timeout):
@@ -390,7 +412,9 @@ class AsyncClient:
 
         Refuses, before writing anything, artifact paths that would leave out_dir
         (UnsafePathError); checks each file's size and SHA-256 against the task's artifact
-        list before moving it into place (IntegrityError).
+        list before moving it into place (IntegrityError). A download that breaks resumes
+        from the bytes already received (ReadArtifact's `read_offset`), for as long as unary
+        calls retry (`reconnect_deadline`, else `call_timeout`) without receiving a byte.
         """
         task = await self.get_task(task_id)
         out = Path(out_dir)
@@ -398,10 +422,34 @@ class AsyncClient:
         written: list[Path] = []
         for artifact, destination in zip(task.artifacts, destinations, strict=True):
             with ArtifactWriter(destination, artifact) as writer:
-                async for data in self.read_artifact(task_id, artifact.path):
-                    writer.write(data)
+                await self._download(task_id, artifact.path, writer)
                 written.append(writer.commit())
         return written
+
+    async def _download(self, task_id: str, path: str, writer: ArtifactWriter) -> None:
+        """Write one file's bytes, resuming a broken read from what the writer holds."""
+        loop = asyncio.get_running_loop()
+        budget = (
+            self._call_timeout if self._reconnect_deadline is None else self._reconnect_deadline
+        )
+        backoff = Backoff(maximum=self._max_reconnect_wait, rand=self._rand)
+        failing_since: float | None = None
+        while True:
+            try:
+                async for data in self.read_artifact(task_id, path, offset=writer.size):
+                    writer.write(data)
+                    failing_since = None
+                    backoff.reset()
+                return
+            except MitosisError as error:
+                if error.code not in RESUMABLE_CODES:
+                    raise
+                now = loop.time()
+                failing_since = now if failing_since is None else failing_since
+                remaining = budget - (now - failing_since)
+                if remaining <= 0:
+                    raise
+            await asyncio.sleep(min(backoff.next_delay(), remaining))
 
 
 class _StateReporter:

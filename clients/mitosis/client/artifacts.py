@@ -58,6 +58,11 @@ class ArtifactWriter:
         if exc_type is not None:
             self._partial.unlink(missing_ok=True)
 
+    @property
+    def size(self) -> int:
+        """How many bytes were written: where a resumed download goes on from."""
+        return self._size
+
     def write(self, data: bytes) -> None:
         """Append a chunk."""
         self._file.write(data)

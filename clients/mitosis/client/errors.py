@@ -2,19 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
+
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+"""The trailer that carries a google.rpc.Status with the error's details."""
 
 
 class MitosisError(Exception):
-    """A call to Mitosis failed. `code` is the gRPC status, or None for a client-side check."""
+    """A call to Mitosis failed. `code` is the gRPC status, or None for a client-side check.
+
+    `reason` is the server's google.rpc.ErrorInfo reason when it sent one, such as
+    "TASK_QUOTA_EXCEEDED" or "API_KEY_UNKNOWN" (domain "mitosis.dev"), for a program to act
+    on; `metadata` holds its details, such as the "limit". None and {} otherwise.
+    """
 
     code: grpc.StatusCode | None = None
 
-    def __init__(self, message: str, *, code: grpc.StatusCode | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: grpc.StatusCode | None = None,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        self.reason = reason
+        self.metadata = dict(metadata or {})
 
 
 class NotFoundError(MitosisError):
@@ -123,6 +145,32 @@ _BY_CODE: dict[grpc.StatusCode, type[MitosisError]] = {
 
 
 def error_from_rpc(error: grpc.aio.AioRpcError) -> MitosisError:
-    """Return the MitosisError for a failed gRPC call, carrying its code and the server's words."""
+    """Return the MitosisError for a failed gRPC call: its code, the server's words, and the
+    reason of the ErrorInfo in its details, if any."""
     code = error.code()
-    return _BY_CODE.get(code, MitosisError)(error.details() or code.name, code=code)
+    info = error_info(error.trailing_metadata())
+    return _BY_CODE.get(code, MitosisError)(
+        error.details() or code.name,
+        code=code,
+        reason=info.reason if info else None,
+        metadata=info.metadata if info else None,
+    )
+
+
+def error_info(trailers: Iterable[Any] | None) -> error_details_pb2.ErrorInfo | None:
+    """Return the first google.rpc.ErrorInfo in a call's status details, or None.
+
+    `trailers` holds (key, value) pairs (grpc-stubs types AioRpcError's wrongly).
+    """
+    for key, value in trailers or ():
+        if key != STATUS_DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except DecodeError:
+            return None  # a proxy's garbage must not hide the status itself
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                return info
+    return None

@@ -93,9 +93,14 @@ class Client:
             self._thread.join()
             self._loop.close()
 
-    def create_task(self, text: str, *, require_approval: bool = False) -> task_pb2.Task:
-        """Create a task and start it (or have it wait for approval once planned)."""
-        return self._run(self._aio.create_task(text, require_approval=require_approval))
+    def create_task(
+        self, text: str, *, require_approval: bool = False, request_id: str | None = None
+    ) -> task_pb2.Task:
+        """Create a task and start it (or have it wait for approval once planned); a retry
+        with the same `request_id` returns the same task. See AsyncClient.create_task."""
+        return self._run(
+            self._aio.create_task(text, require_approval=require_approval, request_id=request_id)
+        )
 
     def approve_plan(self, task_id: str, plan: plan_pb2.Plan | None = None) -> task_pb2.Task:
         """Run a plan that awaits approval, as proposed or replaced by `plan`."""
@@ -106,10 +111,14 @@ class Client:
         return self._run(self._aio.get_task(task_id))
 
     def list_tasks(
-        self, page_size: int = 0, page_token: str = ""
+        self,
+        page_size: int = 0,
+        page_token: str = "",
+        *,
+        view: task_pb2.Task.View.ValueType = task_pb2.Task.VIEW_BASIC,
     ) -> task_service_pb2.ListTasksResponse:
-        """List tasks, newest first, one page at a time."""
-        return self._run(self._aio.list_tasks(page_size, page_token))
+        """List tasks, newest first, one page at a time; see AsyncClient.list_tasks."""
+        return self._run(self._aio.list_tasks(page_size, page_token, view=view))
 
     def cancel_task(self, task_id: str) -> task_pb2.Task:
         """Cancel a running task."""
@@ -137,9 +146,13 @@ class Client:
         )
         return self._iterate(events, inbox, on_state)
 
-    def read_artifact(self, task_id: str, path: str) -> Generator[bytes, None, None]:
+    def read_artifact(
+        self, task_id: str, path: str, *, offset: int = 0
+    ) -> Generator[bytes, None, None]:
         """Yield the bytes of a delivered file, chunk by chunk."""
-        return self._iterate(self._aio.read_artifact(task_id, path), queue.SimpleQueue(), None)
+        return self._iterate(
+            self._aio.read_artifact(task_id, path, offset=offset), queue.SimpleQueue(), None
+        )
 
     def download_artifacts(self, task_id: str, out_dir: Path | str) -> list[Path]:
         """Write every artifact of the task under out_dir; see AsyncClient.download_artifacts."""
