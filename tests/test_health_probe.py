@@ -16,9 +16,9 @@ from mitosis.executor.server import SERVICE_NAME, Executor, parse_args, start_ex
 from mitosis.planner.server import Planner, start_planner
 from mitosis.planner.server import parse_args as parse_planner_args
 
-from .support.redis_server import RedisServer
 from .support.ports import free_port
-from .test_metrics import until
+from .support.redis_server import RedisServer
+from .support.waiting import eventually
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -43,7 +43,7 @@ class Health:
 
     async def until(self, status: int, within: float = 60.0) -> None:
         """Wait until TaskService reports `status`; fail after `within` seconds."""
-        await until(lambda: self._is(status), within)
+        await eventually(lambda: self._is(status), timeout=within, what=f"health {status}")
 
     async def _is(self, status: int) -> bool:
         return await self.status() == status

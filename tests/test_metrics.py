@@ -6,7 +6,7 @@ import asyncio
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -25,6 +25,7 @@ from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
 
 from .fake_openai import Call, FakeOpenAI, Text, ToolCalls, plan_reply, plan_step
 from .support.executors import StartExecutor
+from .support.waiting import eventually
 from .support.watch import watch_all
 
 Task = task_pb2.Task
@@ -183,7 +184,7 @@ async def test_unfinished_tasks_are_counted_from_the_store_even_after_a_restart(
         task = await stub.CreateTask(
             task_service_pb2.CreateTaskRequest(text="Write a brief on tea", require_approval=True)
         )
-        await until(lambda: awaiting(stub, task.task_id))
+        await eventually(lambda: awaiting(stub, task.task_id), timeout=60)
         assert (await scrape_port(first)).value("mitosis_tasks", state="awaiting_approval") == 1
     await first.stop(None)
 
@@ -198,19 +199,6 @@ async def test_unfinished_tasks_are_counted_from_the_store_even_after_a_restart(
 async def awaiting(stub: TaskServiceStub, task_id: str) -> bool:
     task = await stub.GetTask(task_service_pb2.GetTaskRequest(task_id=task_id))
     return task.state == Task.STATE_AWAITING_APPROVAL
-
-
-async def until(condition: Callable[[], object], within: float = 60.0) -> None:
-    """Wait until the (possibly async) condition holds; fail after `within` seconds."""
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        assert asyncio.get_running_loop().time() < deadline, "the condition never held"
-        await asyncio.sleep(0.05)
 
 
 async def test_watchers_are_counted_while_they_are_connected(
@@ -230,10 +218,10 @@ async def test_watchers_are_counted_while_they_are_connected(
     assert scrape.value("mitosis_watched_tasks") == 1
 
     calls[0].cancel()
-    await until(lambda: watchers_now(executor, 2))
+    await eventually(lambda: watchers_now(executor, 2), timeout=60)
     for call in calls[1:]:
         call.cancel()
-    await until(lambda: watchers_now(executor, 0))
+    await eventually(lambda: watchers_now(executor, 0), timeout=60)
     scrape = await scrape_port(executor)
     assert rpc_count(scrape, "WatchTask", "CANCELLED") == 3
 
@@ -351,7 +339,9 @@ async def test_the_metrics_endpoint_answers_a_few_at_once_and_drops_the_rest() -
     registry = CollectorRegistry()
     server = await start_metrics_server("127.0.0.1:0", registry)
     idle = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(MAX_CONNECTIONS)]
-    await asyncio.sleep(0.1)  # accepted: each now holds a place
+    await eventually(
+        lambda: len(server.connections) == MAX_CONNECTIONS, what="every idle one holds a place"
+    )
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
     assert await closed_without_answer(reader)  # no place left
