@@ -2,7 +2,7 @@
 
 import type { TaskClient } from "./api";
 import { h, setText } from "./dom";
-import type { Task, Task_State } from "./gen/mitosis/v1/task_pb";
+import { Task_View, type Task, type Task_State } from "./gen/mitosis/v1/task_pb";
 import { formatTime, stateClass, taskStateLabel } from "./model";
 import { describeError } from "./stream";
 
@@ -35,6 +35,8 @@ export class Sidebar {
   private nextPageToken = "";
   private selected: string | undefined;
   private loading = false;
+  /** The submit that failed, so that submitting it again retries it with its request id. */
+  private unanswered: { text: string; approval: boolean; requestId: string } | undefined;
 
   constructor(private readonly opts: SidebarOptions) {
     this.textarea = h("textarea", {
@@ -115,6 +117,7 @@ export class Sidebar {
       const response = await this.opts.client.listTasks({
         pageSize: PAGE_SIZE,
         pageToken: first ? "" : this.nextPageToken,
+        view: Task_View.BASIC, // the list shows the text, state and time only
       });
       if (first) {
         this.list.replaceChildren();
@@ -192,11 +195,20 @@ export class Sidebar {
     this.formError.hidden = true;
     this.submit.disabled = true;
     setText(this.submit, "Submitting…");
+    const approval = this.approval.checked;
+    // The same words submitted again after a failure keep their request id: if the first
+    // call did create the task (only its answer was lost), the server returns that task.
+    const retry = this.unanswered;
+    const requestId =
+      retry && retry.text === text && retry.approval === approval ? retry.requestId : newUuid();
+    this.unanswered = { text, approval, requestId };
     try {
       const task = await this.opts.client.createTask({
         text,
-        requireApproval: this.approval.checked,
+        requireApproval: approval,
+        requestId,
       });
+      this.unanswered = undefined;
       this.textarea.value = "";
       this.upsert(task, true);
       this.opts.open(task.taskId);
@@ -212,6 +224,16 @@ export class Sidebar {
     this.formError.hidden = false;
     setText(this.formError, message);
   }
+}
+
+/** A random (version 4) UUID; crypto.randomUUID exists only in secure contexts. */
+function newUuid(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  bytes[6] = ((bytes[6] ?? 0) & 0x0f) | 0x40;
+  bytes[8] = ((bytes[8] ?? 0) & 0x3f) | 0x80;
+  const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  const parts = [hex.slice(0, 8), hex.slice(8, 12), hex.slice(12, 16), hex.slice(16, 20)];
+  return [...parts, hex.slice(20)].join("-");
 }
 
 function firstLine(text: string): string {
