@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +18,9 @@ from google.rpc import error_details_pb2
 from mitosis.auth import key_line
 from mitosis.client import AsyncClient
 from mitosis.client.errors import ResourceExhaustedError, UnauthenticatedError, error_info
+from mitosis.executor.redis_store import TaskExists
 from mitosis.executor.server import Executor
+from mitosis.executor.stores import open_store
 from mitosis.executor.tasks import MAX_PAGE_BYTES
 from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 from tests.conftest import StartExecutor, watch_all
@@ -285,3 +288,22 @@ async def test_a_page_of_big_tasks_stays_under_the_byte_bound_and_paging_sees_ea
     assert seen == [task.task_id for task in reversed(created)]  # each once, newest first
     assert len(sizes) >= 3
     assert max(sizes) <= MAX_PAGE_BYTES + 1024
+
+
+async def test_either_store_refuses_a_second_create_of_one_id_and_keeps_the_first(
+    tmp_path: Path, store_flags: list[str]
+) -> None:
+    # What CreateTask's request_id relies on when two executors race: the loser's create is
+    # refused (each store raises its own error) and the winner's record stays.
+    store = open_store(store_flags[0].removeprefix("--store=") if store_flags else "", tmp_path)
+    first = Task(task_id="00000000000000aa", text="first", owner="alice")
+    first.create_time.FromNanoseconds(1)
+    second = Task(task_id=first.task_id, text="second", owner="alice")
+    second.create_time.FromNanoseconds(2)
+    try:
+        await store.create_task(first)
+        with pytest.raises((sqlite3.IntegrityError, TaskExists)):
+            await store.create_task(second)
+        assert await store.get_task(first.task_id) == first
+    finally:
+        await store.close()
