@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
+from tests.support.waiting import eventually
+
 # Scripted replies ----------------------------------------------------------------------------
 
 
@@ -269,11 +271,9 @@ class FakeOpenAI:
 
     async def wait_for(self, condition: Callable[[], bool], within: float = 5.0) -> None:
         """Wait (polling) until `condition()` is true; raise TimeoutError after `within` s."""
-        deadline = time.monotonic() + within
-        while not condition():
-            if time.monotonic() > deadline:
-                raise TimeoutError("the fake OpenAI server never reached the awaited state")
-            await asyncio.sleep(0.01)
+        await eventually(
+            condition, timeout=within, interval=0.01, what="the fake OpenAI server's state"
+        )
 
     # Life ----------------------------------------------------------------------------------
 

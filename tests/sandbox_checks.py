@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 from pathlib import Path
+
+from tests.support.waiting import eventually
 
 
 def processes_with(text: str) -> list[int]:
@@ -26,12 +27,12 @@ def processes_with(text: str) -> list[int]:
 
 
 async def until_gone(text: str) -> list[int]:
-    """Give processes killed a moment to go; return those with `text` still alive."""
-    for _ in range(100):
-        if not (left := processes_with(text)):
-            return []
-        await asyncio.sleep(0.05)
-    return left
+    """Give processes killed a moment (5 s) to go; return those with `text` still alive."""
+    try:
+        await eventually(lambda: not processes_with(text), timeout=5, what=f"no {text!r}")
+    except TimeoutError:
+        return processes_with(text)
+    return []
 
 
 def uid_base() -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from mitosis.auth import KeyRing, KeysFileError, hash_key, is_loopback, key_line
 from mitosis.executor.server import Executor
 from mitosis.v1 import plan_pb2, task_pb2, task_service_pb2, task_service_pb2_grpc
 from tests.support.executors import StartExecutor
+from tests.support.waiting import eventually
 from tests.support.watch import WatchCall, each_event
 
 Metadata = tuple[tuple[str, str], ...]
@@ -238,12 +238,13 @@ async def test_watchers_per_task_are_limited(
         assert "already has 1 watchers" in (refused.value.details() or "")
         first.cancel()
         # The count drops when the first stream ends; a new watcher then gets the whole log.
-        for _ in range(100):
+
+        async def admitted() -> tuple[WatchCall, object] | None:
             third = stub.WatchTask(watch, metadata=ALICE)
             outcome = await first_event(third)
-            if outcome != grpc.StatusCode.RESOURCE_EXHAUSTED:
-                break
-            await asyncio.sleep(0.05)
+            return None if outcome == grpc.StatusCode.RESOURCE_EXHAUSTED else (third, outcome)
+
+        third, outcome = await eventually(admitted, what="a new watcher is admitted")
         third.cancel()
         assert isinstance(outcome, task_pb2.TaskEvent), outcome
         assert outcome.seq == 1

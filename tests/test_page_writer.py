@@ -13,6 +13,7 @@ from mitosis.executor.pages import PageWriter
 from mitosis.executor.sqlite_store import SqliteStore
 from mitosis.executor.store import LeaseLost
 from mitosis.v1 import task_pb2
+from tests.support.waiting import eventually
 
 
 async def test_a_delta_the_store_refuses_stops_the_writer_and_keeps_stream_and_file_equal(
@@ -51,10 +52,12 @@ async def streamed_text(store: SqliteStore) -> str:
 
 async def refusal(page: PageWriter) -> Exception:
     """Return what the page's writer is told once its flusher could not store a delta."""
-    for _ in range(1000):
+
+    async def told() -> Exception | None:
         try:
             await page.write("")
         except Exception as error:  # the test checks which
             return error
-        await asyncio.sleep(0.01)
-    raise AssertionError("the writer was never told that a delta was not stored")
+        return None
+
+    return await eventually(told, interval=0.01, what="the writer is told a delta was lost")
