@@ -15,7 +15,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mitosis.client import AsyncClient
+from mitosis.client import TERMINAL_STATES, AsyncClient
 from mitosis.v1 import task_pb2, task_service_pb2
 from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
 from scripts.run import Backoff, Supervised
@@ -143,7 +143,35 @@ async def test_a_paused_executor_cannot_write_after_takeover(cluster: Cluster) -
         == 1
     )
     assert after.last_seq == final.last_seq
-    assert "another executor took it over" in a.log.read_text()
+    log = a.log.read_text()
+    assert "another executor took it over" in log
+    assert " ERROR " not in log, log  # a refusal the design expects is no error
+
+
+async def test_a_cancel_on_one_executor_after_the_runner_died_mid_page_closes_the_page(
+    cluster: Cluster,
+) -> None:
+    a, b = cluster.start("a", pace="0.05"), cluster.start("b")
+    task = await create(a.target)
+    async with AsyncClient(b.target) as client:
+        stream = client.watch(task.task_id)
+        async for event in stream:
+            if event.HasField("page_delta"):
+                break  # a is writing a page
+        a.stop(signal.SIGKILL)
+        await client.cancel_task(task.task_id)  # through b, before b could take the task over
+        rest = [event async for event in stream]
+        final = await client.get_task(task.task_id)
+
+    assert final.state == Task.STATE_CANCELLED
+    assert rest[-1].task_state_changed.state == Task.STATE_CANCELLED
+    ends = [e for e in rest if e.task_state_changed.state in TERMINAL_STATES]
+    assert ends == rest[-1:]
+    assert final.pages, "the task had opened a page"
+    assert all(page.finished or page.abandoned for page in final.pages)
+    assert final.pages[-1].abandoned
+    open_steps = (task_pb2.Step.STATE_PENDING, task_pb2.Step.STATE_RUNNING)
+    assert not [step.index for step in final.steps if step.state in open_steps]
 
 
 async def test_watchers_through_envoy_see_every_event_once_across_a_kill_9(

@@ -23,7 +23,7 @@ from redis.exceptions import ResponseError
 
 from mitosis.executor.redis_store import LogCorrupted, RedisStore, TaskExists
 from mitosis.executor.sqlite_store import PURGE_CHUNK, SqliteStore
-from mitosis.executor.store import LeaseLost, Store, StoreUnavailable
+from mitosis.executor.store import Expect, LeaseLost, Refused, Store, StoreUnavailable, TaskEnded
 from mitosis.executor.stores import open_store
 from mitosis.projection import apply_event
 from mitosis.v1 import task_pb2
@@ -375,7 +375,8 @@ async def test_count_unfinished_follows_each_owners_tasks_as_they_end(store: Sto
     await store.append(alice[0].task_id, [line("x"), task_state(Task.STATE_SUCCEEDED)])
     await store.append(alice[1].task_id, [task_state(Task.STATE_CANCELLED, "by user")])
     assert await store.count_unfinished("alice") == 1
-    await store.append(alice[0].task_id, [line("after the end")])  # still ended
+    with pytest.raises(TaskEnded):
+        await store.append(alice[0].task_id, [line("after the end")])
     assert await store.count_unfinished("alice") == 1
     await store.append(bob.task_id, [task_state(Task.STATE_FAILED, "boom")])
     assert [await store.count_unfinished(o) for o in ("alice", "bob")] == [1, 0]
@@ -406,8 +407,6 @@ async def test_ended_before_lists_ended_tasks_the_earliest_first(store: Store) -
     all_ended = [first.task_id, second.task_id, third.task_id]
     assert await store.ended_before(after_third, 10) == all_ended
     assert await store.ended_before(after_third, 2) == all_ended[:2]
-    await store.append(first.task_id, [line("after the end")])  # does not move its end
-    assert await store.ended_before(after_first, 10) == [first.task_id]
 
 
 async def test_delete_ended_deletes_the_record_the_events_and_the_listings(
@@ -453,22 +452,49 @@ async def test_a_deleted_task_is_gone_for_another_store_on_the_same_data(
     assert (await backend.store.list_tasks(10, None, owner="bob")).tasks == []
 
 
-async def test_a_task_that_leaves_its_end_is_unfinished_again(store: Store) -> None:
+async def test_a_task_that_has_ended_takes_no_more_events(store: Store) -> None:
     task = await new_task(store, owner="alice")
     cutoff = await _end(store, task)
-    await store.append(task.task_id, [task_state(Task.STATE_RUNNING, "reopened")])
+    ended = await store.get_task(task.task_id)
+    assert ended is not None
 
-    assert await store.count_unfinished("alice") == 1
-    assert await store.unfinished_task_ids() == [task.task_id]
-    assert await store.ended_before(time.time_ns(), 10) == []
-    assert await store.delete_ended([task.task_id], cutoff) == []
-    later = await _end(store, task)
-    assert await store.ended_before(later, 10) == [task.task_id]
-    assert await store.delete_ended([task.task_id], cutoff) == []  # its end moved past it
-    assert await store.delete_ended([task.task_id], later) == [task.task_id]
+    for events in ([task_state(Task.STATE_RUNNING, "reopened")], [line("late")], []):
+        with pytest.raises(TaskEnded):
+            await store.append(task.task_id, events)
+
+    assert await store.get_task(task.task_id) == ended
+    assert seqs(await store.read_events(task.task_id, 0, 100)) == list(range(1, ended.last_seq + 1))
+    assert await store.count_unfinished("alice") == 0
+    assert await store.ended_before(cutoff + 1, 10) == [task.task_id]
 
 
-# --- concurrency ---------------------------------------------------------------------------
+async def test_an_append_that_expects_a_state_lands_only_in_that_state(store: Store) -> None:
+    task = await new_task(store)
+    awaiting = Expect(states=frozenset({Task.STATE_AWAITING_APPROVAL}))
+    with pytest.raises(Refused) as refused:
+        await store.append(task.task_id, [line("approved")], expect=awaiting)
+    assert refused.value.task.state == Task.STATE_PENDING
+    assert await store.read_events(task.task_id, 0, 10) == []
+
+    await store.append(task.task_id, [task_state(Task.STATE_AWAITING_APPROVAL)])
+    stored = await store.append(task.task_id, [task_state(Task.STATE_RUNNING)], expect=awaiting)
+    assert seqs(stored) == [2]
+
+
+async def test_a_change_is_made_from_the_record_it_is_appended_to(store: Store) -> None:
+    task = await new_task(store)
+    await store.append(task.task_id, [line("a"), line("b")])
+    seen: list[int] = []
+
+    def numbered(record: Task) -> list[Event]:
+        seen.append(record.last_seq)
+        return [line(f"after {record.last_seq}")]
+
+    stored = await store.append(task.task_id, numbered)
+
+    assert seen[-1] == 2
+    assert [e.log_line.text for e in stored] == ["after 2"]
+    assert seqs(stored) == [3]
 
 
 async def _append_concurrently(stores: list[Store], task_id: str, writers: int, rounds: int) -> int:
@@ -528,15 +554,6 @@ async def test_a_lease_has_one_holder_until_it_expires(store: Store) -> None:
     await store.release_lease(task.task_id, "executor-b")
     assert await store.acquire_lease(task.task_id, "executor-c", ttl=5)
     assert seqs(await store.read_events(task.task_id, 0, 10)) == [1]
-
-
-async def test_a_cancel_request_waits_for_the_holder(store: Store) -> None:
-    task = await new_task(store)
-    assert await store.cancel_requested(task.task_id) is None
-
-    await store.request_cancel(task.task_id, "cancelled by request")
-
-    assert await store.cancel_requested(task.task_id) == "cancelled by request"
 
 
 async def test_two_stores_on_the_same_data_never_write_the_same_seq(backend: Backend) -> None:
@@ -791,7 +808,6 @@ async def test_an_ended_task_expires_in_redis_and_the_sweep_clears_its_entries(
         await store.append(running.task_id, [task_state(Task.STATE_RUNNING)])
         record, events = store.record_key(task.task_id), store.events_key(task.task_id)
         cutoff = await _end(store, task)
-        await store.append(task.task_id, [line("after the end")])  # keeps the expiry
 
         assert 0 < await raw_redis.pttl(record) <= 500
         assert await raw_redis.pttl(events) > await raw_redis.pttl(record)

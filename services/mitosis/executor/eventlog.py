@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 from mitosis.errors import ResourceExhausted
 from mitosis.executor.hub import EventHub
-from mitosis.executor.store import Store
+from mitosis.executor.store import Change, Expect, Store
 from mitosis.projection import TERMINAL_STATES
 from mitosis.v1 import task_pb2
 
@@ -76,14 +76,37 @@ class EventLog:
         """Store the events in one transaction, then offer them to the task's watchers.
 
         Raises LeaseLost when the task is fenced and its lease has moved to another executor,
-        and EventLimitExceeded when a running task would exceed its events limit.
+        TaskEnded when the task has ended (someone cancelled it), and EventLimitExceeded when
+        a running task would exceed its events limit.
         """
         owner = self._owners.get(task_id)
         if owner is not None:
             await self._check_limit(task_id, events)
+        return await self._store(task_id, events, owner, None)
+
+    async def change(
+        self, task_id: str, change: Change, *, expect: Expect | None = None, fenced: bool = True
+    ) -> list[task_pb2.TaskEvent]:
+        """Append the events `change` makes from the task as stored, if it is as `expect`
+        says: one atomic step in the store (see Store.append). Raises Refused otherwise.
+
+        `fenced`: like `append` while the task runs here (the run's own changes); a control
+        change (a cancel, an approval) is not, as it may come from anyone at any time. A
+        change ends something or moves the task on, so the events limit does not apply.
+        """
+        owner = self._owners.get(task_id) if fenced else None
+        return await self._store(task_id, change, owner, expect)
+
+    async def _store(
+        self,
+        task_id: str,
+        events: Sequence[task_pb2.TaskEvent] | Change,
+        owner: str | None,
+        expect: Expect | None,
+    ) -> list[task_pb2.TaskEvent]:
         # Shielded: a cancel (of a step, of the task) must not cut an append in half — the
         # commit lands whole or not at all, and a store's connection is never left mid-reply.
-        append = self.store.append(task_id, events, owner=owner)
+        append = self.store.append(task_id, events, owner=owner, expect=expect)
         stored = await asyncio.shield(append)
         if stored and task_id in self._owners:
             self._counts[task_id] = max(self._counts.get(task_id, 0), stored[-1].seq)

@@ -8,6 +8,7 @@ import hashlib
 from pathlib import Path
 
 from mitosis.executor.eventlog import EventLog
+from mitosis.executor.store import LeaseLost, StoreUnavailable, TaskEnded
 from mitosis.executor.tools import ToolLimitExceeded
 from mitosis.v1 import task_pb2
 
@@ -49,7 +50,7 @@ class PageWriter:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
-        self._failure: Exception | None = None
+        self._failure: BaseException | None = None
 
     async def open(self, title: str, step_index: int, file_name: str) -> None:
         """Start the page: announce it and create its file empty."""
@@ -93,23 +94,35 @@ class PageWriter:
         return self._offset, digest
 
     async def abandon(self) -> None:
-        """Mark the page abandoned: its step was interrupted and no file is delivered."""
+        """Mark the page abandoned: its step was interrupted and no file is delivered.
+
+        When the task has ended, its lease moved on or the store is away, the page is left
+        to whoever ends or resumes the task: both close every open page.
+        """
         await self._stop_flusher()
         finished = task_pb2.PageFinished(page_number=self._page_number, abandoned=True)
         async with self._lock:  # after a delta still being appended
-            await self._log.append(self._task_id, task_pb2.TaskEvent(page_finished=finished))
+            with contextlib.suppress(TaskEnded, LeaseLost, StoreUnavailable):
+                await self._log.append(self._task_id, task_pb2.TaskEvent(page_finished=finished))
 
     async def _flush_after_window(self) -> None:
         while True:
             await self._wake.wait()
             await asyncio.sleep(self._window)
             self._wake.clear()
+            flush = asyncio.ensure_future(self._flush())
+            # Its failure is kept even when the flusher is stopped while it runs, so it is
+            # never an error nobody retrieved.
+            flush.add_done_callback(self._keep_failure)
             try:
                 # Shielded: stopping the flusher must not cut a delta out of the page.
-                await asyncio.shield(self._flush())
-            except Exception as error:  # the store is away, or the lease moved on
-                self._failure = error  # raised to the writer at its next write or finish
-                return
+                await asyncio.shield(flush)
+            except Exception:  # the store is away, the task ended or its lease moved on
+                return  # raised to the writer at its next write or finish
+
+    def _keep_failure(self, flush: asyncio.Future[None]) -> None:
+        if not flush.cancelled() and (error := flush.exception()) is not None:
+            self._failure = self._failure or error
 
     def _raise_failure(self) -> None:
         if self._failure is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import grpc
@@ -43,9 +44,11 @@ class PlannerClient:
         deadline: float = 30.0,
         key: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        connect_wait: float = 30.0,
     ) -> None:
         self.target = target
         self._deadline = deadline
+        self._connect_wait = min(connect_wait, deadline)
         # The executor's own credential, as metadata: grpc refuses call credentials on
         # plaintext channels, and a planner on loopback may well be plaintext.
         self._metadata = (("authorization", f"Bearer {key}"),) if key else ()
@@ -69,6 +72,7 @@ class PlannerClient:
     async def create_plan(self, task_text: str) -> plan_pb2.Plan:
         """Return the planner's plan for the task, or raise PlanError."""
         request = planner_service_pb2.CreatePlanRequest(task_text=task_text)
+        await self._connected()
         try:
             return await self._stub.CreatePlan(
                 request, timeout=self._deadline, metadata=self._metadata
@@ -83,12 +87,27 @@ class PlannerClient:
         request = planner_service_pb2.RevisePlanRequest(
             task_text=task_text, plan=plan, failed_step_index=failed_step_index, failure=failure
         )
+        await self._connected()
         try:
             return await self._stub.RevisePlan(
                 request, timeout=self._deadline, metadata=self._metadata
             )
         except grpc.aio.AioRpcError as error:
             raise PlanError(self._explain(error)) from error
+
+    async def _connected(self) -> None:
+        """Wait, up to connect_wait, for a connection to the planner, or raise PlanError.
+
+        A planner that is restarting (`make run-cluster` starts a dead one again within
+        seconds) delays the plan instead of failing the task: the calls themselves fail fast.
+        """
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), self._connect_wait)
+        except TimeoutError:
+            raise PlanError(
+                f"the planner at {self.target} is unreachable (no connection within"
+                f" {self._connect_wait:g} s); is it running?"
+            ) from None
 
     def _explain(self, error: grpc.aio.AioRpcError) -> str:
         code = error.code()

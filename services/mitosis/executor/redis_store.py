@@ -62,7 +62,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from mitosis.executor.store import LeaseLost, TaskPage
+from mitosis.executor.store import (
+    Change,
+    Expect,
+    LeaseLost,
+    TaskPage,
+    check_append,
+    events_of,
+)
 from mitosis.executor.store import StoreUnavailable as StoreUnavailable  # its old home
 from mitosis.projection import TERMINAL_STATES, stamp_events
 from mitosis.v1 import task_pb2
@@ -140,7 +147,7 @@ return 0
 """
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('DEL', KEYS[1])
 end
 return 0
 """
@@ -150,7 +157,7 @@ return 0
 # does not end at the expected seq, {"stale", newest record, the stream's seq}.
 # KEYS: record, events, lease, unfinished, unfinished-of-owner, ended, ended-info.
 # ARGV: expected seq, fencing owner ("" for none), n, the n events, the new record, mode
-# ("end", "reopen" or ""), task id, member in the listings, member in the ended set, the
+# ("end" when these events end the task, else ""), task id, member in the listings, member in the ended set, the
 # ended-info entry, the expiry of the record and of the stream (Unix ms, 0 for none).
 _APPEND = """
 local n = tonumber(ARGV[3])
@@ -178,7 +185,7 @@ end
 for i = 1, n do
   redis.call('XADD', KEYS[2], (expected + i) .. '-0', 'e', ARGV[3 + i])
 end
--- KEEPTTL: an event appended after the end does not undo the expiry.
+-- KEEPTTL: the record keeps any expiry it has.
 redis.call('SET', KEYS[1], ARGV[r + 1], 'KEEPTTL')
 local mode, task_id, member = ARGV[r + 2], ARGV[r + 3], ARGV[r + 4]
 if mode == 'end' then
@@ -190,33 +197,22 @@ if mode == 'end' then
     redis.call('PEXPIREAT', KEYS[1], ARGV[r + 7])
     redis.call('PEXPIREAT', KEYS[2], ARGV[r + 8])
   end
-elseif mode == 'reopen' then
-  redis.call('ZADD', KEYS[4], 0, member)
-  redis.call('ZADD', KEYS[5], 0, member)
-  local info = redis.call('HGET', KEYS[7], task_id)
-  if info then
-    local end_ns = string.match(info, '^%d+')
-    redis.call('ZREM', KEYS[6], string.rep('0', 20 - #end_ns) .. end_ns .. ':' .. task_id)
-  end
-  redis.call('HDEL', KEYS[7], task_id)
-  redis.call('PERSIST', KEYS[1])
-  redis.call('PERSIST', KEYS[2])
 end
 return {'appended'}
 """
-# Delete the tasks whose member is still in the ended set (a task that was reopened, or
-# deleted by another executor meanwhile, is not).
-# KEYS: ended, ended-info, tasks, then per task: record, events, lease, cancel, tasks-of-owner.
+# Delete the tasks whose member is still in the ended set (a task deleted by another
+# executor meanwhile is not).
+# KEYS: ended, ended-info, tasks, then per task: record, events, lease, tasks-of-owner.
 # ARGV: per task: its id, its member in the ended set, its member in the listings.
 _DELETE_ENDED = """
 local deleted = {}
 for i = 0, #ARGV / 3 - 1 do
   local task_id, ended, listed = ARGV[1 + 3 * i], ARGV[2 + 3 * i], ARGV[3 + 3 * i]
   if redis.call('ZSCORE', KEYS[1], ended) then
-    local k = 4 + 5 * i
-    redis.call('UNLINK', KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3])
+    local k = 4 + 4 * i
+    redis.call('UNLINK', KEYS[k], KEYS[k + 1], KEYS[k + 2])
     redis.call('ZREM', KEYS[3], listed)
-    redis.call('ZREM', KEYS[k + 4], listed)
+    redis.call('ZREM', KEYS[k + 3], listed)
     redis.call('ZREM', KEYS[1], ended)
     redis.call('HDEL', KEYS[2], task_id)
     deleted[#deleted + 1] = task_id
@@ -311,10 +307,6 @@ class RedisStore:
     def lease_key(self, task_id: str) -> str:
         """The key that names the executor running the task, expiring with its lease."""
         return f"{self._prefix}lease:{task_id}"
-
-    def cancel_key(self, task_id: str) -> str:
-        """The key that holds a pending cancel request's reason."""
-        return f"{self._prefix}cancel:{task_id}"
 
     def events_key(self, task_id: str) -> str:
         """The key of the task's event stream."""
@@ -435,23 +427,26 @@ class RedisStore:
     async def append(
         self,
         task_id: str,
-        events: Sequence[task_pb2.TaskEvent],
+        events: Sequence[task_pb2.TaskEvent] | Change,
         *,
         owner: str | None = None,
+        expect: Expect | None = None,
     ) -> list[task_pb2.TaskEvent]:
         """Append events atomically; see `Store.append`.
 
         One script call (`_APPEND`) when this store has the task's newest record: the script
         checks that the stream still ends where that record does, checks the fence (the
         lease key holds `owner`) and writes, all at once. When another writer got there
-        first it answers with the newest record, and the append starts over from it.
+        first it answers with the newest record, and the append starts over from it. The
+        preconditions (`expect`, no event after the end) and a Change are applied to the
+        record the script then checks is the newest, so they hold at the write.
         """
         async with self._turn(task_id):
             with self._reported(f"append to task {task_id}"):
                 for conflicts in range(self._max_conflicts + 1):
                     if conflicts:
                         await self._start_over(conflicts)
-                    stored = await self._append_once(task_id, events, owner)
+                    stored = await self._append_once(task_id, events, owner, expect)
                     if stored is not None:
                         return stored
         raise AppendContention(
@@ -460,18 +455,22 @@ class RedisStore:
         )
 
     async def _append_once(
-        self, task_id: str, events: Sequence[task_pb2.TaskEvent], owner: str | None
+        self,
+        task_id: str,
+        events: Sequence[task_pb2.TaskEvent] | Change,
+        owner: str | None,
+        expect: Expect | None,
     ) -> list[task_pb2.TaskEvent] | None:
         """One try from the newest record this store knows; None when it must start over."""
         task = await self._newest_record(task_id)
+        check_append(task, expect)
         expected_seq = task.last_seq
         was_terminal = task.state in TERMINAL_STATES
-        stored = stamp_events(task, events)
+        stored = stamp_events(task, events_of(task, events))
         if not stored:
             return []
         is_terminal = task.state in TERMINAL_STATES
         mode = "end" if is_terminal and not was_terminal else ""
-        mode = "reopen" if was_terminal and not is_terminal else mode
         create_ns, end_ns = task.create_time.ToNanoseconds(), task.update_time.ToNanoseconds()
         expire_ms = end_ns // _NS_PER_MS + self._retain_ms if self._retain_ms else 0
         keys = [
@@ -606,7 +605,6 @@ class RedisStore:
                     self.record_key(task_id),
                     self.events_key(task_id),
                     self.lease_key(task_id),
-                    self.cancel_key(task_id),
                     self.owner_tasks_key(owner),
                 ]
                 args += [
@@ -640,18 +638,7 @@ class RedisStore:
 
     async def release_lease(self, task_id: str, owner: str) -> None:
         with self._reported(f"release the lease of task {task_id}"):
-            await self._redis.eval(
-                _RELEASE, 2, self.lease_key(task_id), self.cancel_key(task_id), owner
-            )
-
-    async def request_cancel(self, task_id: str, reason: str) -> None:
-        with self._reported(f"request the cancel of task {task_id}"):
-            await self._redis.set(self.cancel_key(task_id), reason.encode(), ex=3600)
-
-    async def cancel_requested(self, task_id: str) -> str | None:
-        with self._reported(f"read the cancel request of task {task_id}"):
-            reason = await self._redis.get(self.cancel_key(task_id))
-        return None if reason is None else _bytes(reason).decode()
+            await self._redis.eval(_RELEASE, 1, self.lease_key(task_id), owner)
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -8,25 +8,26 @@ import logging
 import os
 import secrets
 import socket
-import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from mitosis.errors import FailedPrecondition, NotFound, Unavailable
+from mitosis.errors import NotFound, Unavailable
+from mitosis.executor.control import approve_plan, cancel_task, end_task, steps_of
 from mitosis.executor.eventlog import EventLimitExceeded, EventLog
 from mitosis.executor.fetch import FetchSettings
+from mitosis.executor.hub import Overflowed, Subscription
 from mitosis.executor.pages import DEFAULT_MAX_DOCUMENT_BYTES
 from mitosis.executor.planner_client import PlanError
 from mitosis.executor.sandbox import Sandbox, SandboxConfig, SandboxLimits
 from mitosis.executor.step_tools import RecordedTools, executor_line
-from mitosis.executor.store import LeaseLost, StoreUnavailable
+from mitosis.executor.store import LeaseLost, StoreUnavailable, TaskEnded
 from mitosis.executor.tools import ToolError, ToolLimitExceeded
 from mitosis.executor.workspace import FileInfo, FileStamp, PathEscapeError, Workspace
 from mitosis.logs import task_context
 from mitosis.models.base import FatalModelError, ModelUsage, StepAgent, StepFailure, StepTools
-from mitosis.projection import TERMINAL_STATES
+from mitosis.projection import TERMINAL_STATES, is_terminal_event
 from mitosis.v1 import plan_pb2, task_pb2
 
 logger = logging.getLogger(__name__)
@@ -112,22 +113,6 @@ class RunnerConfig:
         return FetchSettings(max_bytes=self.fetch_max_bytes, timeout=self.fetch_timeout)
 
 
-def steps_of(plan: plan_pb2.Plan, first_index: int = 0) -> list[Step]:
-    """Return the plan's steps as pending task steps, numbered from `first_index`."""
-    return [
-        Step(
-            index=first_index + offset,
-            title=planned.title,
-            tool=planned.tool,
-            rationale=planned.rationale,
-            instructions=planned.instructions,
-            arguments=planned.arguments,
-            state=Step.STATE_PENDING,
-        )
-        for offset, planned in enumerate(plan.steps)
-    ]
-
-
 def plan_of(task: Task) -> plan_pb2.Plan:
     """Return the task's steps as the plan an agent reads."""
     steps = [
@@ -164,13 +149,8 @@ class TaskRunner:
         self._agent = agent
         self._config = config
         self._running: dict[str, asyncio.Task[None]] = {}
-        self._cancel_reasons: dict[str, str] = {}
-        # Weak: a task's lock lives while someone holds or awaits it, so none outlive use.
-        self._controls: weakref.WeakValueDictionary[str, asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
-        self._leased: set[str] = set()
-        """Tasks whose lease a run of this executor holds."""
+        self._start_again: set[str] = set()
+        """Tasks asked to start while a run of theirs was ending (an approval, for one)."""
         self._slots = asyncio.Semaphore(config.max_running)
         self._wrap_tools = wrap_tools
         """Put around each step's tools (metrics count the tool runs through it)."""
@@ -185,6 +165,7 @@ class TaskRunner:
     def start(self, task_id: str) -> None:
         """Run the task in the background, from wherever its log says it is."""
         if task_id in self._running:
+            self._start_again.add(task_id)  # that run may have looked before a change
             return
         with task_context(task_id):  # the run's task copies it: all its lines carry the id
             runner = asyncio.create_task(self._run(task_id), name=f"task {task_id}")
@@ -196,6 +177,10 @@ class TaskRunner:
         self._running.pop(task_id, None)
         if not runner.cancelled() and (error := runner.exception()) is not None:
             logger.error("task %s: its run stopped on an error", task_id, exc_info=error)
+        if task_id in self._start_again:
+            self._start_again.discard(task_id)
+            if not runner.cancelled():
+                self.start(task_id)
 
     async def resume_unfinished(self) -> list[str]:
         """Start every task the store says has not ended that no other executor holds.
@@ -217,65 +202,25 @@ class TaskRunner:
                 logger.exception("cannot look for tasks to take over; trying again")
 
     async def cancel(self, task_id: str, reason: str = "cancelled by request") -> None:
-        """Stop the task's running step and end the task CANCELLED."""
-        _require_unended(await self._require(task_id))
-        runner = self._running.get(task_id)
-        if runner is not None:
-            self._cancel_reasons[task_id] = reason
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(runner)
-            self._cancel_reasons.pop(task_id, None)  # left when it stopped before its lease
-            if (await self._require(task_id)).state in TERMINAL_STATES:
-                return
-            # Stopped before it took its lease: nobody runs it now, so it ends below.
+        """End the task CANCELLED, closing its open page and steps; FailedPrecondition when
+        it has ended already.
 
-        async def record(task: Task) -> None:
-            if task.state not in TERMINAL_STATES:  # else it ended meanwhile: nothing to do
-                await self._record_cancel(task_id, reason)
-
-        if await self._while_idle(task_id, record):
-            return  # nobody ran it (it waits for approval, or its executor died)
-        # Another executor holds the lease: running the task (it sees the request within a
-        # third of a lease), or only looking at it (then the lease is free again at once).
-        await self._store.request_cancel(task_id, reason)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._config.lease_ttl * 2
-        while loop.time() < deadline:
-            if (await self._require(task_id)).state in TERMINAL_STATES:
-                return
-            if await self._while_idle(task_id, record):
-                return
-            await asyncio.sleep(0.05)
-        raise Unavailable(f"the executor running task {task_id} did not stop it in time")
-
-    async def _while_idle(self, task_id: str, act: Callable[[Task], Awaitable[None]]) -> bool:
-        """Run `act` on the task as it is under its lease, fenced, when no executor runs it;
-        return False when another executor holds the lease.
-
-        Approving and cancelling a task that nobody runs take this way, one at a time, so
-        neither can act on a state the other has just changed.
+        One conditional append does it, wherever the task runs: the executor running it sees
+        the end in the task's own feed and stops its step, and anything it would still
+        append is refused by the store. A run here is waited for, so its tool is stopped
+        when this returns.
         """
-        async with self._control(task_id):
-            owner = self._config.owner
-            if task_id in self._leased or not await self._store.acquire_lease(
-                task_id, owner, self._config.lease_ttl
-            ):
-                return False  # an executor (this one, or another) runs it
-            try:
-                self._log.fence(task_id, owner)
-                await act(await self._require(task_id))
-            finally:
-                self._log.fence(task_id, None)
-                await self._store.release_lease(task_id, owner)
-            return True
+        await cancel_task(self._log, task_id, reason)
+        run = self._running.get(task_id)
+        if run is not None:
+            run.cancel()
+            await asyncio.wait([run])
 
-    def _control(self, task_id: str) -> asyncio.Lock:
-        """Return the lock that makes this executor's actions on a task take turns."""
-        lock = self._controls.get(task_id)
-        if lock is None:
-            lock = self._controls[task_id] = asyncio.Lock()
-        return lock
+    async def approve(self, task_id: str, plan: plan_pb2.Plan | None) -> None:
+        """Run a plan that waits for approval, as proposed or as edited in `plan`;
+        FailedPrecondition in any other state (a cancel that came first, for one)."""
+        await approve_plan(self._log, task_id, plan)
+        self.start(task_id)
 
     async def shutdown(self) -> None:
         """Stop every running task without ending it: the next start resumes them."""
@@ -287,19 +232,93 @@ class TaskRunner:
     async def _run(self, task_id: str) -> None:
         owner = self._config.owner
         try:
-            if not await self._take(task_id):
-                return  # another executor runs it, or there is nothing to run
+            task = await self._store.get_task(task_id)
         except StoreUnavailable as error:
             logger.warning(
-                "task %s: cannot take it now, the store is unreachable (%s)", task_id, error
+                "task %s: cannot look at it, the store is unreachable (%s)", task_id, error
             )
             return  # the claim loop tries again
-        logger.info("task %s: running it here (lease %s)", task_id, owner)
-        runner = asyncio.current_task()
-        assert runner is not None
-        keeper = asyncio.create_task(self._keep_lease(task_id, runner))
+        if task is None or task.state in _IDLE_STATES:
+            return
+        # Listening before the lease is taken: an end appended from now on is seen.
+        with self._log.hub.subscribe(task_id, from_seq=task.last_seq) as feed:
+            try:
+                if not await self._take(task_id):
+                    return  # another executor runs it, or there is nothing to run
+            except StoreUnavailable as error:
+                logger.warning(
+                    "task %s: cannot take it now, the store is unreachable (%s)", task_id, error
+                )
+                return  # the claim loop tries again
+            logger.info("task %s: running it here (lease %s)", task_id, owner)
+            run = asyncio.current_task()
+            assert run is not None
+            watchers = [
+                asyncio.create_task(self._keep_lease(task_id, run)),
+                asyncio.create_task(self._stop_when_ended(task_id, feed, run)),
+            ]
+            try:
+                await self._run_leased(task_id)
+            finally:
+                for watcher in watchers:
+                    watcher.cancel()
+                self._log.fence(task_id, None)
+                with contextlib.suppress(Unavailable):
+                    await self._store.release_lease(task_id, owner)
+
+    async def _take(self, task_id: str) -> bool:
+        """Take the task's lease to run it; False when another executor holds it, or when
+        the task has nothing to run (it waits for approval, has ended, or is gone)."""
+        owner = self._config.owner
+        if not await self._store.acquire_lease(task_id, owner, self._config.lease_ttl):
+            return False
+        task = await self._store.get_task(task_id)
+        if task is None or task.state in _IDLE_STATES:
+            await self._store.release_lease(task_id, owner)
+            return False
+        self._log.fence(task_id, owner)
+        return True
+
+    async def _keep_lease(self, task_id: str, run: asyncio.Task[None]) -> None:
+        """Renew the lease while the task runs; stop the run if the lease is lost."""
+        owner, ttl = self._config.owner, self._config.lease_ttl
+        while True:
+            await asyncio.sleep(ttl / 3)
+            try:
+                if not await self._store.renew_lease(task_id, owner, ttl):
+                    logger.warning(
+                        "task %s: lease lost, another executor took it over; stopping it here",
+                        task_id,
+                    )
+                    run.cancel()
+                    return
+            except Unavailable as error:
+                logger.warning("task %s: cannot renew its lease: %s", task_id, error)
+
+    async def _stop_when_ended(
+        self, task_id: str, feed: Subscription, run: asyncio.Task[None]
+    ) -> None:
+        """Stop the run when the task's feed shows it ended: someone cancelled it (here, or
+        on another executor through the store's live feed). Its own end stops this first."""
+        while True:
+            try:
+                events = await feed.next_batch(self._config.lease_ttl)
+            except Overflowed:  # the feed dropped events: the store says how things stand
+                task = await self._store.get_task(task_id)
+                ended = task is None or task.state in TERMINAL_STATES
+            else:
+                ended = any(is_terminal_event(event) for event in events)
+            if ended:
+                logger.info("task %s: it was ended elsewhere; stopping its run here", task_id)
+                run.cancel()
+                return
+
+    async def _run_leased(self, task_id: str) -> None:
         try:
-            await self._run_leased(task_id)
+            async with self._slots:
+                await self._execute(task_id)
+        except TaskEnded:
+            logger.info("task %s: it was ended elsewhere; its run here stopped", task_id)
         except LeaseLost as error:
             logger.warning("task %s: stopped, another executor took it over (%s)", task_id, error)
         except StoreUnavailable as error:
@@ -309,103 +328,22 @@ class TaskRunner:
                 task_id,
                 error,
             )
-        finally:
-            keeper.cancel()
-            self._leased.discard(task_id)
-            self._log.fence(task_id, None)
-            with contextlib.suppress(Unavailable):
-                await self._store.release_lease(task_id, owner)
-
-    async def _take(self, task_id: str) -> bool:
-        """Take the task's lease to run it; False when another executor holds it, or when
-        the task has nothing to run (it waits for approval, has ended, or is gone).
-
-        Done under the task's control lock, so a claim never overlaps an approval or a
-        cancel on this executor.
-        """
-        owner = self._config.owner
-        async with self._control(task_id):
-            if not await self._store.acquire_lease(task_id, owner, self._config.lease_ttl):
-                return False
-            task = await self._store.get_task(task_id)
-            if task is None or task.state in _IDLE_STATES:
-                await self._store.release_lease(task_id, owner)
-                return False
-            self._leased.add(task_id)
-            self._log.fence(task_id, owner)
-            return True
-
-    async def _keep_lease(self, task_id: str, runner: asyncio.Task[None]) -> None:
-        """Renew the lease while the task runs; stop the task if the lease is lost or a
-        cancel was asked for on another executor."""
-        owner, ttl = self._config.owner, self._config.lease_ttl
-        while True:
-            await asyncio.sleep(ttl / 3)
-            try:
-                if not await self._store.renew_lease(task_id, owner, ttl):
-                    logger.warning("task %s: lease lost; stopping it here", task_id)
-                    runner.cancel()
-                    return
-                reason = await self._store.cancel_requested(task_id)
-            except Unavailable as error:
-                logger.warning("task %s: cannot renew its lease: %s", task_id, error)
-                continue
-            if reason is not None:
-                self._cancel_reasons[task_id] = reason
-                runner.cancel()
-                return
-
-    async def _run_leased(self, task_id: str) -> None:
-        try:
-            async with self._slots:
-                await self._execute(task_id)
-        except asyncio.CancelledError:
-            reason = self._cancel_reasons.pop(task_id, None)
-            if reason is None:
-                raise  # the executor is shutting down; the task resumes on the next start
-            await self._record_cancel(task_id, reason)
-        except (LeaseLost, StoreUnavailable):
-            raise  # not a failure of the task: another executor runs it, or the store is away
         except EventLimitExceeded as error:
             logger.warning("task %s: %s", task_id, error)
-            await self._end_failed(task_id, str(error))
+            await self._end(task_id, Task.STATE_FAILED, str(error))
         except Exception as error:
             logger.exception("task %s failed unexpectedly", task_id)
-            task = await self._require(task_id)
-            for step in task.steps:
-                if step.state == Step.STATE_RUNNING:
-                    await self._set_step(task_id, step.index, Step.STATE_FAILED, step.attempts)
-            await self._cancel_pending_steps(task_id, after=-1)
-            await self._set_state(
-                task_id,
-                Task.STATE_FAILED,
-                f"internal error in the executor ({type(error).__name__}); its log has the details",
+            reason = (
+                f"internal error in the executor ({type(error).__name__}); its log has the details"
             )
+            await self._end(task_id, Task.STATE_FAILED, reason)
 
-    async def approve(self, task_id: str, plan: plan_pb2.Plan | None) -> None:
-        """Run a plan that waits for approval, as proposed or as edited in `plan`."""
-        _require_awaiting(await self._require(task_id))
-
-        async def run_it(task: Task) -> None:
-            _require_awaiting(task)  # as it is now, under the lease: not cancelled meanwhile
-            events = []
-            if plan is not None and plan.steps:
-                steps = steps_of(plan)
-                summary = plan.summary or "The plan as edited when it was approved."
-                ready = task_pb2.PlanReady(steps=steps, model=task.model, summary=summary)
-                events.append(Event(plan_ready=ready))
-            running = task_pb2.TaskStateChanged(state=Task.STATE_RUNNING, message="plan approved")
-            await self._log.append(task_id, *events, Event(task_state_changed=running))
-
-        # Another executor may hold the lease for a moment only to look at the task (its
-        # claim loop does, every half lease): wait for it, up to a lease's time.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._config.lease_ttl
-        while not await self._while_idle(task_id, run_it):
-            if loop.time() >= deadline:
-                raise Unavailable(f"task {task_id} is held by another executor; try again")
-            await asyncio.sleep(0.05)
-        self.start(task_id)
+    async def _end(self, task_id: str, state: Task.State.ValueType, reason: str) -> None:
+        """End the task from its run; an end someone else appended first stands."""
+        try:
+            await end_task(self._log, task_id, state, reason, fenced=True)
+        except TaskEnded:
+            logger.info("task %s: it was ended elsewhere before its run could end it", task_id)
 
     async def _execute(self, task_id: str) -> None:
         task = await self._require(task_id)
@@ -425,26 +363,21 @@ class TaskRunner:
                 try:
                     await self._run_step(task, step, workspace)
                 except _TaskFailed as failed:
-                    await self._cancel_pending_steps(task_id, after=step.index)
-                    await self._set_state(task_id, Task.STATE_FAILED, str(failed))
+                    await self._end(task_id, Task.STATE_FAILED, str(failed))
                     return
                 task = await self._require(task_id)  # a revision may have replaced the rest
             index += 1
         delivered = len(task.artifacts)
         plural = "s" if task.revisions > 1 else ""
         revised = f" after {task.revisions} plan revision{plural}" if task.revisions else ""
-        await self._set_state(
-            task_id, Task.STATE_SUCCEEDED, f"delivered {delivered} files{revised}"
-        )
+        await self._end(task_id, Task.STATE_SUCCEEDED, f"delivered {delivered} files{revised}")
 
     async def _plan(self, task: Task) -> bool:
         await self._set_state(task.task_id, Task.STATE_PLANNING)
         try:
             plan = await self._planner.create_plan(task.text)
         except PlanError as error:
-            await self._set_state(
-                task.task_id, Task.STATE_FAILED, f"no plan could be made: {error}"
-            )
+            await self._end(task.task_id, Task.STATE_FAILED, f"no plan could be made: {error}")
             return False
         ready = task_pb2.PlanReady(steps=steps_of(plan), model=plan.model, summary=plan.summary)
         # With approval asked for, the task waits here; ApprovePlan starts it again.
@@ -592,44 +525,6 @@ class TaskRunner:
         if events:
             await self._log.append(task_id, *events)
 
-    async def _end_failed(self, task_id: str, reason: str) -> None:
-        """End the task FAILED with `reason`, closing its open page and steps first.
-
-        Every event here ends something, so the events-per-task limit lets them through.
-        """
-        task = await self._require(task_id)
-        for page in task.pages:
-            if not page.finished and not page.abandoned:
-                abandoned = task_pb2.PageFinished(page_number=page.page_number, abandoned=True)
-                await self._log.append(task_id, Event(page_finished=abandoned))
-        for step in task.steps:
-            if step.state == Step.STATE_RUNNING:
-                await self._set_step(task_id, step.index, Step.STATE_FAILED, step.attempts, reason)
-        await self._cancel_pending_steps(task_id, after=-1)
-        await self._set_state(task_id, Task.STATE_FAILED, reason)
-
-    async def _record_cancel(self, task_id: str, reason: str) -> None:
-        task = await self._require(task_id)
-        for step in task.steps:
-            if step.state == Step.STATE_RUNNING:
-                await self._set_step(task_id, step.index, Step.STATE_CANCELLED, step.attempts)
-        await self._cancel_pending_steps(task_id, after=-1)
-        await self._set_state(task_id, Task.STATE_CANCELLED, reason)
-
-    async def _cancel_pending_steps(self, task_id: str, after: int) -> None:
-        task = await self._require(task_id)
-        events = [
-            Event(
-                step_state_changed=task_pb2.StepStateChanged(
-                    step_index=step.index, state=Step.STATE_CANCELLED, attempt=step.attempts
-                )
-            )
-            for step in task.steps[after + 1 :]
-            if step.state == Step.STATE_PENDING
-        ]
-        if events:
-            await self._log.append(task_id, *events)
-
     async def _require(self, task_id: str) -> Task:
         task = await self._store.get_task(task_id)
         if task is None:
@@ -671,17 +566,3 @@ class TaskRunner:
 
 _IDLE_STATES = {Task.STATE_AWAITING_APPROVAL, *TERMINAL_STATES}
 """States in which a task has nothing to run."""
-
-
-def _require_unended(task: Task) -> None:
-    """Raise FailedPrecondition when the task has ended."""
-    if task.state in TERMINAL_STATES:
-        state = Task.State.Name(task.state).removeprefix("STATE_").lower()
-        raise FailedPrecondition(f"task {task.task_id} has already ended ({state})")
-
-
-def _require_awaiting(task: Task) -> None:
-    """Raise FailedPrecondition unless the task's plan waits for approval."""
-    if task.state != Task.STATE_AWAITING_APPROVAL:
-        state = Task.State.Name(task.state).removeprefix("STATE_").lower()
-        raise FailedPrecondition(f"task {task.task_id} is not awaiting approval (it is {state})")

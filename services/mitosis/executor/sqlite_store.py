@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from mitosis.executor.store import LeaseLost, TaskPage
+from mitosis.executor.store import Change, Expect, LeaseLost, TaskPage, check_append, events_of
 from mitosis.projection import TERMINAL_STATES, stamp_events
 from mitosis.v1 import task_pb2
 
@@ -73,7 +73,6 @@ class SqliteStore:
         self._db.executescript(_INDEXES)
         # One executor per SQLite file: leases and cancel requests live in its memory.
         self._leases: dict[str, tuple[str, float]] = {}
-        self._cancel_requests: dict[str, str] = {}
 
     async def create_task(self, task: task_pb2.Task) -> None:
         self._db.execute(
@@ -121,9 +120,10 @@ class SqliteStore:
     async def append(
         self,
         task_id: str,
-        events: Sequence[task_pb2.TaskEvent],
+        events: Sequence[task_pb2.TaskEvent] | Change,
         *,
         owner: str | None = None,
+        expect: Expect | None = None,
     ) -> list[task_pb2.TaskEvent]:
         if owner is not None and not self._holds(task_id, owner):
             raise LeaseLost(f"task {task_id}: the lease is not held by {owner}")
@@ -136,8 +136,9 @@ class SqliteStore:
             if row is None:
                 raise KeyError(task_id)
             task = task_pb2.Task.FromString(row[0])
+            check_append(task, expect)
             was_terminal = bool(row[1])
-            stored = stamp_events(task, events)
+            stored = stamp_events(task, events_of(task, events))
             db.executemany(
                 "INSERT INTO events (task_id, seq, event) VALUES (?, ?, ?)",
                 [(task_id, e.seq, e.SerializeToString()) for e in stored],
@@ -213,7 +214,6 @@ class SqliteStore:
             raise
         for task_id in deleted:
             self._leases.pop(task_id, None)
-            self._cancel_requests.pop(task_id, None)
         await self._purge_events()
         return deleted
 
@@ -248,13 +248,6 @@ class SqliteStore:
     async def release_lease(self, task_id: str, owner: str) -> None:
         if self._holds(task_id, owner):
             del self._leases[task_id]
-        self._cancel_requests.pop(task_id, None)
-
-    async def request_cancel(self, task_id: str, reason: str) -> None:
-        self._cancel_requests[task_id] = reason
-
-    async def cancel_requested(self, task_id: str) -> str | None:
-        return self._cancel_requests.get(task_id)
 
     def _holds(self, task_id: str, owner: str) -> bool:
         holder = self._leases.get(task_id)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from mitosis.errors import Unavailable
+from mitosis.projection import TERMINAL_STATES
 from mitosis.v1 import task_pb2
 
 
@@ -17,6 +18,57 @@ class StoreUnavailable(Unavailable):
 
 class LeaseLost(Exception):
     """An append was fenced by a lease this executor no longer holds: another one took over."""
+
+
+class Refused(Exception):
+    """The task was not as the append required; nothing was written.
+
+    `task` is the record the store checked, so the caller can say why.
+    """
+
+    def __init__(self, task: task_pb2.Task, why: str) -> None:
+        super().__init__(f"task {task.task_id}: {why}")
+        self.task = task
+
+
+class TaskEnded(Refused):
+    """The task has ended: its log takes nothing after its terminal event."""
+
+
+Change = Callable[[task_pb2.Task], Sequence[task_pb2.TaskEvent]]
+"""Events made from the task's record as the store holds it at the append, atomically with
+it: how a change that depends on the task's state (closing what is open) is appended."""
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What an append requires of the task, checked by the store atomically with the write."""
+
+    states: frozenset[task_pb2.Task.State.ValueType] = frozenset()
+    """The task must be in one of these states (empty: any state that has not ended)."""
+
+
+def check_append(task: task_pb2.Task, expect: Expect | None) -> None:
+    """Raise TaskEnded or Refused unless an append to `task` may go ahead.
+
+    No event ever follows a terminal one, whoever appends; `expect` may ask for more.
+    """
+    if task.state in TERMINAL_STATES:
+        raise TaskEnded(task, f"it has already ended ({state_name(task.state)})")
+    if expect is not None and expect.states and task.state not in expect.states:
+        raise Refused(task, f"it is {state_name(task.state)}")
+
+
+def state_name(state: task_pb2.Task.State.ValueType) -> str:
+    """Return a state as people read it: STATE_AWAITING_APPROVAL → "awaiting approval"."""
+    return task_pb2.Task.State.Name(state).removeprefix("STATE_").lower().replace("_", " ")
+
+
+def events_of(
+    task: task_pb2.Task, events: Sequence[task_pb2.TaskEvent] | Change
+) -> list[task_pb2.TaskEvent]:
+    """Return the events to append to `task`: as given, or made by the change from it."""
+    return list(events(task) if callable(events) else events)
 
 
 @dataclass(frozen=True)
@@ -59,16 +111,20 @@ class Store(Protocol):
     async def append(
         self,
         task_id: str,
-        events: Sequence[task_pb2.TaskEvent],
+        events: Sequence[task_pb2.TaskEvent] | Change,
         *,
         owner: str | None = None,
+        expect: Expect | None = None,
     ) -> list[task_pb2.TaskEvent]:
         """Append events atomically, assigning `seq` and `create_time`; return them stored.
 
         The task record is updated with the events in the same transaction, so the record
         never disagrees with the log. Raises KeyError when the task does not exist. With
         `owner`, the append is fenced: it raises LeaseLost unless `owner` holds the task's
-        lease when the transaction commits.
+        lease when the transaction commits. Whoever appends, a task that has ended takes
+        nothing more (TaskEnded), and `expect` is checked against the record the events
+        are appended to (Refused): both are part of the same atomic step, as is a Change's
+        reading of the record.
         """
         ...
 
@@ -82,14 +138,6 @@ class Store(Protocol):
 
     async def release_lease(self, task_id: str, owner: str) -> None:
         """Give the lease up, if it is ours."""
-        ...
-
-    async def request_cancel(self, task_id: str, reason: str) -> None:
-        """Ask whichever executor runs the task to cancel it."""
-        ...
-
-    async def cancel_requested(self, task_id: str) -> str | None:
-        """Return the reason of a pending cancel request, or None."""
         ...
 
     async def read_events(
