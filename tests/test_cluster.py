@@ -24,6 +24,7 @@ from .gateway import start_gateway
 from .support.make_run import Runner, running
 from .support.processes import Service, start_executor
 from .support.redis_server import RedisServer
+from .support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 Task = task_pb2.Task
@@ -302,14 +303,6 @@ async def serving(address: str, service: str = "mitosis.v1.TaskService") -> bool
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-async def wait_until_serving(address: str, service: str = "mitosis.v1.TaskService") -> None:
-    """Return once the server at `address` says SERVING; the caller bounds the wait."""
-    while True:  # a remote state: nothing to wait on but asking again
-        if await serving(address, service):
-            return
-        await asyncio.sleep(0.1)
-
-
 @pytest.mark.timeout(300)
 async def test_run_cluster_restarts_a_killed_executor_while_its_task_moves_on(
     run_cluster: Runner,
@@ -332,8 +325,7 @@ async def test_run_cluster_restarts_a_killed_executor_while_its_task_moves_on(
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     restarted = rf"^executor 1 \({re.escape(first)}\) exited with status -9; restarting in 1 s$"
     await asyncio.to_thread(run_cluster.wait_for, restarted, 10)
-    async with asyncio.timeout(60):
-        await wait_until_serving(first)
+    await eventually(lambda: serving(first), timeout=60, interval=0.1, what=f"{first} serves")
     back_s = time.monotonic() - killed_at
     assert run_cluster.process.poll() is None
     assert all([await serving(address) for address in run_cluster.executors])
@@ -349,8 +341,9 @@ async def test_run_cluster_restarts_a_killed_planner_and_tasks_are_planned_again
     killed_at = time.monotonic()
     restarted = rf"^the planner \({re.escape(planner)}\) exited with status -9; restarting in 1 s$"
     await asyncio.to_thread(run_cluster.wait_for, restarted, 10)
-    async with asyncio.timeout(60):
-        await wait_until_serving(planner, "mitosis.v1.PlannerService")
+    await eventually(
+        lambda: serving(planner, "mitosis.v1.PlannerService"), timeout=60, interval=0.1
+    )
     back_s = time.monotonic() - killed_at
     async with AsyncClient(run_cluster.gateway) as client:
         task = await client.create_task(TEXT)

@@ -40,6 +40,7 @@ from .support.executors import StartExecutor
 from .support.grpc_web import SERVICE, fetch, grpc_web_call, grpc_web_frame
 from .support.ports import free_port
 from .support.processes import BIN
+from .support.waiting import eventually
 from .support.watch import watch_all
 
 gateway = harness.gateway  # the fixture, as conftest may re-export it
@@ -680,11 +681,10 @@ async def cluster_health(gateway: Gateway) -> dict[int, str]:
 
 
 async def wait_for_health(gateway: Gateway, port: int, flag: str) -> None:
-    async with asyncio.timeout(15):
-        while True:
-            if flag in (await cluster_health(gateway)).get(port, ""):
-                return
-            await asyncio.sleep(0.1)
+    async def flagged() -> bool:
+        return flag in (await cluster_health(gateway)).get(port, "")
+
+    await eventually(flagged, timeout=15, interval=0.1, what=f"Envoy marks {port} {flag}")
 
 
 async def test_a_stopped_executor_leaves_the_rotation(

@@ -23,6 +23,7 @@ from tests.support.watch import each_event
 
 from .support.executors import StartExecutor
 from .support.redis_server import RedisServer
+from .support.waiting import eventually
 from .support.watch import watch_all
 from .test_runner import ScriptedPlanner, python_step
 
@@ -241,9 +242,9 @@ async def test_approve_or_cancel_on_one_executor_while_another_keeps_claiming(
 
 async def reached(store: RedisStore, task_id: str, states: Container[int]) -> task_pb2.Task:
     """Return the task once its state is one of `states` (polled: the test has no hub)."""
-    for _ in range(1500):
+
+    async def there() -> task_pb2.Task | None:
         task = await store.get_task(task_id)
-        if task is not None and task.state in states:
-            return task
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"task {task_id} never reached {states}")
+        return task if task is not None and task.state in states else None
+
+    return await eventually(there, timeout=30, interval=0.02, what=f"task {task_id} in {states}")

@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from .ports import free_port
+from .waiting import eventually_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_S = 120.0
@@ -43,15 +43,17 @@ class Runner:
 
     def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
         """Wait until the runner's output matches `pattern`; fail if it exits first."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def printed() -> re.Match[str] | None:
             found = re.search(pattern, self.text(), flags=re.MULTILINE)
-            if found:
-                return found
-            if self.process.poll() is not None:
+            if not found and self.process.poll() is not None:
                 pytest.fail(f"run.py exited with {self.process.returncode}:\n{self.text()}")
-            time.sleep(0.1)
-        pytest.fail(f"no {pattern!r} in run.py's output after {timeout:g} s:\n{self.text()}")
+            return found
+
+        try:
+            return eventually_sync(printed, timeout=timeout, interval=0.1, what=repr(pattern))
+        except TimeoutError:
+            pytest.fail(f"no {pattern!r} in run.py's output after {timeout:g} s:\n{self.text()}")
 
     def pid_of(self, address: str) -> int:
         """The pid of the runner's child serving `address`."""

@@ -12,12 +12,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from .ports import free_port
+from .waiting import eventually_sync
 
 
 class RedisServer:
@@ -62,18 +62,21 @@ class RedisServer:
             args += ["--appendonly", "no"]
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+        process = self.process
+
+        def answers() -> bool:
+            if process.poll() is not None:
                 self.process = None
                 raise RuntimeError(f"redis-server exited at start:\n{self.log.read_text()}")
-            if self._answers():
-                return
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(
-            f"redis-server did not answer within {timeout} s:\n{self.log.read_text()}"
-        )
+            return self._answers()
+
+        try:
+            eventually_sync(answers, timeout=timeout, interval=0.02, what="redis-server answers")
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(
+                f"redis-server did not answer within {timeout} s:\n{self.log.read_text()}"
+            ) from None
 
     def _answers(self) -> bool:
         try:

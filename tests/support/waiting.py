@@ -20,7 +20,7 @@ INTERVAL_S = 0.05
 
 
 async def eventually(
-    condition: Callable[[], T | Awaitable[T]],
+    condition: Callable[[], T | None | Awaitable[T | None]],
     *,
     timeout: float = TIMEOUT_S,  # noqa: ASYNC109 (a deadline over many calls, not one await)
     interval: float = INTERVAL_S,
@@ -52,7 +52,7 @@ async def eventually(
 
 
 def eventually_sync(
-    condition: Callable[[], T],
+    condition: Callable[[], T | None],
     *,
     timeout: float = TIMEOUT_S,
     interval: float = INTERVAL_S,
