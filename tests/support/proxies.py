@@ -17,12 +17,12 @@ import signal
 import socket
 import string
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from .ports import free_port
+from .waiting import eventually_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 MITMDUMP = ROOT / "tests" / "proxies" / "mitmproxy" / ".venv" / "bin" / "mitmdump"
@@ -372,16 +372,19 @@ def start_proxy(setup: ProxySetup, upstream: int, workdir: Path, within: float =
             cwd=workdir,
         )
     proxy = Proxy(setup, process, port, workdir)
-    deadline = time.monotonic() + within
-    while not _accepts(port):
+
+    def listening() -> bool:
         if process.poll() is not None:
             raise RuntimeError(
                 f"{setup.name} exited with {process.returncode}:\n{proxy.log_tail()}"
             )
-        if time.monotonic() > deadline:
-            proxy.stop()
-            raise RuntimeError(
-                f"{setup.name} did not listen within {within} s:\n{proxy.log_tail()}"
-            )
-        time.sleep(0.05)
+        return _accepts(port)
+
+    try:
+        eventually_sync(listening, timeout=within, what=f"{setup.name} listens")
+    except TimeoutError:
+        proxy.stop()
+        raise RuntimeError(
+            f"{setup.name} did not listen within {within} s:\n{proxy.log_tail()}"
+        ) from None
     return proxy
