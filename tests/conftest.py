@@ -16,6 +16,7 @@ from mitosis.planner.server import start_planner
 from mitosis.v1 import task_service_pb2_grpc
 from tests.support import processes
 from tests.support.executors import StartExecutor
+from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer, running_redis
 from tests.support.watch import watch_all
 
@@ -78,6 +79,12 @@ def planner_process(tmp_path: Path) -> Iterator[processes.Service]:
     service = processes.start_planner(tmp_path)
     yield service
     service.stop()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A port on which nothing listens."""
+    return free_port()
 
 
 @pytest.fixture

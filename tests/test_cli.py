@@ -7,7 +7,6 @@ import io
 import json
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -46,14 +45,6 @@ def fake() -> FakeTaskService:
 def env(fake: FakeTaskService) -> Iterator[dict[str, str]]:
     with running(fake) as target:
         yield {"MITOSIS_TARGET": target}
-
-
-@pytest.fixture
-def closed_port() -> int:
-    """A port on which nothing listens."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def json_lines(text: str) -> list[dict[str, object]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -65,14 +64,6 @@ def fake() -> FakeTaskService:
 def target(fake: FakeTaskService) -> Iterator[str]:
     with running(fake) as address:
         yield address
-
-
-@pytest.fixture
-def closed_port() -> int:
-    """A port on which nothing listens."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def event(seq: int, kind: str = "log_line") -> task_pb2.TaskEvent:
