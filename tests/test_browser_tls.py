@@ -24,7 +24,7 @@ from .certs import TestAuthority, spki_sha256
 from .gateway import Gateway
 
 # The TLS chain's fixtures: a test CA, a planner and an executor serving TLS.
-from .test_tls import authority, planner, start, tls_executor, tls_gateway
+from .support.tls_stack import authority, planner, start, tls_executor, tls_gateway
 
 chromium = kit.chromium
 browser = kit.browser

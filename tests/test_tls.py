@@ -7,85 +7,32 @@ import asyncio
 import re
 import ssl
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
 
-from mitosis.auth import key_line
 from mitosis.client import AsyncClient
-from mitosis.executor.server import Executor, parse_args, start_executor
+from mitosis.executor.server import Executor
 from mitosis.gateway import GatewaySettings
-from mitosis.planner.server import Planner, start_planner
-from mitosis.planner.server import parse_args as parse_planner_args
 from mitosis.tls import TlsConfigError, channel_credentials
 from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 from scripts.run import tls_from
 from tests.certs import TestAuthority
-from tests.gateway import Gateway, start_gateway_async
+from tests.gateway import Gateway
 from tests.support.executors import StartExecutor
 from tests.support.make_run import running
+from tests.support.tls_stack import (
+    EXECUTOR_KEY,
+    authority,
+    planner,
+    start,
+    tls_executor,
+    tls_gateway,
+)
 from tests.support.watch import each_event
 
-EXECUTOR_KEY = "mk_executor-test-key-000000000000000000000000"
-
-
-@pytest.fixture
-def authority(tmp_path: Path) -> TestAuthority:
-    return TestAuthority(tmp_path / "pki")
-
-
-@pytest.fixture
-async def planner(tmp_path: Path, authority: TestAuthority) -> AsyncIterator[Planner]:
-    """A planner that wants both a client certificate and the executor's key."""
-    keys = tmp_path / "planner-keys"
-    keys.write_text(key_line("executor", EXECUTOR_KEY) + "\n")
-    server = authority.issue("planner", server=True)
-    planner = await start_planner(
-        parse_planner_args(
-            [
-                "--listen=127.0.0.1:0",
-                "--model=offline",
-                f"--api-keys={keys}",
-                f"--tls-cert={server.cert}",
-                f"--tls-key={server.key}",
-                f"--tls-client-ca={authority.cert}",
-            ]
-        )
-    )
-    yield planner
-    await planner.stop()
-
-
-@pytest.fixture
-async def start(
-    tmp_path: Path, authority: TestAuthority, planner: Planner
-) -> AsyncIterator[StartExecutor]:
-    started: list[Executor] = []
-    server = authority.issue("executor", server=True)
-
-    async def start(*flags: str) -> Executor:
-        executor = await start_executor(
-            parse_args(
-                [
-                    "--listen=127.0.0.1:0",
-                    f"--planner=localhost:{planner.port}",
-                    f"--data-dir={tmp_path / 'data'}",
-                    "--offline-pace=0",
-                    "--model=offline",
-                    f"--tls-cert={server.cert}",
-                    f"--tls-key={server.key}",
-                    *flags,
-                ]
-            )
-        )
-        started.append(executor)
-        return executor
-
-    yield start
-    for executor in started:
-        await executor.stop(None)
+__all__ = ["authority", "planner", "start", "tls_executor"]  # fixtures
 
 
 async def run_task(executor: Executor, credentials: grpc.ChannelCredentials) -> task_pb2.Task:
@@ -173,36 +120,6 @@ def test_tls_files_that_do_not_go_together_are_refused(tmp_path: Path) -> None:
         channel_credentials(None, tmp_path / "c.pem", tmp_path / "k.pem")
     with pytest.raises(TlsConfigError, match="cannot read"):
         channel_credentials(tmp_path / "missing.pem")
-
-
-@pytest.fixture
-async def tls_executor(start: StartExecutor, authority: TestAuthority) -> Executor:
-    """An executor serving TLS that calls the planner over mutual TLS, with its key."""
-    client = authority.issue("executor-client", server=False)
-    return await start(
-        f"--planner-ca={authority.cert}",
-        f"--planner-client-cert={client.cert}",
-        f"--planner-client-key={client.key}",
-        f"--planner-key={EXECUTOR_KEY}",
-    )
-
-
-async def tls_gateway(
-    tmp_path: Path,
-    authority: TestAuthority,
-    executor: Executor,
-    static_dir: Path | None = None,
-    **settings: object,
-) -> Gateway:
-    """Envoy serving HTTPS from its own certificate, calling the executor over TLS."""
-    server = authority.issue("gateway", server=True)
-    return await start_gateway_async(
-        tmp_path,
-        executor.port,
-        static_dir,
-        **{"tls_cert": server.cert, "tls_key": server.key, "executor_ca": authority.cert}
-        | settings,
-    )
 
 
 async def test_a_task_runs_through_an_https_gateway_to_tls_executor_and_planner(
