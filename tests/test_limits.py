@@ -19,7 +19,7 @@ from mitosis.executor.sqlite_store import SqliteStore
 from mitosis.executor.watch import watch_batches
 from mitosis.models.offline import OfflineModel
 from mitosis.v1 import plan_pb2, task_pb2
-from tests.sandbox_checks import processes_with
+from tests.support.sandbox import processes_with
 from tests.support.watch import flat
 from tests.test_runner import ScriptedPlanner, python_step
 

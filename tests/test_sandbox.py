@@ -15,7 +15,6 @@ import shutil
 import signal
 import socket
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from mitosis.executor.sandbox import (
 from mitosis.executor.tools import ToolError, run_python
 from mitosis.executor.workspace import Workspace
 from mitosis.v1 import task_pb2
-from tests.sandbox_checks import processes_with, uid_base, until_gone
+from tests.support.sandbox import processes_with, script, sleeper, uid_base, until_gone
 
 STDOUT = task_pb2.LogLine.SOURCE_STDOUT
 SECRET = "sk-test-secret"
@@ -95,19 +94,6 @@ def outside(tmp_path: Path) -> Iterator[Path]:
     folder.chmod(0o777)  # open to anyone, so only the sandbox can stop a write
     yield folder
     shutil.rmtree(folder)
-
-
-def script(code: str) -> str:
-    return textwrap.dedent(code).strip() + "\n"
-
-
-def sleeper(marker: str) -> str:
-    """Return code that starts a child sleeping for ever, `marker` on its command line."""
-    return f"""
-import subprocess, sys, time
-subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)", "{marker}"])
-print("started", flush=True)
-"""
 
 
 def existing(*paths: str | Path) -> list[str | Path]:

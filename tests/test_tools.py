@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from mitosis.executor.tools import MAX_LINE_CHARS, ToolError, list_files, read_file, run_python
 from mitosis.executor.workspace import HIDDEN_DIR, Workspace
 from mitosis.v1 import task_pb2
-from tests.sandbox_checks import processes_with
+from tests.support.sandbox import processes_with, script, sleeper
 
 STDOUT = task_pb2.LogLine.SOURCE_STDOUT
 STDERR = task_pb2.LogLine.SOURCE_STDERR
@@ -36,19 +35,6 @@ class Lines:
 @pytest.fixture
 def workspace(tmp_path: Path) -> Workspace:
     return Workspace(tmp_path / "ws")
-
-
-def script(code: str) -> str:
-    return textwrap.dedent(code).strip() + "\n"
-
-
-def sleeper(marker: str) -> str:
-    """Return code that starts a child sleeping for ever, `marker` on its command line."""
-    return f"""
-import subprocess, sys
-subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)", "{marker}"])
-print("started", flush=True)
-"""
 
 
 SLEEP_FOREVER = """

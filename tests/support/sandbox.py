@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import random
+import textwrap
 from pathlib import Path
 
-from tests.support.waiting import eventually
+from .waiting import eventually
 
 
 def processes_with(text: str) -> list[int]:
@@ -38,3 +39,17 @@ async def until_gone(text: str) -> list[int]:
 def uid_base() -> int:
     """Return the first of 256 uids no other test session uses (sessions share the machine)."""
     return 1_950_000_000 + random.randrange(100_000) * 256
+
+
+def script(code: str) -> str:
+    """`code` as a program: dedented, one trailing newline."""
+    return textwrap.dedent(code).strip() + "\n"
+
+
+def sleeper(marker: str) -> str:
+    """Return code that starts a child sleeping for ever, `marker` on its command line."""
+    return f"""
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)", "{marker}"])
+print("started", flush=True)
+"""
