@@ -14,6 +14,7 @@ from mitosis.executor.server import Executor, parse_args, start_executor
 from mitosis.planner.server import parse_args as parse_planner_args
 from mitosis.planner.server import start_planner
 from mitosis.v1 import task_service_pb2_grpc
+from tests.fake_openai import FakeOpenAI
 from tests.support import processes
 from tests.support.executors import StartExecutor
 from tests.support.ports import free_port
@@ -79,6 +80,15 @@ def planner_process(tmp_path: Path) -> Iterator[processes.Service]:
     service = processes.start_planner(tmp_path)
     yield service
     service.stop()
+
+
+@pytest.fixture
+def fake_openai(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
+    """A fake OpenAI-compatible server that this process's OpenAI model talks to."""
+    with FakeOpenAI() as server:
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        yield server
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import asyncio
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -256,16 +256,8 @@ BRIEF_CALL = {"file_name": "brief.md", "title": "Brief", "instructions": "Summar
 
 
 @pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
-        yield server
-
-
-@pytest.fixture
 async def services(
-    fake: FakeOpenAI, tmp_path: Path
+    fake_openai: FakeOpenAI, tmp_path: Path
 ) -> AsyncIterator[tuple[Planner, Executor, TaskServiceStub]]:
     model = ["--model=openai", "--model-retries=1", "--model-timeout=5"]
     planner = await start_planner(parse_planner_args(["--listen=127.0.0.1:0", METRICS, *model]))
@@ -287,10 +279,10 @@ async def services(
 
 
 async def test_model_tokens_plans_and_tool_outcomes_are_counted(
-    fake: FakeOpenAI, services: tuple[Planner, Executor, TaskServiceStub]
+    fake_openai: FakeOpenAI, services: tuple[Planner, Executor, TaskServiceStub]
 ) -> None:
     planner, executor, stub = services
-    fake.script(
+    fake_openai.script(
         plan_reply({"summary": "A scripted plan.", "steps": [RUN, WRITE]}, prompt_tokens=700),
         ToolCalls([Call("python", {"code": "raise SystemExit('not yet')"})], prompt_tokens=300),
         ToolCalls([Call("python", {"code": "print(6 * 7)"})], completion_tokens=7),

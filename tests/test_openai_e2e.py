@@ -4,13 +4,14 @@ and a fake OpenAI-compatible server on loopback speaking the wire format."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
 
 from mitosis.executor.server import Executor, parse_args, start_executor
+from mitosis.models.openai_model import OFFLINE_FALLBACK_NOTE
 from mitosis.planner.server import parse_args as parse_planner_args
 from mitosis.planner.server import start_planner
 from mitosis.v1 import task_pb2, task_service_pb2
@@ -29,6 +30,7 @@ from .fake_openai import (
     plan_reply,
     plan_step,
 )
+from .support.waiting import eventually
 from .support.watch import watch_all
 
 Task = task_pb2.Task
@@ -45,15 +47,7 @@ BRIEF_CALL = {"file_name": "brief.md", "title": "Brief", "instructions": "Summar
 
 
 @pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
-        yield server
-
-
-@pytest.fixture
-async def stub(fake: FakeOpenAI, tmp_path: Path) -> AsyncIterator[TaskServiceStub]:
+async def stub(fake_openai: FakeOpenAI, tmp_path: Path) -> AsyncIterator[TaskServiceStub]:
     model = ["--model=openai", "--model-retries=1", "--model-timeout=2"]
     planner = await start_planner(parse_planner_args(["--listen=127.0.0.1:0", *model]))
     executor: Executor = await start_executor(
@@ -84,9 +78,9 @@ async def events_of(stub: TaskServiceStub, task: Task) -> list[task_pb2.TaskEven
 
 
 async def test_a_task_is_planned_and_run_by_the_model_with_tools(
-    fake: FakeOpenAI, stub: TaskServiceStub
+    fake_openai: FakeOpenAI, stub: TaskServiceStub
 ) -> None:
-    fake.script(
+    fake_openai.script(
         plan(RUN, WRITE),
         ToolCalls([Call("python", {"code": "print(6 * 7)"})]),
         Text("The answer is 42."),
@@ -111,11 +105,13 @@ async def test_a_task_is_planned_and_run_by_the_model_with_tools(
     assert [a.path for a in task.artifacts] == ["brief.md"]
     assert task.steps[1].usage.model_calls == 3
     assert task.steps[1].usage.input_tokens == 300
-    assert fake.exchanges[0].body["response_format"]["type"] == "json_schema"
+    assert fake_openai.exchanges[0].body["response_format"]["type"] == "json_schema"
 
 
-async def test_a_malformed_plan_is_repaired_once(fake: FakeOpenAI, stub: TaskServiceStub) -> None:
-    fake.script(
+async def test_a_malformed_plan_is_repaired_once(
+    fake_openai: FakeOpenAI, stub: TaskServiceStub
+) -> None:
+    fake_openai.script(
         Text("Sure! Here is a plan: step one, write it."),
         plan(WRITE),
         ToolCalls([Call("write_document", BRIEF_CALL)]),
@@ -126,25 +122,37 @@ async def test_a_malformed_plan_is_repaired_once(fake: FakeOpenAI, stub: TaskSer
     task = await run(stub)
 
     assert task.state == Task.STATE_SUCCEEDED, task.error
-    assert "Sure! Here is a plan" in fake.exchanges[1].text()
+    assert "Sure! Here is a plan" in fake_openai.exchanges[1].text()
 
 
-async def test_a_plan_malformed_twice_fails_the_task_with_what_the_model_said(
-    fake: FakeOpenAI, stub: TaskServiceStub
+async def test_a_plan_malformed_twice_is_replaced_by_the_offline_plan(
+    fake_openai: FakeOpenAI, stub: TaskServiceStub
 ) -> None:
-    fake.script(Text("no plan today"), Text("still no plan"))
+    fake_openai.script(Text("no plan today"), Text("still no plan"))
 
-    task = await run(stub)
+    created = await stub.CreateTask(
+        task_service_pb2.CreateTaskRequest(
+            text="Write a brief on solar batteries", require_approval=True
+        )
+    )
 
-    assert task.state == Task.STATE_FAILED
-    assert task.error.startswith("no plan could be made")
-    assert "still no plan" in task.error
+    async def waiting() -> Task | None:
+        task = await stub.GetTask(task_service_pb2.GetTaskRequest(task_id=created.task_id))
+        return task if task.state == Task.STATE_AWAITING_APPROVAL else None
+
+    task = await eventually(waiting, what="the plan waits for approval")
+    # A task fails at planning only when nothing can run: the offline plan stands in.
+    assert task.plan_summary.startswith(OFFLINE_FALLBACK_NOTE)
+    assert "the answer is not valid JSON" in task.plan_summary
+    assert len(task.steps) >= 3
+    assert "write_document" in task.tools
+    await stub.CancelTask(task_service_pb2.CancelTaskRequest(task_id=task.task_id))
 
 
 async def test_a_step_that_fails_twice_is_replanned(
-    fake: FakeOpenAI, stub: TaskServiceStub
+    fake_openai: FakeOpenAI, stub: TaskServiceStub
 ) -> None:
-    fake.script(
+    fake_openai.script(
         plan(RUN, WRITE),
         Drop(),  # step 1, attempt 1: no answer, then the client's one retry
         Drop(),
@@ -170,9 +178,9 @@ async def test_a_step_that_fails_twice_is_replanned(
 
 
 async def test_a_429_is_retried_and_watchers_see_the_wait(
-    fake: FakeOpenAI, stub: TaskServiceStub
+    fake_openai: FakeOpenAI, stub: TaskServiceStub
 ) -> None:
-    fake.script(
+    fake_openai.script(
         plan(WRITE),
         error_429(),
         ToolCalls([Call("write_document", BRIEF_CALL)]),
@@ -187,20 +195,22 @@ async def test_a_429_is_retried_and_watchers_see_the_wait(
     assert any("429" in e.log_line.text for e in events if e.HasField("log_line"))
 
 
-async def test_a_bad_key_fails_the_task_at_once(fake: FakeOpenAI, stub: TaskServiceStub) -> None:
-    fake.script(error_401())
+async def test_a_bad_key_fails_the_task_at_once(
+    fake_openai: FakeOpenAI, stub: TaskServiceStub
+) -> None:
+    fake_openai.script(error_401())
 
     task = await run(stub)
 
     assert task.state == Task.STATE_FAILED
     assert "OPENAI_API_KEY" in task.error
-    assert len(fake.exchanges) == 1
+    assert len(fake_openai.exchanges) == 1
 
 
 async def test_a_model_that_does_not_answer_fails_the_step_not_the_service(
-    fake: FakeOpenAI, stub: TaskServiceStub
+    fake_openai: FakeOpenAI, stub: TaskServiceStub
 ) -> None:
-    fake.script(
+    fake_openai.script(
         plan(WRITE), *[Hang(seconds=5) for _ in range(4)], plan_reply({"summary": "x", "steps": []})
     )
 
@@ -213,9 +223,9 @@ async def test_a_model_that_does_not_answer_fails_the_step_not_the_service(
 
 
 async def test_cancel_during_a_model_stream_closes_it(
-    fake: FakeOpenAI, stub: TaskServiceStub
+    fake_openai: FakeOpenAI, stub: TaskServiceStub
 ) -> None:
-    fake.script(
+    fake_openai.script(
         plan(WRITE),
         ToolCalls([Call("write_document", BRIEF_CALL)]),
         Text(pieces=["word "] * 400, piece_delay=0.02),
@@ -228,8 +238,8 @@ async def test_cancel_during_a_model_stream_closes_it(
     call.cancel()
 
     cancelled = await stub.CancelTask(task_service_pb2.CancelTaskRequest(task_id=task.task_id))
-    await fake.wait_for(lambda: fake.exchanges[-1].disconnected)
+    await fake_openai.wait_for(lambda: fake_openai.exchanges[-1].disconnected)
 
     assert cancelled.state == Task.STATE_CANCELLED
-    assert not fake.exchanges[-1].finished
+    assert not fake_openai.exchanges[-1].finished
     await asyncio.sleep(0)
