@@ -57,8 +57,8 @@ OPEN_STEPS = (Step.STATE_PENDING, Step.STATE_RUNNING)
 
 # What a run writes, as a run that read the task at some point would: the store must keep
 # the log sound whatever the task's state is by then.
-WRITES: dict[str, Callable[[int], list[Event]]] = {
-    "plan": lambda n: [
+WRITES: dict[str, Callable[[Task], list[Event]]] = {
+    "plan": lambda task: [
         Event(
             plan_ready=task_pb2.PlanReady(
                 steps=[Step(index=i, title=f"step {i}", tool="python") for i in range(2)]
@@ -66,26 +66,35 @@ WRITES: dict[str, Callable[[int], list[Event]]] = {
         ),
         Event(task_state_changed=task_pb2.TaskStateChanged(state=Task.STATE_RUNNING)),
     ],
-    "plan for approval": lambda n: [
+    "plan for approval": lambda task: [
         Event(plan_ready=task_pb2.PlanReady(steps=[Step(index=0, title="only", tool="python")])),
         Event(task_state_changed=task_pb2.TaskStateChanged(state=Task.STATE_AWAITING_APPROVAL)),
     ],
-    "step starts": lambda n: [
-        Event(step_state_changed=task_pb2.StepStateChanged(step_index=n % 2, state=2, attempt=1))
+    "step starts": lambda task: [
+        Event(step_state_changed=task_pb2.StepStateChanged(step_index=0, state=2, attempt=1))
     ],
-    "page opens": lambda n: [
-        Event(page_started=task_pb2.PageStarted(page_number=n, title="p", file_name="p.md"))
+    # Pages are numbered as a run numbers them: the next one opens, the newest one grows.
+    "page opens": lambda task: [
+        Event(
+            page_started=task_pb2.PageStarted(
+                page_number=len(task.pages) + 1, title="p", file_name="p.md"
+            )
+        )
     ],
-    "page grows": lambda n: [
-        Event(page_delta=task_pb2.PageDelta(page_number=n, offset=0, text="words "))
+    "page grows": lambda task: [
+        Event(page_delta=task_pb2.PageDelta(page_number=len(task.pages), offset=0, text="words "))
     ],
-    "page closes": lambda n: [
-        Event(page_finished=task_pb2.PageFinished(page_number=n, size_bytes=6, sha256="0" * 64))
+    "page closes": lambda task: [
+        Event(
+            page_finished=task_pb2.PageFinished(
+                page_number=len(task.pages), size_bytes=6, sha256="0" * 64
+            )
+        )
     ],
-    "step succeeds": lambda n: [
-        Event(step_state_changed=task_pb2.StepStateChanged(step_index=n % 2, state=3, attempt=1))
+    "step succeeds": lambda task: [
+        Event(step_state_changed=task_pb2.StepStateChanged(step_index=0, state=3, attempt=1))
     ],
-    "running again": lambda n: [
+    "running again": lambda task: [
         Event(task_state_changed=task_pb2.TaskStateChanged(state=Task.STATE_RUNNING))
     ],
 }
@@ -127,7 +136,6 @@ class ControlMachine(RuleBasedStateMachine):
         self.holder: dict[str, str | None] = {}
         self.runs: set[tuple[str, str]] = set()
         """(executor, task): a run that claimed the task once and writes fenced ever after."""
-        self.writes = 0
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coroutine)
@@ -178,9 +186,8 @@ class ControlMachine(RuleBasedStateMachine):
         if executor not in self.alive:
             return
         before = self.record(task_id)
-        self.writes += 1
         try:
-            self.run(self.logs[executor].append(task_id, *WRITES[what](self.writes % 3 + 1)))
+            self.run(self.logs[executor].append(task_id, *WRITES[what](before)))
         except LeaseLost:
             assert self.holder[task_id] != executor
         except TaskEnded:

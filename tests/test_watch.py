@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 
 from mitosis.errors import InvalidArgument, NotFound, OutOfRange
+from mitosis.executor.encoded import EncodedEvent, watch_response
 from mitosis.executor.eventlog import EventLog
 from mitosis.executor.hub import EventHub
 from mitosis.executor.sqlite_store import SqliteStore
 from mitosis.executor.watch import MAX_MESSAGE_BYTES, MAX_MESSAGE_EVENTS, split, watch_batches
-from mitosis.v1 import task_pb2
+from mitosis.v1 import task_pb2, task_service_pb2
 from tests.support.watch import flat
 
 Event = task_pb2.TaskEvent
@@ -203,12 +204,12 @@ async def test_a_backlog_comes_many_events_to_a_message(store: SqliteStore) -> N
 
 
 def test_a_message_is_cut_by_size_as_well_as_by_count() -> None:
-    big = [line("x" * 300_000) for _ in range(7)]
+    big = [EncodedEvent.of(line("x" * 300_000)) for _ in range(7)]
 
     batches = split(big)
 
     assert [len(batch) for batch in batches] == [3, 3, 1]
-    assert all(sum(e.ByteSize() for e in batch) <= MAX_MESSAGE_BYTES for batch in batches)
+    assert all(sum(len(e.data) for e in batch) <= MAX_MESSAGE_BYTES for batch in batches)
 
 
 async def test_a_live_watch_sends_its_first_message_at_once(store: SqliteStore) -> None:
@@ -220,7 +221,7 @@ async def test_a_live_watch_sends_its_first_message_at_once(store: SqliteStore) 
     watch = watch_batches(store, hub, task_id, 2, heartbeat_interval=3600)
     first = await asyncio.wait_for(anext(watch), 10)  # not after the hour-long interval
 
-    assert [e.WhichOneof("kind") for e in first] == ["heartbeat"]
+    assert [e.event().WhichOneof("kind") for e in first] == ["heartbeat"]
     assert first[0].seq == 2
     await watch.aclose()
 
@@ -232,7 +233,7 @@ async def test_events_appended_together_reach_a_live_watcher_in_one_message(
     log = EventLog(store, hub)
     task_id = await new_task(store)
     watch = watch_batches(store, hub, task_id, 0, heartbeat_interval=5)
-    assert (await anext(watch))[0].HasField("heartbeat")
+    assert (await anext(watch))[0].heartbeat
 
     await log.append(task_id, line("a"), line("b"), line("c"))
 
@@ -270,7 +271,7 @@ async def test_a_bounded_watch_of_a_quiet_task_ends_on_one_heartbeat(store: Sqli
         )
     ]
 
-    assert [[e.WhichOneof("kind") for e in batch] for batch in batches] == [["heartbeat"]]
+    assert [[e.event().WhichOneof("kind") for e in batch] for batch in batches] == [["heartbeat"]]
 
 
 async def test_bounded_watches_one_after_another_see_each_event_once(store: SqliteStore) -> None:
@@ -307,3 +308,16 @@ async def test_a_bounded_wait_out_of_range_is_refused(store: SqliteStore, max_wa
 
     with pytest.raises(InvalidArgument, match=r"max_wait must be from 0\.05 s to 30 s"):
         await anext(watch_batches(store, hub, task_id, 0, 5, max_wait=max_wait))
+
+
+def test_a_response_made_of_events_encoded_once_is_what_protobuf_would_send() -> None:
+    events = [line("a"), line("é" * 300), end()]
+    for seq, event in enumerate(events, 1):
+        event.seq = seq
+    encoded = [EncodedEvent.of(event) for event in events]
+
+    message = watch_response(encoded)
+
+    assert message == task_service_pb2.WatchTaskResponse(events=events).SerializeToString()
+    assert list(task_service_pb2.WatchTaskResponse.FromString(message).events) == events
+    assert [e.terminal for e in encoded] == [False, False, True]

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from mitosis.executor.encoded import EncodedEvent
 from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 
 WatchCall = grpc.aio.UnaryStreamCall[
@@ -52,13 +53,11 @@ def is_heartbeat(event: task_pb2.TaskEvent) -> bool:
     return event.WhichOneof("kind") == "heartbeat"
 
 
-async def flat(
-    batches: AsyncIterator[list[task_pb2.TaskEvent]],
-) -> AsyncIterator[task_pb2.TaskEvent]:
-    """The events of watch_batches (the executor's watch, in process) one by one."""
+async def flat(batches: AsyncIterator[list[EncodedEvent]]) -> AsyncIterator[task_pb2.TaskEvent]:
+    """The events of watch_batches (the executor's watch, in process) one by one, parsed."""
     async for batch in batches:
         for event in batch:
-            yield event
+            yield event.event()
 
 
 async def watch_all(

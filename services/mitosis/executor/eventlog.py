@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 from mitosis.errors import ResourceExhausted
+from mitosis.executor.encoded import EncodedEvent
 from mitosis.executor.hub import EventHub
 from mitosis.executor.store import Change, Expect, Store
 from mitosis.projection import TERMINAL_STATES
@@ -110,7 +111,8 @@ class EventLog:
         stored = await asyncio.shield(append)
         if stored and task_id in self._owners:
             self._counts[task_id] = max(self._counts.get(task_id, 0), stored[-1].seq)
-        self.hub.publish(task_id, stored)
+        if self.hub.watcher_count(task_id):
+            self.hub.publish(task_id, [EncodedEvent.of(event) for event in stored])
         for observe in self.observers:
             observe(task_id, stored)
         return stored

@@ -7,7 +7,7 @@ from collections import defaultdict, deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from mitosis.v1 import task_pb2
+from mitosis.executor.encoded import EncodedEvent
 
 
 class Overflowed(Exception):
@@ -24,11 +24,11 @@ class Subscription:
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
-        self._buffer: deque[task_pb2.TaskEvent] = deque()
+        self._buffer: deque[EncodedEvent] = deque()
         self._overflowed = False
         self._ready = asyncio.Event()
 
-    def offer(self, events: Sequence[task_pb2.TaskEvent]) -> bool:
+    def offer(self, events: Sequence[EncodedEvent]) -> bool:
         """Buffer events for the watcher, or mark it overflowed when they do not fit.
 
         Returns True when this offer overflowed the buffer.
@@ -44,7 +44,7 @@ class Subscription:
         self._ready.set()
         return overflowed
 
-    async def next_batch(self, max_wait: float) -> list[task_pb2.TaskEvent]:
+    async def next_batch(self, max_wait: float) -> list[EncodedEvent]:
         """Return the buffered events, waiting up to `max_wait` s; [] when none came.
 
         Raises Overflowed once after the buffer overflowed, and resets, so the caller can
@@ -102,8 +102,8 @@ class EventHub:
         """Return each watched task with the seq its earliest watcher's live part starts after."""
         return dict(self._from_seq)
 
-    def publish(self, task_id: str, events: Sequence[task_pb2.TaskEvent]) -> None:
-        """Offer stored events to every subscription of the task."""
+    def publish(self, task_id: str, events: Sequence[EncodedEvent]) -> None:
+        """Offer stored events (encoded once, for all) to every subscription of the task."""
         for subscription in self._subscriptions.get(task_id, ()):
             if subscription.offer(events):
                 self.overflows += 1

@@ -62,6 +62,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from mitosis.executor.encoded import EncodedEvent, stored_batch
 from mitosis.executor.store import (
     Change,
     Expect,
@@ -122,6 +123,15 @@ def _events(entries: list[Any] | None) -> list[task_pb2.TaskEvent]:
     return [task_pb2.TaskEvent.FromString(_bytes(fields[_FIELD])) for _, fields in entries or []]
 
 
+def _encoded(entries: list[Any] | None) -> list[EncodedEvent]:
+    """XRANGE's entries as stored bytes, unparsed (the entry id is `<seq>-0`)."""
+    rows = [
+        (int(_bytes(entry_id).split(b"-", 1)[0]), _bytes(fields[_FIELD]))
+        for entry_id, fields in entries or []
+    ]
+    return stored_batch(rows)
+
+
 def _describe(url: str) -> str:
     """The URL without credentials, for error messages and logs."""
     parts = urlsplit(url)
@@ -157,8 +167,9 @@ return 0
 # does not end at the expected seq, {"stale", newest record, the stream's seq}.
 # KEYS: record, events, lease, unfinished, unfinished-of-owner, ended, ended-info.
 # ARGV: expected seq, fencing owner ("" for none), n, the n events, the new record, mode
-# ("end" when these events end the task, else ""), task id, member in the listings, member in the ended set, the
-# ended-info entry, the expiry of the record and of the stream (Unix ms, 0 for none).
+# ("end" when these events end the task, else ""), task id, member in the listings, member
+# in the ended set, the ended-info entry, the expiry of the record and of the stream (Unix
+# ms, 0 for none).
 _APPEND = """
 local n = tonumber(ARGV[3])
 local r = 3 + n
@@ -560,9 +571,19 @@ class RedisStore:
             )
         return _events(entries)
 
+    async def read_encoded(self, task_id: str, after_seq: int, limit: int) -> list[EncodedEvent]:
+        if limit == 0:
+            return []
+        start = "-" if after_seq < 0 else f"{after_seq + 1}-0"
+        with self._reported(f"read events of task {task_id}"):
+            entries = await self._redis.xrange(
+                self.events_key(task_id), start, "+", count=limit if limit > 0 else None
+            )
+        return _encoded(entries)
+
     async def read_new_events(
         self, after: Mapping[str, int], block_ms: int
-    ) -> dict[str, list[task_pb2.TaskEvent]]:
+    ) -> dict[str, list[EncodedEvent]]:
         """Return the events after each task's seq, waiting up to `block_ms` for any."""
         streams: dict[Any, Any] = {
             self.events_key(task_id): f"{seq}-0" for task_id, seq in after.items()
@@ -570,7 +591,7 @@ class RedisStore:
         with self._reported("read live events"):
             reply = cast("list[Any]", await self._redis.xread(streams, block=block_ms) or [])
         prefix = len(self.events_key(""))
-        return {_bytes(key).decode()[prefix:]: _events(entries) for key, entries in reply}
+        return {_bytes(key).decode()[prefix:]: _encoded(entries) for key, entries in reply}
 
     async def unfinished_task_ids(self) -> list[str]:
         with self._reported("list unfinished tasks"):

@@ -8,7 +8,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -23,11 +23,13 @@ from mitosis.executor.planner_client import PlanError
 from mitosis.executor.sandbox import Sandbox, SandboxConfig, SandboxLimits
 from mitosis.executor.step_tools import RecordedTools, executor_line
 from mitosis.executor.store import LeaseLost, StoreUnavailable, TaskEnded
+from mitosis.executor.tool_catalogue import ExecutorTools
 from mitosis.executor.tools import ToolError, ToolLimitExceeded
 from mitosis.executor.workspace import FileInfo, FileStamp, PathEscapeError, Workspace
 from mitosis.logs import task_context
 from mitosis.models.base import FatalModelError, ModelUsage, StepAgent, StepFailure, StepTools
-from mitosis.projection import TERMINAL_STATES, is_terminal_event
+from mitosis.projection import TERMINAL_STATES
+from mitosis.tool_specs import WebSource
 from mitosis.v1 import plan_pb2, task_pb2
 
 logger = logging.getLogger(__name__)
@@ -142,6 +144,7 @@ class TaskRunner:
         agent: StepAgent,
         config: RunnerConfig,
         wrap_tools: Callable[[StepTools], StepTools] | None = None,
+        tools: ExecutorTools | None = None,
     ) -> None:
         self._log = log
         self._store = log.store
@@ -157,6 +160,8 @@ class TaskRunner:
         self.sandbox = Sandbox(config.sandbox_config())
         """How python runs are confined here (its mode is chosen once, when made)."""
         self._fetch = config.fetch_settings()
+        self.tools = tools or ExecutorTools(fetch=self._fetch)
+        """The catalogue: what steps may use beyond the plan tools (started by the caller)."""
 
     def workspace(self, task_id: str) -> Workspace:
         """Return the task's workspace folder, where its tools work and its files lie."""
@@ -307,7 +312,7 @@ class TaskRunner:
                 task = await self._store.get_task(task_id)
                 ended = task is None or task.state in TERMINAL_STATES
             else:
-                ended = any(is_terminal_event(event) for event in events)
+                ended = any(event.terminal for event in events)
             if ended:
                 logger.info("task %s: it was ended elsewhere; stopping its run here", task_id)
                 run.cancel()
@@ -379,7 +384,12 @@ class TaskRunner:
         except PlanError as error:
             await self._end(task.task_id, Task.STATE_FAILED, f"no plan could be made: {error}")
             return False
-        ready = task_pb2.PlanReady(steps=steps_of(plan), model=plan.model, summary=plan.summary)
+        ready = task_pb2.PlanReady(
+            steps=steps_of(plan),
+            model=plan.model,
+            summary=plan.summary,
+            tools=self.tools.catalogue.names,
+        )
         # With approval asked for, the task waits here; ApprovePlan starts it again.
         next_state = Task.STATE_AWAITING_APPROVAL if task.require_approval else Task.STATE_RUNNING
         change = task_pb2.TaskStateChanged(state=next_state)
@@ -418,7 +428,7 @@ class TaskRunner:
                 message = "restarted: the executor stopped during the previous attempt"
             await self._set_step(task.task_id, step.index, Step.STATE_RUNNING, attempt, message)
             before = await asyncio.to_thread(workspace.snapshot)  # files: off the loop
-            tools: StepTools = RecordedTools(
+            recorded = RecordedTools(
                 self._log,
                 task.task_id,
                 step.index,
@@ -428,11 +438,16 @@ class TaskRunner:
                 sandbox=self.sandbox,
                 fetch=self._fetch,
                 max_document_bytes=self._config.max_document_bytes,
+                tools=self.tools,
             )
+            tools: StepTools = recorded
             if self._wrap_tools is not None:
                 tools = self._wrap_tools(tools)
             try:
-                await self._agent.run_step(task.text, plan_of(task), step.index, tools, usage)
+                try:
+                    await self._agent.run_step(task.text, plan_of(task), step.index, tools, usage)
+                finally:
+                    await recorded.aclose()
                 delivered = await asyncio.to_thread(self._deliverables, workspace, before)
             except FatalModelError as error:
                 failure = str(error)
@@ -447,7 +462,12 @@ class TaskRunner:
                 continue
             await self._deliver(task.task_id, step.index, delivered)
             await self._set_step(
-                task.task_id, step.index, Step.STATE_SUCCEEDED, attempt, usage=usage
+                task.task_id,
+                step.index,
+                Step.STATE_SUCCEEDED,
+                attempt,
+                usage=usage,
+                sources=recorded.sources(),
             )
             return
         await self._set_step(task.task_id, step.index, Step.STATE_FAILED, attempt, failure, usage)
@@ -545,9 +565,14 @@ class TaskRunner:
         attempt: int,
         message: str = "",
         usage: ModelUsage | None = None,
+        sources: Sequence[WebSource] = (),
     ) -> None:
         change = task_pb2.StepStateChanged(
             step_index=step_index, state=state, attempt=attempt, message=message
+        )
+        change.sources.extend(
+            task_pb2.WebSource(url=source.url, title=source.title, read=source.read)
+            for source in sources
         )
         if usage is not None and usage.model_calls:
             change.usage.CopyFrom(

@@ -6,14 +6,40 @@ A MitosisError raised below becomes its status in mitosis.handlers.ErrorStatusIn
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
 from mitosis.auth import current_caller
+from mitosis.executor.encoded import serialize_watch_response, watch_response
 from mitosis.executor.tasks import Tasks
 from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 
 Context = grpc.aio.ServicerContext[object, object]
+
+
+def add_task_service(servicer: TaskServicer, server: grpc.aio.Server) -> None:
+    """Serve TaskService; WatchTask's messages go out as the bytes the servicer made from
+    events encoded once (encoded.watch_response), not encoded again for each watcher."""
+    registrar: Any = _EncodedWatch(server)
+    task_service_pb2_grpc.add_TaskServiceServicer_to_server(servicer, registrar)
+
+
+class _EncodedWatch:
+    """The server as the generated registration sees it, with WatchTask's serialiser swapped."""
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass  # add_registered_method_handlers registers the same methods, once
+
+    def add_registered_method_handlers(self, service: str, methods: dict[str, Any]) -> None:
+        watch = methods["WatchTask"]._replace(response_serializer=serialize_watch_response)
+        methods = {**methods, "WatchTask": watch}
+        generic = grpc.method_handlers_generic_handler(service, methods)
+        self._server.add_generic_rpc_handlers((generic,))
+        self._server.add_registered_method_handlers(service, methods)
 
 
 class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
@@ -47,13 +73,14 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     ) -> task_pb2.Task:
         return await self._tasks.cancel(request.task_id, current_caller())
 
-    async def WatchTask(
+    async def WatchTask(  # type: ignore[override]  # bytes: see add_task_service
         self, request: task_service_pb2.WatchTaskRequest, context: Context
-    ) -> AsyncIterator[task_service_pb2.WatchTaskResponse]:
+    ) -> AsyncIterator[bytes]:
+        # The response's bytes, made from each event's bytes: see add_task_service.
         max_wait = request.max_wait.ToTimedelta().total_seconds() or None
         batches = self._tasks.watch(request.task_id, request.after_seq, current_caller(), max_wait)
         async for events in batches:
-            yield task_service_pb2.WatchTaskResponse(events=events)
+            yield watch_response(events)
 
     async def ApprovePlan(
         self, request: task_service_pb2.ApprovePlanRequest, context: Context

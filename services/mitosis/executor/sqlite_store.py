@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from mitosis.executor.encoded import EncodedEvent, stored_batch
 from mitosis.executor.store import Change, Expect, LeaseLost, TaskPage, check_append, events_of
 from mitosis.projection import TERMINAL_STATES, stamp_events
 from mitosis.v1 import task_pb2
@@ -169,6 +170,13 @@ class SqliteStore:
                 db.execute("ROLLBACK")
             raise
         return stored
+
+    async def read_encoded(self, task_id: str, after_seq: int, limit: int) -> list[EncodedEvent]:
+        rows = self._db.execute(
+            "SELECT seq, event FROM events WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (task_id, after_seq, limit),
+        ).fetchall()
+        return stored_batch(rows)
 
     async def read_events(
         self, task_id: str, after_seq: int, limit: int

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mitosis.errors import Unavailable
+from mitosis.executor.encoded import EncodedEvent
 from mitosis.projection import TERMINAL_STATES
 from mitosis.v1 import task_pb2
 
@@ -144,6 +145,10 @@ class Store(Protocol):
         self, task_id: str, after_seq: int, limit: int
     ) -> list[task_pb2.TaskEvent]:
         """Return up to `limit` events with `seq > after_seq`, in order."""
+        ...
+
+    async def read_encoded(self, task_id: str, after_seq: int, limit: int) -> list[EncodedEvent]:
+        """Return up to `limit` events with `seq > after_seq` as the store holds their bytes."""
         ...
 
     async def unfinished_task_ids(self) -> list[str]:

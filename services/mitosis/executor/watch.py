@@ -11,9 +11,10 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 from mitosis.errors import InvalidArgument, NotFound, OutOfRange, Unavailable
+from mitosis.executor.encoded import EncodedEvent
 from mitosis.executor.hub import EventHub, Overflowed, Subscription
 from mitosis.executor.store import Store
-from mitosis.projection import TERMINAL_STATES, is_terminal_event
+from mitosis.projection import TERMINAL_STATES
 from mitosis.v1 import task_pb2
 
 REPLAY_BATCH = 1000
@@ -29,7 +30,8 @@ MIN_MAX_WAIT = 0.05
 MAX_MAX_WAIT = 30.0
 """The range of the bounded form's `max_wait`, in seconds."""
 
-Batch = list[task_pb2.TaskEvent]
+Batch = list[EncodedEvent]
+"""Events that go out in one WatchTaskResponse, each encoded once for every watcher."""
 
 
 def check_max_wait(max_wait: float | None) -> None:
@@ -106,21 +108,21 @@ class _Watch:
         while True:
             async for batch in self._replay():
                 yield self._sending(batch)
-                if is_terminal_event(batch[-1]) or self._expired():
+                if batch[-1].terminal or self._expired():
                     return
             if not self._sent and self._max_wait is None:
                 yield self._sending([heartbeat(self._task_id, self._last)])
             try:
                 async for batch in self._live():
                     yield self._sending(batch)
-                    if is_terminal_event(batch[-1]) or self._expired():
+                    if batch[-1].terminal or self._expired():
                         return
             except (Overflowed, _Gap):
                 continue
             return  # the live part ended: a bounded response's time is up
 
     def _sending(self, batch: Batch) -> Batch:
-        if batch[-1].WhichOneof("kind") != "heartbeat":
+        if not batch[-1].heartbeat:
             self._last = batch[-1].seq
         if not self._sent and self._max_wait is not None:
             self._ends_at = time.monotonic() + self._max_wait
@@ -133,7 +135,7 @@ class _Watch:
     async def _replay(self) -> AsyncIterator[Batch]:
         after_seq = self._last
         while True:
-            stored = await self._store.read_events(self._task_id, after_seq, REPLAY_BATCH)
+            stored = await self._store.read_encoded(self._task_id, after_seq, REPLAY_BATCH)
             if stored and stored[0].seq != after_seq + 1:
                 # Only a deletion takes events away (retention, oldest first): never skip on.
                 await _gone(self._store, self._task_id)
@@ -174,13 +176,13 @@ class _Watch:
                 yield batch
 
 
-def split(events: Sequence[task_pb2.TaskEvent]) -> list[Batch]:
+def split(events: Sequence[EncodedEvent]) -> list[Batch]:
     """Cut events into messages of at most MAX_MESSAGE_EVENTS events and ~MAX_MESSAGE_BYTES."""
     batches: list[Batch] = []
     batch: Batch = []
     size = 0
     for event in events:
-        event_size = event.ByteSize()
+        event_size = len(event.data)
         if batch and (len(batch) == MAX_MESSAGE_EVENTS or size + event_size > MAX_MESSAGE_BYTES):
             batches.append(batch)
             batch, size = [], 0
@@ -197,8 +199,8 @@ async def _gone(store: Store, task_id: str) -> None:
         raise NotFound(f"task {task_id} was deleted while it was being watched")
 
 
-def heartbeat(task_id: str, latest_seq: int) -> task_pb2.TaskEvent:
+def heartbeat(task_id: str, latest_seq: int) -> EncodedEvent:
     """Return a heartbeat carrying the newest seq the watcher has."""
     event = task_pb2.TaskEvent(task_id=task_id, seq=latest_seq, heartbeat=task_pb2.Heartbeat())
     event.create_time.FromNanoseconds(time.time_ns())
-    return event
+    return EncodedEvent.of(event)
