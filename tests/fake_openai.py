@@ -105,6 +105,10 @@ class HttpError(Reply):
     code: str | None = None
     retry_after_ms: int | None = 10
     headers: dict[str, str] = field(default_factory=dict)
+    param: str | None = None
+    shape: str = "openai"
+    """The error body's shape: "openai" (also Ollama's and llama.cpp's: `{"error": {...}}`)
+    or "vllm" (`{"object": "error", "message": ..., "code": 400}` at the top level)."""
 
 
 @dataclass
@@ -427,14 +431,22 @@ class FakeOpenAI:
     async def _send_error(
         self, exchange: Exchange, reply: HttpError, writer: asyncio.StreamWriter
     ) -> None:
-        payload = {
+        payload: dict[str, Any] = {
             "error": {
                 "message": reply.message,
                 "type": reply.error_type,
-                "param": None,
+                "param": reply.param,
                 "code": reply.code,
             }
         }
+        if reply.shape == "vllm":
+            payload = {
+                "object": "error",
+                "message": reply.message,
+                "type": reply.error_type or "BadRequestError",
+                "param": reply.param,
+                "code": reply.status,
+            }
         headers = dict(reply.headers)
         if reply.retry_after_ms is not None:
             headers.setdefault("retry-after-ms", str(reply.retry_after_ms))

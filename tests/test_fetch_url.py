@@ -283,9 +283,9 @@ async def test_the_step_tool_is_off_unless_configured_and_logs_each_fetch(
     finally:
         await store.close()
 
-    assert text == "caf\u00e9 au lait\n"
+    assert text == f"URL: {allowed.url}/text\n\ncaf\u00e9 au lait\n"
     assert [event.log_line.text for event in events] == [
         f"fetching {allowed.url}/text",
-        f"fetched {allowed.url}/text: 13 characters of text/plain",
+        f"fetched {allowed.url}/text: (no title), 13 characters of readable text from text/plain",
     ]
     assert allowed.requests == ["/text"]

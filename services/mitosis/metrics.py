@@ -34,8 +34,16 @@ from mitosis.executor.store import Store
 from mitosis.executor.tools import ToolError, ToolLimitExceeded
 from mitosis.executor.workspace import PathEscapeError
 from mitosis.handlers import Behaviour, Continuation, ServerInterceptor, wrap_handler
-from mitosis.models.base import TOOLS, ModelUsage, PlanningModel, StepTools
+from mitosis.models.base import (
+    ModelUsage,
+    PlanningModel,
+    StepTools,
+    cited_sources,
+    offered_tools,
+    use_tool,
+)
 from mitosis.models.openai_model import OpenAIModel
+from mitosis.tool_specs import BUILTIN_TOOLS, ToolSpec, WebSource
 from mitosis.v1 import plan_pb2, task_pb2
 
 if TYPE_CHECKING:
@@ -277,7 +285,7 @@ class ToolMetrics:
             buckets=SLOW_BUCKETS,
             registry=registry,
         )
-        for tool in dict.fromkeys([*TOOLS, "fetch_url"]):
+        for tool in (spec.name for spec in BUILTIN_TOOLS):
             for outcome in TOOL_OUTCOMES:
                 self.runs.labels(tool, outcome)
 
@@ -330,13 +338,15 @@ class MeteredTools:
     async def read_file(self, path: str) -> str:
         return await self._metrics.run("read_file", self._tools.read_file(path))
 
-    async def fetch_url(self, url: str) -> str:
-        # Agents look for fetch_url with getattr: offer it only as far as the tools do.
-        fetch = getattr(self._tools, "fetch_url", None)
-        if fetch is None:
-            raise ToolError("fetch_url is not available in this executor")
-        text: str = await self._metrics.run("fetch_url", fetch(url))
-        return text
+    def offered(self) -> Sequence[ToolSpec]:
+        return offered_tools(self._tools)
+
+    def sources(self) -> Sequence[WebSource]:
+        return cited_sources(self._tools)
+
+    async def call(self, name: str, arguments: Mapping[str, object]) -> str:
+        # The catalogue's further tools (fetch_url, web_search, MCP tools), each by its name.
+        return await self._metrics.run(name, use_tool(self._tools, name, arguments))
 
     async def log(self, text: str) -> None:
         await self._tools.log(text)  # the agent's own line, not a tool run

@@ -46,6 +46,9 @@ def apply_event(task: task_pb2.Task, event: task_pb2.TaskEvent) -> None:
         task.steps.extend(event.plan_ready.steps)
         task.model = event.plan_ready.model
         task.plan_summary = event.plan_ready.summary
+        if event.plan_ready.tools:  # an approval's edited plan keeps the tools it had
+            del task.tools[:]
+            task.tools.extend(event.plan_ready.tools)
     elif kind == "plan_revised":
         revised = event.plan_revised
         del task.steps[revised.from_step_index :]
@@ -80,6 +83,9 @@ def _apply_step_change(task: task_pb2.Task, change: task_pb2.StepStateChanged) -
     step.error = change.message if change.state == task_pb2.Step.STATE_FAILED else ""
     if change.HasField("usage"):
         step.usage.CopyFrom(change.usage)
+    if change.sources:
+        del step.sources[:]
+        step.sources.extend(change.sources)
 
 
 def _apply_page_delta(task: task_pb2.Task, delta: task_pb2.PageDelta) -> None:

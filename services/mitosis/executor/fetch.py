@@ -5,6 +5,9 @@ goes to the checked address (the check lives in the HTTP client's network backen
 second lookup can rebind the name in between). Every redirect is a new request through the
 same check, up to a bounded number. The response is streamed and cut off at a size limit,
 the whole fetch has a time limit, and only text (HTML, plain text, JSON, XML) is returned.
+
+`fetch_page` is what the tool returns: an HTML page's title and readable text (the main content
+without menus, scripts and markup, by trafilatura), other text as it is.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 
 import httpcore2
 import httpx2
+import trafilatura
 
 from mitosis.executor.tools import ToolError, ToolLimitExceeded
 
@@ -110,6 +114,37 @@ async def _follow(client: httpx2.AsyncClient, url: str, settings: FetchSettings)
         f"fetch_url stopped after {settings.max_redirects} redirects from {url}"
         " (the limit of redirects it follows)"
     )
+
+
+@dataclass(frozen=True)
+class Page:
+    """A fetched page: where it ended up, its title and its readable text."""
+
+    url: str
+    title: str
+    text: str
+    media_type: str
+
+
+async def fetch_page(url: str, settings: FetchSettings | None = None) -> Page:
+    """Return the page at `url` with its readable text and title, or raise ToolError."""
+    body, media_type = await fetch_url(url, settings)
+    if media_type not in ("text/html", "application/xhtml+xml"):
+        return Page(url=url, title="", text=body, media_type=media_type)
+    title, text = await asyncio.to_thread(readable, body, url)
+    return Page(url=url, title=title, text=text, media_type=media_type)
+
+
+def readable(html: str, url: str) -> tuple[str, str]:
+    """Return an HTML page's title and its main text, as plain text (never markup)."""
+    document = trafilatura.bare_extraction(
+        html, url=url, with_metadata=True, include_comments=False, include_tables=True
+    )
+    title = " ".join(str(getattr(document, "title", "") or "").split())
+    text = str(getattr(document, "text", "") or "").strip()
+    if not text:  # no main content found: all the page's text, as the extractor sees it
+        text = (trafilatura.html2txt(html) or "").strip()
+    return title, text
 
 
 def _parse(url: str) -> httpx2.URL:

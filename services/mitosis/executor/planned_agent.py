@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from google.protobuf import json_format
 
-from mitosis.models.base import ModelUsage, StepFailure, StepTools, WritingModel
+from mitosis.models.base import (
+    BadToolCall,
+    ModelUsage,
+    StepFailure,
+    StepTools,
+    WritingModel,
+    offered_tools,
+    use_tool,
+)
+from mitosis.tool_specs import PLAN_TOOL_NAMES, WRITE_DOCUMENT
 from mitosis.v1 import plan_pb2
 
 
@@ -32,21 +41,21 @@ class PlannedToolAgent:
     ) -> None:
         step = plan.steps[step_index]
         arguments = json_format.MessageToDict(step.arguments)
-        if step.tool == "write_document":
+        if step.tool == WRITE_DOCUMENT.name:
             file_name = _string(arguments, "file_name", step.tool)
             title = arguments.get("title")
             document = self._writer.write_document(task_text, step)
             await tools.write_document(
                 file_name, title if isinstance(title, str) else step.title, document
             )
-        elif step.tool == "python":
-            await tools.python(_string(arguments, "code", step.tool))
-        elif step.tool == "list_files":
-            await tools.list_files()
-        elif step.tool == "read_file":
-            await tools.read_file(_string(arguments, "path", step.tool))
-        else:
+            return
+        known = {*PLAN_TOOL_NAMES, *(spec.name for spec in offered_tools(tools))}
+        if step.tool not in known:
             raise StepFailure(f"the plan asked for an unknown tool {step.tool!r}")
+        try:
+            await use_tool(tools, step.tool, arguments)
+        except BadToolCall as error:
+            raise StepFailure(f"the plan's {step.tool} step cannot run: {error}") from None
 
 
 def _string(arguments: dict[str, object], key: str, tool: str) -> str:

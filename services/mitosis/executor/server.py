@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
@@ -14,6 +13,7 @@ from pathlib import Path
 from mitosis.auth import ApiKeyInterceptor, KeysFileError, add_key_arguments, load_keys
 from mitosis.executor.eventlog import EventLog
 from mitosis.executor.hub import EventHub
+from mitosis.executor.mcp_tools import ToolsConfigError, load_tools_config
 from mitosis.executor.planned_agent import PlannedToolAgent
 from mitosis.executor.planner_client import PlannerClient
 from mitosis.executor.quotas import Limits
@@ -26,6 +26,8 @@ from mitosis.executor.servicer import TaskServicer
 from mitosis.executor.store import Store, StoreUnavailable
 from mitosis.executor.stores import open_store
 from mitosis.executor.tasks import Tasks
+from mitosis.executor.tool_catalogue import ExecutorTools
+from mitosis.executor.web_search import PROVIDERS, SearchSettings, search_settings
 from mitosis.health_probe import HealthProbe, planner_check, store_check
 from mitosis.logs import (
     RequestIdInterceptor,
@@ -145,7 +147,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=int(env("MITOSIS_MAX_WATCHERS_PER_KEY", str(Limits.watchers_per_key))),
         help="WatchTask streams one API key may have open on this executor (default %(default)s)",
     )
-    tools = parser.add_argument_group("the python tool's sandbox, and fetch_url")
+    tools = parser.add_argument_group(
+        "the python tool's sandbox, fetch_url, web_search and MCP servers"
+    )
     tools.add_argument(
         "--sandbox",
         choices=["auto", "isolated", "uid", "plain"],
@@ -198,6 +202,35 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=float,
         default=float(env("MITOSIS_FETCH_TIMEOUT", "20")),
         help="seconds one fetch_url call may take, redirects included (default %(default)s)",
+    )
+    tools.add_argument(
+        "--web-search",
+        choices=PROVIDERS,
+        default=env("MITOSIS_WEB_SEARCH") or None,
+        help="offer steps a web_search tool through this provider: searxng (self-hosted, no"
+        " key; needs --web-search-url), tavily (key in TAVILY_API_KEY) or brave (key in"
+        " BRAVE_API_KEY) (env MITOSIS_WEB_SEARCH; default off)",
+    )
+    tools.add_argument(
+        "--web-search-url",
+        default=env("MITOSIS_WEB_SEARCH_URL", ""),
+        help="the search provider's base URL, e.g. http://127.0.0.1:8888 for a SearXNG"
+        " (env MITOSIS_WEB_SEARCH_URL; default: Tavily's or Brave's own API)",
+    )
+    tools.add_argument(
+        "--web-search-results",
+        type=int,
+        default=int(env("MITOSIS_WEB_SEARCH_RESULTS", "5")),
+        help="results one web_search returns at most (env MITOSIS_WEB_SEARCH_RESULTS;"
+        " default %(default)s)",
+    )
+    tools.add_argument(
+        "--tools-config",
+        type=Path,
+        default=env("MITOSIS_TOOLS_CONFIG") or None,
+        help="TOML or JSON file naming MCP servers (mcpServers: command/args/env for stdio,"
+        " url/headers for streamable HTTP; allowedTools, timeout, maxOutputChars) whose tools"
+        " steps may use (env MITOSIS_TOOLS_CONFIG; default none)",
     )
     limits = parser.add_argument_group("limits")
     limits.add_argument(
@@ -333,8 +366,16 @@ async def start_executor(args: argparse.Namespace) -> Executor:
         fetch_max_bytes=args.fetch_max_bytes,
         fetch_timeout=args.fetch_timeout,
     )
-    runner = TaskRunner(log, planner, agent, config, wrap_tools=metrics.tools.metered)
+    tools = ExecutorTools(
+        fetch=config.fetch_settings(),
+        search=_search(args),
+        mcp_servers=load_tools_config(args.tools_config, os.environ) if args.tools_config else [],
+        scratch=args.data_dir / "mcp",
+    )
+    await tools.start()
+    runner = TaskRunner(log, planner, agent, config, wrap_tools=metrics.tools.metered, tools=tools)
     logger.info("%s", runner.sandbox.describe())
+    logger.info("%s", tools.describe())
     limits = Limits(
         tasks_per_key=args.max_tasks_per_key,
         watchers_per_task=args.max_watchers_per_task,
@@ -397,13 +438,26 @@ def step_agent(args: argparse.Namespace) -> tuple[StepAgent, Callable[[], Awaita
     """Return the agent that runs steps for the chosen model, and how to close it."""
     if args.model == OPENAI:
         settings = openai_settings(args, os.environ)
-        model = OpenAIModel(dataclasses.replace(settings, enable_fetch_url=args.fetch_url))
+        model = OpenAIModel(settings)
         return model, model.aclose
     return PlannedToolAgent(OfflineModel(pace=args.offline_pace)), _nothing_to_close
 
 
 async def _nothing_to_close() -> None:
     return None
+
+
+def _search(args: argparse.Namespace) -> SearchSettings | None:
+    """Return web_search's provider from the flags, or None; SystemExit when it cannot work."""
+    try:
+        return search_settings(
+            args.web_search or "",
+            args.web_search_url,
+            os.environ,
+            max_results=args.web_search_results,
+        )
+    except ValueError as error:
+        raise SystemExit(f"mitosis-executor: {error}") from None
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -418,5 +472,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging(args.log_level, args.log_format)
     try:
         asyncio.run(serve(args))
-    except (KeysFileError, TlsConfigError, SandboxUnavailable) as error:
+    except (KeysFileError, TlsConfigError, SandboxUnavailable, ToolsConfigError) as error:
         raise SystemExit(f"mitosis-executor: {error}") from None

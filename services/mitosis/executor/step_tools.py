@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import cast
 
 from mitosis.executor.eventlog import EventLog
-from mitosis.executor.fetch import FetchSettings, fetch_url
+from mitosis.executor.fetch import FetchSettings, fetch_page
+from mitosis.executor.mcp_tools import McpCalls
 from mitosis.executor.pages import DEFAULT_MAX_DOCUMENT_BYTES, PageWriter
 from mitosis.executor.sandbox import Sandbox
+from mitosis.executor.tool_catalogue import ExecutorTools
 from mitosis.executor.tools import ToolError, read_file, run_python
+from mitosis.executor.web_search import format_results, web_search
 from mitosis.executor.workspace import Workspace
+from mitosis.models.base import cited_sources, tool_argument
+from mitosis.tool_specs import FETCH_URL, WEB_SEARCH, ToolSpec, WebSource
 from mitosis.v1 import task_pb2
 
 Event = task_pb2.TaskEvent
@@ -22,6 +27,9 @@ READ_FILE_PREVIEW_LINES = 12
 
 OUTPUT_RETURNED_CHARS = 8192
 """How much of a script's output goes back to the agent (the log keeps all of it)."""
+
+PAGE_RETURNED_CHARS = 20000
+"""How much of a fetched page's readable text goes back to the agent."""
 
 
 class RecordedTools:
@@ -39,9 +47,10 @@ class RecordedTools:
         sandbox: Sandbox | None = None,
         fetch: FetchSettings | None = None,
         max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
+        tools: ExecutorTools | None = None,
     ) -> None:
         """`sandbox` confines python (None: the default one); `fetch` None turns fetch_url
-        off."""
+        off; `tools` is the executor's catalogue (web_search, MCP servers), None for none."""
         self._log = log
         self._task_id = task_id
         self._step_index = step_index
@@ -49,8 +58,13 @@ class RecordedTools:
         self._tool_timeout = tool_timeout
         self._page_window = page_window
         self._sandbox = sandbox
-        self._fetch = fetch
+        self._tools = tools or ExecutorTools(fetch=fetch)
+        self._fetch = fetch if tools is None else tools.fetch
         self._max_document_bytes = max_document_bytes
+        self._sources: dict[str, WebSource] = {}
+        self._mcp: McpCalls | None = None
+        if self._tools.mcp is not None:
+            self._mcp = self._tools.mcp.calls(workspace, self._line)
 
     async def write_document(self, file_name: str, title: str, text: AsyncIterator[str]) -> str:
         path = self._workspace.resolve(file_name)
@@ -68,9 +82,12 @@ class RecordedTools:
             await page.open(title, self._step_index, file_name)
         except OSError as error:
             raise _unwritable(file_name, error) from None
+        cited = cited_sources(self)
         try:
             async for piece in text:
                 await page.write(piece)
+            if cited:
+                await page.write(sources_section(cited))
             size, _ = await page.finish()
         except OSError as error:
             await page.abandon()
@@ -94,13 +111,67 @@ class RecordedTools:
         )
         return "\n".join(output)[-OUTPUT_RETURNED_CHARS:]
 
+    def offered(self) -> Sequence[ToolSpec]:
+        """The tools beyond the plan tools: fetch_url, web_search, the MCP servers' tools."""
+        offered = list(self._tools.catalogue.extra())
+        if self._fetch is not None and FETCH_URL not in offered:
+            offered.insert(0, FETCH_URL)
+        return offered
+
+    def sources(self) -> Sequence[WebSource]:
+        return list(self._sources.values())
+
+    async def call(self, name: str, arguments: Mapping[str, object]) -> str:
+        if name == FETCH_URL.name and self._fetch is not None:
+            return await self.fetch_url(tool_argument(arguments, "url", name))
+        if name == WEB_SEARCH.name and self._tools.search is not None:
+            return await self.web_search(tool_argument(arguments, "query", name))
+        if self._mcp is not None and self._mcp.offers(name):
+            return await self._mcp.call(name, arguments)
+        raise ToolError(f"{name} is not available in this executor")
+
     async def fetch_url(self, url: str) -> str:
         if self._fetch is None:
             raise ToolError("fetch_url is turned off in this executor")
         await self.log(f"fetching {url}")
-        text, media_type = await fetch_url(url, self._fetch)
-        await self.log(f"fetched {url}: {len(text):,} characters of {media_type}")
-        return text
+        page = await fetch_page(url, self._fetch)
+        await self.log(
+            f"fetched {url}: {page.title or '(no title)'}, {len(page.text):,} characters of "
+            f"readable text from {page.media_type}"
+        )
+        self._found(WebSource(url=url, title=page.title or url, read=True))
+        text = page.text[:PAGE_RETURNED_CHARS]
+        if len(page.text) > len(text):
+            text += f"\n… ({len(page.text) - len(text):,} more characters left out)"
+        head = f"Title: {page.title}\nURL: {url}\n\n" if page.title else f"URL: {url}\n\n"
+        return head + text
+
+    async def web_search(self, query: str) -> str:
+        settings = self._tools.search
+        if settings is None:
+            raise ToolError("web_search is turned off in this executor")
+        await self.log(f"searching the web ({settings.provider}) for {query!r}")
+        results = await web_search(query, settings)
+        await self.log(f"{len(results)} results for {query!r}")
+        for number, result in enumerate(results, 1):
+            await self.log(f"  {number}. {result.title} <{result.url}>")
+            self._found(WebSource(url=result.url, title=result.title))
+        return format_results(query, results)
+
+    def _found(self, source: WebSource) -> None:
+        known = self._sources.get(source.url)
+        if known is None or (source.read and not known.read):
+            self._sources[source.url] = source
+
+    async def aclose(self) -> None:
+        """Close what the step opened: its MCP servers' connections."""
+        if self._mcp is not None:
+            await self._mcp.aclose()
+
+    async def _line(self, source: int, text: str) -> None:
+        kind = cast("task_pb2.LogLine.Source.ValueType", source)
+        line = task_pb2.LogLine(step_index=self._step_index, source=kind, text=text)
+        await self._log.append(self._task_id, Event(log_line=line))
 
     async def list_files(self) -> str:
         stamps = await asyncio.to_thread(self._workspace.snapshot)  # sizes without reading
@@ -128,6 +199,22 @@ class RecordedTools:
 def _unwritable(file_name: str, error: OSError) -> ToolError:
     """Return the step's error for a document file the file system refused."""
     return ToolError(f"write_document cannot write {file_name!r}: {error.strerror}")
+
+
+def sources_section(sources: Sequence[WebSource]) -> str:
+    """Return the Markdown list of sources a document ends with, numbered as cited."""
+    lines = [
+        f"{number}. [{_escaped(source.title or source.url)}](<{source.url}>)"
+        for number, source in enumerate(sources, 1)
+    ]
+    return "\n\n## Sources\n\n" + "\n".join(lines) + "\n"
+
+
+def _escaped(text: str) -> str:
+    """Return a title as Markdown link text: brackets and markup characters escaped."""
+    return "".join(
+        f"\\{char}" if char in "\\`*_[]<>#|" else char for char in " ".join(text.split())
+    )
 
 
 def executor_line(step_index: int, text: str) -> task_pb2.TaskEvent:

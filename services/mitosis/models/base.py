@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from mitosis.tool_specs import LIST_FILES, PLAN_TOOL_NAMES, PYTHON, READ_FILE, ToolSpec, WebSource
 from mitosis.v1 import plan_pb2
 
-TOOLS = ("write_document", "python", "list_files", "read_file")
-"""The tools a plan step may name."""
+TOOLS = PLAN_TOOL_NAMES
+"""The tools a plan step may name (from the catalogue, `mitosis.tool_specs`)."""
 
 
 class PlanningModel(Protocol):
@@ -46,6 +47,10 @@ class WritingModel(Protocol):
 
 class StepFailure(Exception):
     """A step cannot be done; the message says why in a person's words. Retried once."""
+
+
+class BadToolCall(StepFailure):
+    """A tool call with a missing or malformed argument; the message says which."""
 
 
 class FatalModelError(StepFailure):
@@ -98,14 +103,61 @@ class StepTools(Protocol):
         ...
 
 
-class FetchingTools(StepTools, Protocol):
-    """StepTools that also fetch web pages: the executor's, which an agent offering
-    `fetch_url` looks for (tools without it answer that it is not available)."""
+class CatalogueTools(StepTools, Protocol):
+    """StepTools that also offer the executor's further tools (fetch_url, web_search, the
+    tools of MCP servers): the executor's. An agent finds them with `offered_tools`."""
 
-    async def fetch_url(self, url: str) -> str:
-        """Return the text of a public web page; a ToolError when the executor has it off,
-        or the address, size, time or content type is refused."""
+    def offered(self) -> Sequence[ToolSpec]:
+        """Return the tools offered beyond the plan tools, in the catalogue's order."""
         ...
+
+    async def call(self, name: str, arguments: Mapping[str, object]) -> str:
+        """Run one of the offered tools; a ToolError when it fails or is not offered."""
+        ...
+
+    def sources(self) -> Sequence[WebSource]:
+        """Return the pages this step found and read so far, each once."""
+        ...
+
+
+def cited_sources(tools: StepTools) -> Sequence[WebSource]:
+    """Return the sources a document written now cites, in the order of its numbers: the
+    pages this step read, or when it read none, the search results it saw."""
+    sources = getattr(tools, "sources", None)
+    found: Sequence[WebSource] = tuple(sources()) if sources is not None else ()
+    read = [source for source in found if source.read]
+    return read or list(found)
+
+
+def offered_tools(tools: StepTools) -> Sequence[ToolSpec]:
+    """Return the further tools `tools` offers (none for tools without a catalogue)."""
+    offered = getattr(tools, "offered", None)
+    return tuple(offered()) if offered is not None else ()
+
+
+async def use_tool(tools: StepTools, name: str, arguments: Mapping[str, object]) -> str:
+    """Run any tool of the catalogue but write_document (which needs a writer): the one
+    dispatch of tool calls, for every agent. Raises BadToolCall for a missing argument."""
+    if name == PYTHON.name:
+        return await tools.python(tool_argument(arguments, "code", name))
+    if name == LIST_FILES.name:
+        return await tools.list_files()
+    if name == READ_FILE.name:
+        return await tools.read_file(tool_argument(arguments, "path", name))
+    offered = {spec.name for spec in offered_tools(tools)}
+    call = getattr(tools, "call", None)
+    if name not in offered or call is None:
+        raise BadToolCall(f"{name} is not available in this executor")
+    result: str = await call(name, arguments)
+    return result
+
+
+def tool_argument(arguments: Mapping[str, object], key: str, tool: str) -> str:
+    """Return a tool call's non-empty string argument, or raise BadToolCall."""
+    value = arguments.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise BadToolCall(f"{tool} needs {key} as a non-empty string")
+    return value
 
 
 class StepAgent(Protocol):

@@ -32,8 +32,9 @@ from openai.types.chat import (
     ChatCompletionChunk,
     ChatCompletionFunctionToolParam,
     ChatCompletionMessageParam,
+    ChatCompletionToolChoiceOptionParam,
 )
-from openai.types.shared_params import ResponseFormatJSONSchema
+from openai.types.shared_params import ResponseFormatJSONObject, ResponseFormatJSONSchema
 
 from mitosis.errors import MitosisError
 from mitosis.models.base import FatalModelError, ModelUsage, StepFailure
@@ -69,8 +70,6 @@ class OpenAISettings:
     """Model calls one step's agent loop may make (document streams not counted)."""
     max_tokens_per_step: int = 20000
     """Input plus output tokens one step may use, document streams included."""
-    enable_fetch_url: bool = False
-    """Offer the step agent a `fetch_url` tool."""
 
     def __post_init__(self) -> None:
         if not self.api_key.strip():
@@ -126,6 +125,11 @@ class ModelCallFailed(StepFailure, MitosisError):
 
 class ModelTimedOut(ModelCallFailed):
     """The endpoint sent nothing within the deadline, on every attempt."""
+
+
+class FormatRefused(ModelCallFailed):
+    """The endpoint answered 400 to the call's `response_format` (or forced tool choice):
+    a server that does not support it, as vLLM, Ollama or an older model answer."""
 
 
 def shorten(text: str, limit: int = _SHOWN_CHARS) -> str:
@@ -236,10 +240,14 @@ class Wire:
         model: str,
         messages: Iterable[ChatCompletionMessageParam],
         *,
-        response_format: ResponseFormatJSONSchema,
+        response_format: ResponseFormatJSONSchema | ResponseFormatJSONObject | None = None,
+        tools: Iterable[ChatCompletionFunctionToolParam] | None = None,
+        tool_choice: ChatCompletionToolChoiceOptionParam | None = None,
         usage: ModelUsage | None = None,
     ) -> ChatResult:
-        """Make one unstreamed call for a structured answer and return it.
+        """Make one unstreamed call for a structured answer (a response format, or a forced
+        tool call) and return it. A 400 about the response format or the tool choice raises
+        FormatRefused.
 
         The call is counted in `usage` whether it succeeds or not (a failed one with no tokens).
         """
@@ -248,7 +256,11 @@ class Wire:
         try:
             with self._translated(model):
                 completion = await self._client.chat.completions.create(
-                    model=model, messages=messages, response_format=response_format
+                    model=model,
+                    messages=messages,
+                    response_format=response_format if response_format else openai.omit,
+                    tools=list(tools) if tools is not None else openai.omit,
+                    tool_choice=tool_choice if tool_choice is not None else openai.omit,
                 )
             if completion.usage is not None:
                 result.input_tokens = completion.usage.prompt_tokens
@@ -263,6 +275,11 @@ class Wire:
         result.finish_reason = choice.finish_reason or ""
         result.content = choice.message.content or ""
         result.refusal = choice.message.refusal or ""
+        result.tool_calls = [
+            ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments)
+            for call in choice.message.tool_calls or ()
+            if call.type == "function"
+        ]
         return result
 
     async def stream(
@@ -330,6 +347,10 @@ class Wire:
             how = f"{type(cause).__name__}: {cause}" if cause is not None else str(error)
             raise ModelCallFailed(
                 f"the connection to the model endpoint at {self.endpoint} failed: {shorten(how)}"
+            ) from error
+        if isinstance(error, openai.BadRequestError) and _about_format(error):
+            raise FormatRefused(
+                f"the model endpoint refused the structured-output format (400): {said}"
             ) from error
         if isinstance(error, openai.APIStatusError):
             after = f" after {tries}" if attempts > 1 else ""
@@ -426,6 +447,18 @@ def _endpoint_message(error: openai.APIError) -> str:
         if isinstance(message, str) and message:
             return message
     return error.message
+
+
+_FORMAT_WORDS = ("response_format", "json_schema", "json_object", "tool_choice", "structured")
+
+
+def _about_format(error: openai.BadRequestError) -> bool:
+    """Tell whether a 400 is about the response format or the tool choice: OpenAI names it
+    in `param`; vLLM, Ollama and llama.cpp's server only in the message."""
+    body = error.body if isinstance(error.body, dict) else {}
+    param = body.get("param")
+    text = f"{param or ''} {_endpoint_message(error)}".lower()
+    return any(word in text for word in _FORMAT_WORDS)
 
 
 def _elapsed_ms(started: float) -> int:

@@ -7,6 +7,11 @@ because the endpoint claims to honour the schema: OpenAI-compatible servers diff
 
 A plan has 1 to 8 steps (`MIN_STEPS`..`MAX_STEPS`); the prompt asks for 3 to 6, but a short
 task answered in fewer steps, or a careful plan with seven, is not worth a failure.
+
+What is mechanical to fix is fixed before anything is refused (small models often ignore the
+schema's descriptions): a document name is slugged and gets `.md`, names are made unique, an
+empty title, rationale, instructions or summary is derived from what the step does, and a tool
+name is matched without regard to case, spaces or hyphens.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 from google.protobuf import json_format
 
 from mitosis.models.base import TOOLS
+from mitosis.tool_specs import PLAN_TOOLS
 from mitosis.v1 import plan_pb2
 
 MIN_STEPS = 1
@@ -27,17 +33,11 @@ MAX_STEPS = 8
 ARGUMENT_KEYS = ("file_name", "title", "code", "path")
 """Every argument a plan step may carry; each is a string, empty when the tool ignores it."""
 
-TOOL_ARGUMENTS: dict[str, tuple[str, ...]] = {
-    "write_document": ("file_name", "title"),
-    "python": ("code",),
-    "list_files": (),
-    "read_file": ("path",),
-}
+TOOL_ARGUMENTS: dict[str, tuple[str, ...]] = {spec.name: spec.plan_arguments for spec in PLAN_TOOLS}
 """The arguments each tool uses; only these reach `PlanStep.arguments`."""
 
 REQUIRED_ARGUMENTS: dict[str, tuple[str, ...]] = {
-    "write_document": ("file_name",),
-    "read_file": ("path",),
+    spec.name: spec.required_plan_arguments for spec in PLAN_TOOLS if spec.required_plan_arguments
 }
 """Arguments a step's tool cannot do without. A python step's code may be left to the agent."""
 
@@ -232,7 +232,7 @@ def _check_plan(data: object, problems: list[str]) -> PlanAnswer | None:
     if not isinstance(data, dict):
         problems.append(f"the answer is {_kind(data)}, not an object with summary and steps")
         return None
-    summary = _text(data, "summary", "summary", problems)
+    summary = _text(data, "summary", "summary", problems, derived="")
     steps_value = data.get("steps")
     if "steps" not in data:
         problems.append("steps is missing")
@@ -244,19 +244,28 @@ def _check_plan(data: object, problems: list[str]) -> PlanAnswer | None:
         problems.append(
             f"steps has {len(steps_value)} items; a plan has {MIN_STEPS} to {MAX_STEPS} steps"
         )
-    steps = [_check_step(index, value, problems) for index, value in enumerate(steps_value)]
+    names: set[str] = set()
+    steps = [_check_step(index, value, problems, names) for index, value in enumerate(steps_value)]
     if problems:
         return None
-    return PlanAnswer(summary=summary, steps=tuple(step for step in steps if step is not None))
+    checked = tuple(step for step in steps if step is not None)
+    if not summary:
+        summary = "The plan: " + "; ".join(step.title for step in checked) + "."
+    return PlanAnswer(summary=summary, steps=checked)
 
 
-def _check_step(index: int, value: object, problems: list[str]) -> PlannedStep | None:
+def _check_step(
+    index: int, value: object, problems: list[str], names: set[str]
+) -> PlannedStep | None:
     where = f"steps[{index}]"
     if not isinstance(value, dict):
         problems.append(f"{where} is {_kind(value)}, not an object")
         return None
-    title = _text(value, "title", f"{where}.title", problems)
-    tool_value = value.get("tool")
+    tool_value = _tool_name(value.get("tool"))
+    instructions = _text(value, "instructions", f"{where}.instructions", problems, derived="")
+    title = _text(value, "title", f"{where}.title", problems, derived="")
+    title = title or _first_words(instructions) or f"Step {index + 1}"
+    instructions = instructions or title
     tool = ""
     if "tool" not in value:
         problems.append(f"{where}.tool is missing; it must be one of {', '.join(TOOLS)}")
@@ -265,11 +274,14 @@ def _check_step(index: int, value: object, problems: list[str]) -> PlannedStep |
         problems.append(f"{where}.tool is {shown}, not one of {', '.join(TOOLS)}")
     else:
         tool = str(tool_value)
-    rationale = _text(value, "rationale", f"{where}.rationale", problems)
-    instructions = _text(value, "instructions", f"{where}.instructions", problems)
+    rationale = _text(value, "rationale", f"{where}.rationale", problems, derived="")
+    rationale = rationale or f"{title} needs the {tool or 'planned'} tool."
     arguments = _check_arguments(where, value.get("arguments", {}), tool, problems)
     if not tool or arguments is None:
         return None
+    if tool == "write_document" and "file_name" in arguments:
+        arguments["file_name"] = _unique(arguments["file_name"], names)
+        arguments.setdefault("title", title)
     return PlannedStep(
         title=title,
         tool=tool,
@@ -296,22 +308,66 @@ def _check_arguments(
             problems.append(f"{where}.arguments.{key} is {_kind(given)}, not a string")
             continue
         texts[key] = given.strip() if key != "code" else given
+    file_name = texts.get("file_name", "")
+    if (
+        tool == "write_document"
+        and file_name
+        and _check_relative(where, "file_name", file_name, problems)
+    ):
+        texts["file_name"] = document_name(file_name)
     for key in REQUIRED_ARGUMENTS.get(tool, ()):
         if not texts.get(key):
             problems.append(f"{where} uses {tool} but arguments.{key} is empty")
-    if tool == "write_document" and texts.get("file_name"):
-        _check_document_name(where, texts["file_name"], problems)
     if tool == "read_file" and texts.get("path"):
         _check_relative(where, "path", texts["path"], problems)
     used = TOOL_ARGUMENTS.get(tool, ())
     return {key: texts[key] for key in used if texts.get(key)}
 
 
-def _check_document_name(where: str, name: str, problems: list[str]) -> None:
-    if _check_relative(where, "file_name", name, problems) and not name.lower().endswith(".md"):
-        problems.append(
-            f"{where}.arguments.file_name {name!r} does not end in .md; documents are Markdown"
-        )
+def document_name(name: str) -> str:
+    """Return a document's file name as a slugged relative path ending in .md (empty when
+    nothing of it is left), for example "X item 4" -> "x-item-4.md"."""
+    parts = [_slug(part) for part in name.replace("\\", "/").split("/")]
+    parts = [part for part in parts if part]
+    if not parts:
+        return ""
+    stem = parts[-1]
+    for extension in (".md", ".markdown", ".txt", ".text"):
+        if stem.endswith(extension) and len(stem) > len(extension):
+            stem = stem[: -len(extension)]
+            break
+    parts[-1] = f"{stem}.md"
+    return "/".join(parts)
+
+
+def _slug(part: str) -> str:
+    slug = re.sub(r"[^a-z0-9._-]+", "-", part.strip().lower()).strip("-.")
+    return slug if slug not in ("", ".", "..") else ""
+
+
+def _unique(name: str, names: set[str]) -> str:
+    """Return `name`, or `name` with -2, -3 … before .md when a step already writes it."""
+    candidate = name
+    number = 1
+    while candidate in names:
+        number += 1
+        candidate = f"{name.removesuffix('.md')}-{number}.md"
+    names.add(candidate)
+    return candidate
+
+
+def _tool_name(value: object) -> object:
+    """Return a tool name matched to the catalogue's spelling ("Write Document" ->
+    "write_document"), or the value as it was."""
+    if not isinstance(value, str):
+        return value
+    spelled = re.sub(r"[\s-]+", "_", value.strip().lower())
+    return spelled if spelled in TOOLS else value
+
+
+def _first_words(text: str, count: int = 8) -> str:
+    words = text.split()
+    return " ".join(words[:count]).rstrip(".,;:") if words else ""
 
 
 def _check_relative(where: str, key: str, path: str, problems: list[str]) -> bool:
@@ -324,8 +380,21 @@ def _check_relative(where: str, key: str, path: str, problems: list[str]) -> boo
     return True
 
 
-def _text(data: Mapping[str, object], key: str, where: str, problems: list[str]) -> str:
-    """Return the non-empty string at `key`, or note why it is not one."""
+_REQUIRED = object()
+
+
+def _text(
+    data: Mapping[str, object],
+    key: str,
+    where: str,
+    problems: list[str],
+    *,
+    derived: object = _REQUIRED,
+) -> str:
+    """Return the non-empty string at `key`, or note why it is not one. With `derived`, a
+    missing, null or empty value is no problem: "" is returned for the caller to derive."""
+    if derived is not _REQUIRED and (data.get(key) is None or data.get(key) == ""):
+        return ""
     if key not in data:
         problems.append(f"{where} is missing")
         return ""
@@ -333,6 +402,6 @@ def _text(data: Mapping[str, object], key: str, where: str, problems: list[str])
     if not isinstance(value, str):
         problems.append(f"{where} is {_kind(value)}, not a string")
         return ""
-    if not value.strip():
+    if not value.strip() and derived is _REQUIRED:
         problems.append(f"{where} is empty")
     return value.strip()

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15mitosis/v1/task.proto\x12\nmitosis.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8c\x05\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.mitosis.v1.Task.State\x12\r\n\x05model\x18\x04 \x01(\t\x12\x1f\n\x05steps\x18\x05 \x03(\x0b\x32\x10.mitosis.v1.Step\x12\'\n\tartifacts\x18\x06 \x03(\x0b\x32\x14.mitosis.v1.Artifact\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08last_seq\x18\n \x01(\x03\x12\x14\n\x0cplan_summary\x18\x0b \x01(\t\x12\x1f\n\x05pages\x18\x0c \x03(\x0b\x32\x10.mitosis.v1.Page\x12\x18\n\x10require_approval\x18\r \x01(\x08\x12\x11\n\trevisions\x18\x0e \x01(\x05\x12\r\n\x05owner\x18\x0f \x01(\t\"\xb1\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x12\n\x0eSTATE_PLANNING\x10\x02\x12\x11\n\rSTATE_RUNNING\x10\x03\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x04\x12\x10\n\x0cSTATE_FAILED\x10\x05\x12\x13\n\x0fSTATE_CANCELLED\x10\x06\x12\x1b\n\x17STATE_AWAITING_APPROVAL\x10\x07\";\n\x04View\x12\x14\n\x10VIEW_UNSPECIFIED\x10\x00\x12\x0e\n\nVIEW_BASIC\x10\x01\x12\r\n\tVIEW_FULL\x10\x02\"\xf4\x02\n\x04Step\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04tool\x18\x03 \x01(\t\x12\x11\n\trationale\x18\x04 \x01(\t\x12%\n\x05state\x18\x05 \x01(\x0e\x32\x16.mitosis.v1.Step.State\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x14\n\x0cinstructions\x18\x08 \x01(\t\x12*\n\targuments\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12 \n\x05usage\x18\n \x01(\x0b\x32\x11.mitosis.v1.Usage\"\x80\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x03\x12\x10\n\x0cSTATE_FAILED\x10\x04\x12\x13\n\x0fSTATE_CANCELLED\x10\x05\"]\n\x05Usage\x12\x13\n\x0bmodel_calls\x18\x01 \x01(\x05\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\x03\x12\x15\n\routput_tokens\x18\x03 \x01(\x03\x12\x12\n\nlatency_ms\x18\x04 \x01(\x03\"\x8a\x01\n\x04Page\x12\x13\n\x0bpage_number\x18\x01 \x01(\x05\x12\r\n\x05title\x18\x02 \x01(\t\x12\x12\n\nstep_index\x18\x03 \x01(\x05\x12\x11\n\tfile_name\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\x12\x10\n\x08\x66inished\x18\x06 \x01(\x08\x12\x11\n\tabandoned\x18\x07 \x01(\x08\"d\n\x08\x41rtifact\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x12\n\nmedia_type\x18\x04 \x01(\t\x12\x12\n\nstep_index\x18\x05 \x01(\x05\"\xd3\x04\n\tTaskEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12:\n\x12task_state_changed\x18\n \x01(\x0b\x32\x1c.mitosis.v1.TaskStateChangedH\x00\x12+\n\nplan_ready\x18\x0b \x01(\x0b\x32\x15.mitosis.v1.PlanReadyH\x00\x12:\n\x12step_state_changed\x18\x0c \x01(\x0b\x32\x1c.mitosis.v1.StepStateChangedH\x00\x12/\n\x0cpage_started\x18\r \x01(\x0b\x32\x17.mitosis.v1.PageStartedH\x00\x12+\n\npage_delta\x18\x0e \x01(\x0b\x32\x15.mitosis.v1.PageDeltaH\x00\x12\x31\n\rpage_finished\x18\x0f \x01(\x0b\x32\x18.mitosis.v1.PageFinishedH\x00\x12\'\n\x08log_line\x18\x10 \x01(\x0b\x32\x13.mitosis.v1.LogLineH\x00\x12\x33\n\x0e\x61rtifact_ready\x18\x11 \x01(\x0b\x32\x19.mitosis.v1.ArtifactReadyH\x00\x12*\n\theartbeat\x18\x12 \x01(\x0b\x32\x15.mitosis.v1.HeartbeatH\x00\x12/\n\x0cplan_revised\x18\x13 \x01(\x0b\x32\x17.mitosis.v1.PlanRevisedH\x00\x42\x06\n\x04kind\"J\n\x10TaskStateChanged\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.mitosis.v1.Task.State\x12\x0f\n\x07message\x18\x02 \x01(\t\"L\n\tPlanReady\x12\x1f\n\x05steps\x18\x01 \x03(\x0b\x32\x10.mitosis.v1.Step\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07summary\x18\x03 \x01(\t\"i\n\x0bPlanRevised\x12\x17\n\x0f\x66rom_step_index\x18\x01 \x01(\x05\x12\x1f\n\x05steps\x18\x02 \x03(\x0b\x32\x10.mitosis.v1.Step\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\x05\"\x91\x01\n\x10StepStateChanged\x12\x12\n\nstep_index\x18\x01 \x01(\x05\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.mitosis.v1.Step.State\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\x12 \n\x05usage\x18\x05 \x01(\x0b\x32\x11.mitosis.v1.Usage\"X\n\x0bPageStarted\x12\x13\n\x0bpage_number\x18\x01 \x01(\x05\x12\r\n\x05title\x18\x02 \x01(\t\x12\x12\n\nstep_index\x18\x03 \x01(\x05\x12\x11\n\tfile_name\x18\x04 \x01(\t\">\n\tPageDelta\x12\x13\n\x0bpage_number\x18\x01 \x01(\x05\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04text\x18\x03 \x01(\t\"Z\n\x0cPageFinished\x12\x13\n\x0bpage_number\x18\x01 \x01(\x05\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x11\n\tabandoned\x18\x04 \x01(\x08\"\xb4\x01\n\x07LogLine\x12\x12\n\nstep_index\x18\x01 \x01(\x05\x12*\n\x06source\x18\x02 \x01(\x0e\x32\x1a.mitosis.v1.LogLine.Source\x12\x0c\n\x04text\x18\x03 \x01(\t\"[\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x11\n\rSOURCE_STDOUT\x10\x01\x12\x11\n\rSOURCE_STDERR\x10\x02\x12\x13\n\x0fSOURCE_EXECUTOR\x10\x03\"7\n\rArtifactReady\x12&\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x14.mitosis.v1.Artifact\"\x0b\n\tHeartbeatb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15mitosis/v1/task.proto\x12\nmitosis.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x05\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.mitosis.v1.Task.State\x12\r\n\x05model\x18\x04 \x01(\t\x12\x1f\n\x05steps\x18\x05 \x03(\x0b\x32\x10.mitosis.v1.Step\x12\'\n\tartifacts\x18\x06 \x03(\x0b\x32\x14.mitosis.v1.Artifact\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08last_seq\x18\n \x01(\x03\x12\x14\n\x0cplan_summary\x18\x0b \x01(\t\x12\x1f\n\x05pages\x18\x0c \x03(\x0b\x32\x10.mitosis.v1.Page\x12\x18\n\x10require_approval\x18\r \x01(\x08\x12\x11\n\trevisions\x18\x0e \x01(\x05\x12\r\n\x05owner\x18\x0f \x01(\t\x12\r\n\x05tools\x18\x10 \x03(\t\"\xb1\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x12\n\x0eSTATE_PLANNING\x10\x02\x12\x11\n\rSTATE_RUNNING\x10\x03\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x04\x12\x10\n\x0cSTATE_FAILED\x10\x05\x12\x13\n\x0fSTATE_CANCELLED\x10\x06\x12\x1b\n\x17STATE_AWAITING_APPROVAL\x10\x07\";\n\x04View\x12\x14\n\x10VIEW_UNSPECIFIED\x10\x00\x12\x0e\n\nVIEW_BASIC\x10\x01\x12\r\n\tVIEW_FULL\x10\x02\"\x9c\x03\n\x04Step\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04tool\x18\x03 \x01(\t\x12\x11\n\trationale\x18\x04 \x01(\t\x12%\n\x05state\x18\x05 \x01(\x0e\x32\x16.mitosis.v1.Step.State\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x14\n\x0cinstructions\x18\x08 \x01(\t\x12*\n\targuments\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12 \n\x05usage\x18\n \x01(\x0b\x32\x11.mitosis.v1.Usage\x12&\n\x07sources\x18\x0b \x03(\x0b\x32\x15.mitosis.v1.WebSource\"\x80\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x03\x12\x10\n\x0cSTATE_FAILED\x10\x04\x12\x13\n\x0fSTATE_CANCELLED\x10\x05\"]\n\x05Usage\x12\x13\n\x0bmodel_calls\x18\x01 \x01(\x05\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\x03\x12\x15\n\routput_tokens\x18\x03 \x01(\x03\x12\x12\n\nlatency_ms\x18\x04 \x01(\x03\"5\n\tWebSource\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04read\x18\x03 \x01(\x08\"\x8a\x01\n\x04Page\x12\x13\n\x0bpage_number\x18\x01 \x01(\x05\x12\r\n\x05title\x18\x02 \x01(\t\x12\x12\n\nstep_index\x18\x03 \x01(\x05\x12\x11\n\tfile_name\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\x12\x10\n\x08\x66inished\x18\x06 \x01(\x08\x12\x11\n\tabandoned\x18\x07 \x01(\x08\"d\n\x08\x41rtifact\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x12\n\nmedia_type\x18\x04 \x01(\t\x12\x12\n\nstep_index\x18\x05 \x01(\x05\"\xd3\x04\n\tTaskEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12:\n\x12task_state_changed\x18\n \x01(\x0b\x32\x1c.mitosis.v1.TaskStateChangedH\x00\x12+\n\nplan_ready\x18\x0b \x01(\x0b\x32\x15.mitosis.v1.PlanReadyH\x00\x12:\n\x12step_state_changed\x18\x0c \x01(\x0b\x32\x1c.mitosis.v1.StepStateChangedH\x00\x12/\n\x0cpage_started\x18\r \x01(\x0b\x32\x17.mitosis.v1.PageStartedH\x00\x12+\n\npage_delta\x18\x0e \x01(\x0b\x32\x15.mitosis.v1.PageDeltaH\x00\x12\x31\n\rpage_finished\x18\x0f \x01(\x0b\x32\x18.mitosis.v1.PageFinishedH\x00\x12\'\n\x08log_line\x18\x10 \x01(\x0b\x32\x13.mitosis.v1.LogLineH\x00\x12\x33\n\x0e\x61rtifact_ready\x18\x11 \x01(\x0b\x32\x19.mitosis.v1.ArtifactReadyH\x00\x12*\n\theartbeat\x18\x12 \x01(\x0b\x32\x15.mitosis.v1.HeartbeatH\x00\x12/\n\x0cplan_revised\x18\x13 \x01(\x0b\x32\x17.mitosis.v1.PlanRevisedH\x00\x42\x06\n\x04kind\"J\n\x10TaskStateChanged\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.mitosis.v1.Task.State\x12\x0f\n\x07message\x18\x02 \x01(\t\"[\n\tPlanReady\x12\x1f\n\x05steps\x18\x01 \x03(\x0b\x32\x10.mitosis.v1.Step\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07summary\x18\x03 \x01(\t\x12\r\n\x05tools\x18\x04 \x03(\t\"i\n\x0bPlanRevised\x12\x17\n\x0f\x66rom_step_index\x18\x01 \x01(\x05\x12\x1f\n\x05steps\x18\x02 \x03(\x0b\x32\x10.mitosis.v1.Step\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\x05\"\xb9\x01\n\x10StepStateChanged\x12\x12\n\nstep_index\x18\x01 \x01(\x05\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.mitosis.v1.Step.State\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\x12 \n\x05usage\x18\x05 \x01(\x0b\x32\x11.mitosis.v1.Usage\x12&\n\x07sources\x18\x06 \x03(\x0b\x32\x15.mitosis.v1.WebSource\"X\n\x0bPageStarted\x12\x13\n\x0bpage_number\x18\x01 \x01(\x05\x12\r\n\x05title\x18\x02 \x01(\t\x12\x12\n\nstep_index\x18\x03 \x01(\x05\x12\x11\n\tfile_name\x18\x04 \x01(\t\">\n\tPageDelta\x12\x13\n\x0bpage_number\x18\x01 \x01(\x05\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04text\x18\x03 \x01(\t\"Z\n\x0cPageFinished\x12\x13\n\x0bpage_number\x18\x01 \x01(\x05\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x11\n\tabandoned\x18\x04 \x01(\x08\"\xb4\x01\n\x07LogLine\x12\x12\n\nstep_index\x18\x01 \x01(\x05\x12*\n\x06source\x18\x02 \x01(\x0e\x32\x1a.mitosis.v1.LogLine.Source\x12\x0c\n\x04text\x18\x03 \x01(\t\"[\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x11\n\rSOURCE_STDOUT\x10\x01\x12\x11\n\rSOURCE_STDERR\x10\x02\x12\x13\n\x0fSOURCE_EXECUTOR\x10\x03\"7\n\rArtifactReady\x12&\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x14.mitosis.v1.Artifact\"\x0b\n\tHeartbeatb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,43 +34,45 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mitosis.v1.task_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TASK']._serialized_start=101
-  _globals['_TASK']._serialized_end=753
-  _globals['_TASK_STATE']._serialized_start=515
-  _globals['_TASK_STATE']._serialized_end=692
-  _globals['_TASK_VIEW']._serialized_start=694
-  _globals['_TASK_VIEW']._serialized_end=753
-  _globals['_STEP']._serialized_start=756
-  _globals['_STEP']._serialized_end=1128
-  _globals['_STEP_STATE']._serialized_start=1000
-  _globals['_STEP_STATE']._serialized_end=1128
-  _globals['_USAGE']._serialized_start=1130
-  _globals['_USAGE']._serialized_end=1223
-  _globals['_PAGE']._serialized_start=1226
-  _globals['_PAGE']._serialized_end=1364
-  _globals['_ARTIFACT']._serialized_start=1366
-  _globals['_ARTIFACT']._serialized_end=1466
-  _globals['_TASKEVENT']._serialized_start=1469
-  _globals['_TASKEVENT']._serialized_end=2064
-  _globals['_TASKSTATECHANGED']._serialized_start=2066
-  _globals['_TASKSTATECHANGED']._serialized_end=2140
-  _globals['_PLANREADY']._serialized_start=2142
-  _globals['_PLANREADY']._serialized_end=2218
-  _globals['_PLANREVISED']._serialized_start=2220
-  _globals['_PLANREVISED']._serialized_end=2325
-  _globals['_STEPSTATECHANGED']._serialized_start=2328
-  _globals['_STEPSTATECHANGED']._serialized_end=2473
-  _globals['_PAGESTARTED']._serialized_start=2475
-  _globals['_PAGESTARTED']._serialized_end=2563
-  _globals['_PAGEDELTA']._serialized_start=2565
-  _globals['_PAGEDELTA']._serialized_end=2627
-  _globals['_PAGEFINISHED']._serialized_start=2629
-  _globals['_PAGEFINISHED']._serialized_end=2719
-  _globals['_LOGLINE']._serialized_start=2722
-  _globals['_LOGLINE']._serialized_end=2902
-  _globals['_LOGLINE_SOURCE']._serialized_start=2811
-  _globals['_LOGLINE_SOURCE']._serialized_end=2902
-  _globals['_ARTIFACTREADY']._serialized_start=2904
-  _globals['_ARTIFACTREADY']._serialized_end=2959
-  _globals['_HEARTBEAT']._serialized_start=2961
-  _globals['_HEARTBEAT']._serialized_end=2972
+  _globals['_TASK']._serialized_end=768
+  _globals['_TASK_STATE']._serialized_start=530
+  _globals['_TASK_STATE']._serialized_end=707
+  _globals['_TASK_VIEW']._serialized_start=709
+  _globals['_TASK_VIEW']._serialized_end=768
+  _globals['_STEP']._serialized_start=771
+  _globals['_STEP']._serialized_end=1183
+  _globals['_STEP_STATE']._serialized_start=1055
+  _globals['_STEP_STATE']._serialized_end=1183
+  _globals['_USAGE']._serialized_start=1185
+  _globals['_USAGE']._serialized_end=1278
+  _globals['_WEBSOURCE']._serialized_start=1280
+  _globals['_WEBSOURCE']._serialized_end=1333
+  _globals['_PAGE']._serialized_start=1336
+  _globals['_PAGE']._serialized_end=1474
+  _globals['_ARTIFACT']._serialized_start=1476
+  _globals['_ARTIFACT']._serialized_end=1576
+  _globals['_TASKEVENT']._serialized_start=1579
+  _globals['_TASKEVENT']._serialized_end=2174
+  _globals['_TASKSTATECHANGED']._serialized_start=2176
+  _globals['_TASKSTATECHANGED']._serialized_end=2250
+  _globals['_PLANREADY']._serialized_start=2252
+  _globals['_PLANREADY']._serialized_end=2343
+  _globals['_PLANREVISED']._serialized_start=2345
+  _globals['_PLANREVISED']._serialized_end=2450
+  _globals['_STEPSTATECHANGED']._serialized_start=2453
+  _globals['_STEPSTATECHANGED']._serialized_end=2638
+  _globals['_PAGESTARTED']._serialized_start=2640
+  _globals['_PAGESTARTED']._serialized_end=2728
+  _globals['_PAGEDELTA']._serialized_start=2730
+  _globals['_PAGEDELTA']._serialized_end=2792
+  _globals['_PAGEFINISHED']._serialized_start=2794
+  _globals['_PAGEFINISHED']._serialized_end=2884
+  _globals['_LOGLINE']._serialized_start=2887
+  _globals['_LOGLINE']._serialized_end=3067
+  _globals['_LOGLINE_SOURCE']._serialized_start=2976
+  _globals['_LOGLINE_SOURCE']._serialized_end=3067
+  _globals['_ARTIFACTREADY']._serialized_start=3069
+  _globals['_ARTIFACTREADY']._serialized_end=3124
+  _globals['_HEARTBEAT']._serialized_start=3126
+  _globals['_HEARTBEAT']._serialized_end=3137
 # @@protoc_insertion_point(module_scope)

@@ -118,6 +118,7 @@ class Task(_message.Message):
     REQUIRE_APPROVAL_FIELD_NUMBER: _builtins.int
     REVISIONS_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Output only. The task's identifier, assigned by CreateTask."""
     text: _builtins.str
@@ -160,6 +161,12 @@ class Task(_message.Message):
     def pages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Page]:
         """Output only. The documents the task wrote, one page each, in the order they opened."""
 
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Output only. The tools the task's steps could use, as the executor offered them when
+        the plan was made: the built-in ones and those of its MCP servers (`server__tool`).
+        """
+
     def __init__(
         self,
         *,
@@ -178,10 +185,11 @@ class Task(_message.Message):
         require_approval: _builtins.bool = ...,
         revisions: _builtins.int = ...,
         owner: _builtins.str = ...,
+        tools: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "create_time", b"create_time", "error", b"error", "last_seq", b"last_seq", "model", b"model", "owner", b"owner", "pages", b"pages", "plan_summary", b"plan_summary", "require_approval", b"require_approval", "revisions", b"revisions", "state", b"state", "steps", b"steps", "task_id", b"task_id", "text", b"text", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "create_time", b"create_time", "error", b"error", "last_seq", b"last_seq", "model", b"model", "owner", b"owner", "pages", b"pages", "plan_summary", b"plan_summary", "require_approval", b"require_approval", "revisions", b"revisions", "state", b"state", "steps", b"steps", "task_id", b"task_id", "text", b"text", "tools", b"tools", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -238,6 +246,7 @@ class Step(_message.Message):
     INSTRUCTIONS_FIELD_NUMBER: _builtins.int
     ARGUMENTS_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Output only. The zero-based position of the step in the plan."""
     title: _builtins.str
@@ -262,6 +271,12 @@ class Step(_message.Message):
     def usage(self) -> Global___Usage:
         """Output only. What the step's model calls cost, over all its attempts."""
 
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___WebSource]:
+        """Output only. The web pages the step found and read, each once, in the order found:
+        what the documents it wrote cite.
+        """
+
     def __init__(
         self,
         *,
@@ -275,10 +290,11 @@ class Step(_message.Message):
         instructions: _builtins.str = ...,
         arguments: _struct_pb2.Struct | None = ...,
         usage: Global___Usage | None = ...,
+        sources: _abc.Iterable[Global___WebSource] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "attempts", b"attempts", "error", b"error", "index", b"index", "instructions", b"instructions", "rationale", b"rationale", "state", b"state", "title", b"title", "tool", b"tool", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "attempts", b"attempts", "error", b"error", "index", b"index", "instructions", b"instructions", "rationale", b"rationale", "sources", b"sources", "state", b"state", "title", b"title", "tool", b"tool", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -317,6 +333,38 @@ class Usage(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Usage: _TypeAlias = Usage  # noqa: Y015
+
+@_typing.final
+class WebSource(_message.Message):
+    """A web page a step found with web_search or read with fetch_url."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    READ_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """The page's http:// or https:// address, as found (untrusted: check the scheme before
+    making it a link).
+    """
+    title: _builtins.str
+    """The page's title, as the search provider or the page gave it (untrusted text)."""
+    read: _builtins.bool
+    """Whether the step read the page with fetch_url, not only saw it among search results."""
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        title: _builtins.str = ...,
+        read: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["read", b"read", "title", b"title", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebSource: _TypeAlias = WebSource  # noqa: Y015
 
 @_typing.final
 class Page(_message.Message):
@@ -533,6 +581,7 @@ class PlanReady(_message.Message):
     STEPS_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The model that made the plan."""
     summary: _builtins.str
@@ -541,16 +590,21 @@ class PlanReady(_message.Message):
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___Step]:
         """The steps, all pending."""
 
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The tools the steps could use, as the executor offers them (see Task.tools)."""
+
     def __init__(
         self,
         *,
         steps: _abc.Iterable[Global___Step] | None = ...,
         model: _builtins.str = ...,
         summary: _builtins.str = ...,
+        tools: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "steps", b"steps", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "steps", b"steps", "summary", b"summary", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -603,6 +657,7 @@ class StepStateChanged(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
     step_index: _builtins.int
     """The zero-based index of the step."""
     state: Global___Step.State.ValueType
@@ -615,6 +670,12 @@ class StepStateChanged(_message.Message):
     def usage(self) -> Global___Usage:
         """What the step's model calls have cost so far, over all its attempts."""
 
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___WebSource]:
+        """The web pages the step found and read so far (all of them: they replace the step's
+        sources); empty when it found none.
+        """
+
     def __init__(
         self,
         *,
@@ -623,10 +684,11 @@ class StepStateChanged(_message.Message):
         attempt: _builtins.int = ...,
         message: _builtins.str = ...,
         usage: Global___Usage | None = ...,
+        sources: _abc.Iterable[Global___WebSource] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "message", b"message", "state", b"state", "step_index", b"step_index", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "message", b"message", "sources", b"sources", "state", b"state", "step_index", b"step_index", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file mitosis/v1/task.proto.
  */
 export const file_mitosis_v1_task: GenFile = /*@__PURE__*/
-  fileDesc("ChVtaXRvc2lzL3YxL3Rhc2sucHJvdG8SCm1pdG9zaXMudjEijAUKBFRhc2sSDwoHdGFza19pZBgBIAEoCRIMCgR0ZXh0GAIgASgJEiUKBXN0YXRlGAMgASgOMhYubWl0b3Npcy52MS5UYXNrLlN0YXRlEg0KBW1vZGVsGAQgASgJEh8KBXN0ZXBzGAUgAygLMhAubWl0b3Npcy52MS5TdGVwEicKCWFydGlmYWN0cxgGIAMoCzIULm1pdG9zaXMudjEuQXJ0aWZhY3QSDQoFZXJyb3IYByABKAkSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghsYXN0X3NlcRgKIAEoAxIUCgxwbGFuX3N1bW1hcnkYCyABKAkSHwoFcGFnZXMYDCADKAsyEC5taXRvc2lzLnYxLlBhZ2USGAoQcmVxdWlyZV9hcHByb3ZhbBgNIAEoCBIRCglyZXZpc2lvbnMYDiABKAUSDQoFb3duZXIYDyABKAkisQEKBVN0YXRlEhUKEVNUQVRFX1VOU1BFQ0lGSUVEEAASEQoNU1RBVEVfUEVORElORxABEhIKDlNUQVRFX1BMQU5OSU5HEAISEQoNU1RBVEVfUlVOTklORxADEhMKD1NUQVRFX1NVQ0NFRURFRBAEEhAKDFNUQVRFX0ZBSUxFRBAFEhMKD1NUQVRFX0NBTkNFTExFRBAGEhsKF1NUQVRFX0FXQUlUSU5HX0FQUFJPVkFMEAciOwoEVmlldxIUChBWSUVXX1VOU1BFQ0lGSUVEEAASDgoKVklFV19CQVNJQxABEg0KCVZJRVdfRlVMTBACIvQCCgRTdGVwEg0KBWluZGV4GAEgASgFEg0KBXRpdGxlGAIgASgJEgwKBHRvb2wYAyABKAkSEQoJcmF0aW9uYWxlGAQgASgJEiUKBXN0YXRlGAUgASgOMhYubWl0b3Npcy52MS5TdGVwLlN0YXRlEhAKCGF0dGVtcHRzGAYgASgFEg0KBWVycm9yGAcgASgJEhQKDGluc3RydWN0aW9ucxgIIAEoCRIqCglhcmd1bWVudHMYCSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EiAKBXVzYWdlGAogASgLMhEubWl0b3Npcy52MS5Vc2FnZSKAAQoFU3RhdGUSFQoRU1RBVEVfVU5TUEVDSUZJRUQQABIRCg1TVEFURV9QRU5ESU5HEAESEQoNU1RBVEVfUlVOTklORxACEhMKD1NUQVRFX1NVQ0NFRURFRBADEhAKDFNUQVRFX0ZBSUxFRBAEEhMKD1NUQVRFX0NBTkNFTExFRBAFIl0KBVVzYWdlEhMKC21vZGVsX2NhbGxzGAEgASgFEhQKDGlucHV0X3Rva2VucxgCIAEoAxIVCg1vdXRwdXRfdG9rZW5zGAMgASgDEhIKCmxhdGVuY3lfbXMYBCABKAMiigEKBFBhZ2USEwoLcGFnZV9udW1iZXIYASABKAUSDQoFdGl0bGUYAiABKAkSEgoKc3RlcF9pbmRleBgDIAEoBRIRCglmaWxlX25hbWUYBCABKAkSEgoKc2l6ZV9ieXRlcxgFIAEoAxIQCghmaW5pc2hlZBgGIAEoCBIRCglhYmFuZG9uZWQYByABKAgiZAoIQXJ0aWZhY3QSDAoEcGF0aBgBIAEoCRISCgpzaXplX2J5dGVzGAIgASgDEg4KBnNoYTI1NhgDIAEoCRISCgptZWRpYV90eXBlGAQgASgJEhIKCnN0ZXBfaW5kZXgYBSABKAUi0wQKCVRhc2tFdmVudBIPCgd0YXNrX2lkGAEgASgJEgsKA3NlcRgCIAEoAxIvCgtjcmVhdGVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASOgoSdGFza19zdGF0ZV9jaGFuZ2VkGAogASgLMhwubWl0b3Npcy52MS5UYXNrU3RhdGVDaGFuZ2VkSAASKwoKcGxhbl9yZWFkeRgLIAEoCzIVLm1pdG9zaXMudjEuUGxhblJlYWR5SAASOgoSc3RlcF9zdGF0ZV9jaGFuZ2VkGAwgASgLMhwubWl0b3Npcy52MS5TdGVwU3RhdGVDaGFuZ2VkSAASLwoMcGFnZV9zdGFydGVkGA0gASgLMhcubWl0b3Npcy52MS5QYWdlU3RhcnRlZEgAEisKCnBhZ2VfZGVsdGEYDiABKAsyFS5taXRvc2lzLnYxLlBhZ2VEZWx0YUgAEjEKDXBhZ2VfZmluaXNoZWQYDyABKAsyGC5taXRvc2lzLnYxLlBhZ2VGaW5pc2hlZEgAEicKCGxvZ19saW5lGBAgASgLMhMubWl0b3Npcy52MS5Mb2dMaW5lSAASMwoOYXJ0aWZhY3RfcmVhZHkYESABKAsyGS5taXRvc2lzLnYxLkFydGlmYWN0UmVhZHlIABIqCgloZWFydGJlYXQYEiABKAsyFS5taXRvc2lzLnYxLkhlYXJ0YmVhdEgAEi8KDHBsYW5fcmV2aXNlZBgTIAEoCzIXLm1pdG9zaXMudjEuUGxhblJldmlzZWRIAEIGCgRraW5kIkoKEFRhc2tTdGF0ZUNoYW5nZWQSJQoFc3RhdGUYASABKA4yFi5taXRvc2lzLnYxLlRhc2suU3RhdGUSDwoHbWVzc2FnZRgCIAEoCSJMCglQbGFuUmVhZHkSHwoFc3RlcHMYASADKAsyEC5taXRvc2lzLnYxLlN0ZXASDQoFbW9kZWwYAiABKAkSDwoHc3VtbWFyeRgDIAEoCSJpCgtQbGFuUmV2aXNlZBIXCg9mcm9tX3N0ZXBfaW5kZXgYASABKAUSHwoFc3RlcHMYAiADKAsyEC5taXRvc2lzLnYxLlN0ZXASDgoGcmVhc29uGAMgASgJEhAKCHJldmlzaW9uGAQgASgFIpEBChBTdGVwU3RhdGVDaGFuZ2VkEhIKCnN0ZXBfaW5kZXgYASABKAUSJQoFc3RhdGUYAiABKA4yFi5taXRvc2lzLnYxLlN0ZXAuU3RhdGUSDwoHYXR0ZW1wdBgDIAEoBRIPCgdtZXNzYWdlGAQgASgJEiAKBXVzYWdlGAUgASgLMhEubWl0b3Npcy52MS5Vc2FnZSJYCgtQYWdlU3RhcnRlZBITCgtwYWdlX251bWJlchgBIAEoBRINCgV0aXRsZRgCIAEoCRISCgpzdGVwX2luZGV4GAMgASgFEhEKCWZpbGVfbmFtZRgEIAEoCSI+CglQYWdlRGVsdGESEwoLcGFnZV9udW1iZXIYASABKAUSDgoGb2Zmc2V0GAIgASgDEgwKBHRleHQYAyABKAkiWgoMUGFnZUZpbmlzaGVkEhMKC3BhZ2VfbnVtYmVyGAEgASgFEhIKCnNpemVfYnl0ZXMYAiABKAMSDgoGc2hhMjU2GAMgASgJEhEKCWFiYW5kb25lZBgEIAEoCCK0AQoHTG9nTGluZRISCgpzdGVwX2luZGV4GAEgASgFEioKBnNvdXJjZRgCIAEoDjIaLm1pdG9zaXMudjEuTG9nTGluZS5Tb3VyY2USDAoEdGV4dBgDIAEoCSJbCgZTb3VyY2USFgoSU09VUkNFX1VOU1BFQ0lGSUVEEAASEQoNU09VUkNFX1NURE9VVBABEhEKDVNPVVJDRV9TVERFUlIQAhITCg9TT1VSQ0VfRVhFQ1VUT1IQAyI3Cg1BcnRpZmFjdFJlYWR5EiYKCGFydGlmYWN0GAEgASgLMhQubWl0b3Npcy52MS5BcnRpZmFjdCILCglIZWFydGJlYXRiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChVtaXRvc2lzL3YxL3Rhc2sucHJvdG8SCm1pdG9zaXMudjEimwUKBFRhc2sSDwoHdGFza19pZBgBIAEoCRIMCgR0ZXh0GAIgASgJEiUKBXN0YXRlGAMgASgOMhYubWl0b3Npcy52MS5UYXNrLlN0YXRlEg0KBW1vZGVsGAQgASgJEh8KBXN0ZXBzGAUgAygLMhAubWl0b3Npcy52MS5TdGVwEicKCWFydGlmYWN0cxgGIAMoCzIULm1pdG9zaXMudjEuQXJ0aWZhY3QSDQoFZXJyb3IYByABKAkSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghsYXN0X3NlcRgKIAEoAxIUCgxwbGFuX3N1bW1hcnkYCyABKAkSHwoFcGFnZXMYDCADKAsyEC5taXRvc2lzLnYxLlBhZ2USGAoQcmVxdWlyZV9hcHByb3ZhbBgNIAEoCBIRCglyZXZpc2lvbnMYDiABKAUSDQoFb3duZXIYDyABKAkSDQoFdG9vbHMYECADKAkisQEKBVN0YXRlEhUKEVNUQVRFX1VOU1BFQ0lGSUVEEAASEQoNU1RBVEVfUEVORElORxABEhIKDlNUQVRFX1BMQU5OSU5HEAISEQoNU1RBVEVfUlVOTklORxADEhMKD1NUQVRFX1NVQ0NFRURFRBAEEhAKDFNUQVRFX0ZBSUxFRBAFEhMKD1NUQVRFX0NBTkNFTExFRBAGEhsKF1NUQVRFX0FXQUlUSU5HX0FQUFJPVkFMEAciOwoEVmlldxIUChBWSUVXX1VOU1BFQ0lGSUVEEAASDgoKVklFV19CQVNJQxABEg0KCVZJRVdfRlVMTBACIpwDCgRTdGVwEg0KBWluZGV4GAEgASgFEg0KBXRpdGxlGAIgASgJEgwKBHRvb2wYAyABKAkSEQoJcmF0aW9uYWxlGAQgASgJEiUKBXN0YXRlGAUgASgOMhYubWl0b3Npcy52MS5TdGVwLlN0YXRlEhAKCGF0dGVtcHRzGAYgASgFEg0KBWVycm9yGAcgASgJEhQKDGluc3RydWN0aW9ucxgIIAEoCRIqCglhcmd1bWVudHMYCSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EiAKBXVzYWdlGAogASgLMhEubWl0b3Npcy52MS5Vc2FnZRImCgdzb3VyY2VzGAsgAygLMhUubWl0b3Npcy52MS5XZWJTb3VyY2UigAEKBVN0YXRlEhUKEVNUQVRFX1VOU1BFQ0lGSUVEEAASEQoNU1RBVEVfUEVORElORxABEhEKDVNUQVRFX1JVTk5JTkcQAhITCg9TVEFURV9TVUNDRUVERUQQAxIQCgxTVEFURV9GQUlMRUQQBBITCg9TVEFURV9DQU5DRUxMRUQQBSJdCgVVc2FnZRITCgttb2RlbF9jYWxscxgBIAEoBRIUCgxpbnB1dF90b2tlbnMYAiABKAMSFQoNb3V0cHV0X3Rva2VucxgDIAEoAxISCgpsYXRlbmN5X21zGAQgASgDIjUKCVdlYlNvdXJjZRILCgN1cmwYASABKAkSDQoFdGl0bGUYAiABKAkSDAoEcmVhZBgDIAEoCCKKAQoEUGFnZRITCgtwYWdlX251bWJlchgBIAEoBRINCgV0aXRsZRgCIAEoCRISCgpzdGVwX2luZGV4GAMgASgFEhEKCWZpbGVfbmFtZRgEIAEoCRISCgpzaXplX2J5dGVzGAUgASgDEhAKCGZpbmlzaGVkGAYgASgIEhEKCWFiYW5kb25lZBgHIAEoCCJkCghBcnRpZmFjdBIMCgRwYXRoGAEgASgJEhIKCnNpemVfYnl0ZXMYAiABKAMSDgoGc2hhMjU2GAMgASgJEhIKCm1lZGlhX3R5cGUYBCABKAkSEgoKc3RlcF9pbmRleBgFIAEoBSLTBAoJVGFza0V2ZW50Eg8KB3Rhc2tfaWQYASABKAkSCwoDc2VxGAIgASgDEi8KC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI6ChJ0YXNrX3N0YXRlX2NoYW5nZWQYCiABKAsyHC5taXRvc2lzLnYxLlRhc2tTdGF0ZUNoYW5nZWRIABIrCgpwbGFuX3JlYWR5GAsgASgLMhUubWl0b3Npcy52MS5QbGFuUmVhZHlIABI6ChJzdGVwX3N0YXRlX2NoYW5nZWQYDCABKAsyHC5taXRvc2lzLnYxLlN0ZXBTdGF0ZUNoYW5nZWRIABIvCgxwYWdlX3N0YXJ0ZWQYDSABKAsyFy5taXRvc2lzLnYxLlBhZ2VTdGFydGVkSAASKwoKcGFnZV9kZWx0YRgOIAEoCzIVLm1pdG9zaXMudjEuUGFnZURlbHRhSAASMQoNcGFnZV9maW5pc2hlZBgPIAEoCzIYLm1pdG9zaXMudjEuUGFnZUZpbmlzaGVkSAASJwoIbG9nX2xpbmUYECABKAsyEy5taXRvc2lzLnYxLkxvZ0xpbmVIABIzCg5hcnRpZmFjdF9yZWFkeRgRIAEoCzIZLm1pdG9zaXMudjEuQXJ0aWZhY3RSZWFkeUgAEioKCWhlYXJ0YmVhdBgSIAEoCzIVLm1pdG9zaXMudjEuSGVhcnRiZWF0SAASLwoMcGxhbl9yZXZpc2VkGBMgASgLMhcubWl0b3Npcy52MS5QbGFuUmV2aXNlZEgAQgYKBGtpbmQiSgoQVGFza1N0YXRlQ2hhbmdlZBIlCgVzdGF0ZRgBIAEoDjIWLm1pdG9zaXMudjEuVGFzay5TdGF0ZRIPCgdtZXNzYWdlGAIgASgJIlsKCVBsYW5SZWFkeRIfCgVzdGVwcxgBIAMoCzIQLm1pdG9zaXMudjEuU3RlcBINCgVtb2RlbBgCIAEoCRIPCgdzdW1tYXJ5GAMgASgJEg0KBXRvb2xzGAQgAygJImkKC1BsYW5SZXZpc2VkEhcKD2Zyb21fc3RlcF9pbmRleBgBIAEoBRIfCgVzdGVwcxgCIAMoCzIQLm1pdG9zaXMudjEuU3RlcBIOCgZyZWFzb24YAyABKAkSEAoIcmV2aXNpb24YBCABKAUiuQEKEFN0ZXBTdGF0ZUNoYW5nZWQSEgoKc3RlcF9pbmRleBgBIAEoBRIlCgVzdGF0ZRgCIAEoDjIWLm1pdG9zaXMudjEuU3RlcC5TdGF0ZRIPCgdhdHRlbXB0GAMgASgFEg8KB21lc3NhZ2UYBCABKAkSIAoFdXNhZ2UYBSABKAsyES5taXRvc2lzLnYxLlVzYWdlEiYKB3NvdXJjZXMYBiADKAsyFS5taXRvc2lzLnYxLldlYlNvdXJjZSJYCgtQYWdlU3RhcnRlZBITCgtwYWdlX251bWJlchgBIAEoBRINCgV0aXRsZRgCIAEoCRISCgpzdGVwX2luZGV4GAMgASgFEhEKCWZpbGVfbmFtZRgEIAEoCSI+CglQYWdlRGVsdGESEwoLcGFnZV9udW1iZXIYASABKAUSDgoGb2Zmc2V0GAIgASgDEgwKBHRleHQYAyABKAkiWgoMUGFnZUZpbmlzaGVkEhMKC3BhZ2VfbnVtYmVyGAEgASgFEhIKCnNpemVfYnl0ZXMYAiABKAMSDgoGc2hhMjU2GAMgASgJEhEKCWFiYW5kb25lZBgEIAEoCCK0AQoHTG9nTGluZRISCgpzdGVwX2luZGV4GAEgASgFEioKBnNvdXJjZRgCIAEoDjIaLm1pdG9zaXMudjEuTG9nTGluZS5Tb3VyY2USDAoEdGV4dBgDIAEoCSJbCgZTb3VyY2USFgoSU09VUkNFX1VOU1BFQ0lGSUVEEAASEQoNU09VUkNFX1NURE9VVBABEhEKDVNPVVJDRV9TVERFUlIQAhITCg9TT1VSQ0VfRVhFQ1VUT1IQAyI3Cg1BcnRpZmFjdFJlYWR5EiYKCGFydGlmYWN0GAEgASgLMhQubWl0b3Npcy52MS5BcnRpZmFjdCILCglIZWFydGJlYXRiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * A task: what a person asked for, its plan, its steps and the files it delivered.
@@ -126,6 +126,14 @@ export type Task = Message<"mitosis.v1.Task"> & {
    * @generated from field: string owner = 15;
    */
   owner: string;
+
+  /**
+   * Output only. The tools the task's steps could use, as the executor offered them when
+   * the plan was made: the built-in ones and those of its MCP servers (`server__tool`).
+   *
+   * @generated from field: repeated string tools = 16;
+   */
+  tools: string[];
 };
 
 /**
@@ -316,6 +324,14 @@ export type Step = Message<"mitosis.v1.Step"> & {
    * @generated from field: mitosis.v1.Usage usage = 10;
    */
   usage?: Usage | undefined;
+
+  /**
+   * Output only. The web pages the step found and read, each once, in the order found:
+   * what the documents it wrote cite.
+   *
+   * @generated from field: repeated mitosis.v1.WebSource sources = 11;
+   */
+  sources: WebSource[];
 };
 
 /**
@@ -423,6 +439,42 @@ export const UsageSchema: GenMessage<Usage> = /*@__PURE__*/
   messageDesc(file_mitosis_v1_task, 2);
 
 /**
+ * A web page a step found with web_search or read with fetch_url.
+ *
+ * @generated from message mitosis.v1.WebSource
+ */
+export type WebSource = Message<"mitosis.v1.WebSource"> & {
+  /**
+   * The page's http:// or https:// address, as found (untrusted: check the scheme before
+   * making it a link).
+   *
+   * @generated from field: string url = 1;
+   */
+  url: string;
+
+  /**
+   * The page's title, as the search provider or the page gave it (untrusted text).
+   *
+   * @generated from field: string title = 2;
+   */
+  title: string;
+
+  /**
+   * Whether the step read the page with fetch_url, not only saw it among search results.
+   *
+   * @generated from field: bool read = 3;
+   */
+  read: boolean;
+};
+
+/**
+ * Describes the message mitosis.v1.WebSource.
+ * Use `create(WebSourceSchema)` to create a new message.
+ */
+export const WebSourceSchema: GenMessage<WebSource> = /*@__PURE__*/
+  messageDesc(file_mitosis_v1_task, 3);
+
+/**
  * A document the task wrote: one page of the task's terminal.
  *
  * @generated from message mitosis.v1.Page
@@ -483,7 +535,7 @@ export type Page = Message<"mitosis.v1.Page"> & {
  * Use `create(PageSchema)` to create a new message.
  */
 export const PageSchema: GenMessage<Page> = /*@__PURE__*/
-  messageDesc(file_mitosis_v1_task, 3);
+  messageDesc(file_mitosis_v1_task, 4);
 
 /**
  * A file a task delivered, readable with TaskService.ReadArtifact.
@@ -532,7 +584,7 @@ export type Artifact = Message<"mitosis.v1.Artifact"> & {
  * Use `create(ArtifactSchema)` to create a new message.
  */
 export const ArtifactSchema: GenMessage<Artifact> = /*@__PURE__*/
-  messageDesc(file_mitosis_v1_task, 4);
+  messageDesc(file_mitosis_v1_task, 5);
 
 /**
  * One entry of a task's event log, as WatchTask delivers it.
@@ -655,7 +707,7 @@ export type TaskEvent = Message<"mitosis.v1.TaskEvent"> & {
  * Use `create(TaskEventSchema)` to create a new message.
  */
 export const TaskEventSchema: GenMessage<TaskEvent> = /*@__PURE__*/
-  messageDesc(file_mitosis_v1_task, 5);
+  messageDesc(file_mitosis_v1_task, 6);
 
 /**
  * The task moved to a new state.
@@ -683,7 +735,7 @@ export type TaskStateChanged = Message<"mitosis.v1.TaskStateChanged"> & {
  * Use `create(TaskStateChangedSchema)` to create a new message.
  */
 export const TaskStateChangedSchema: GenMessage<TaskStateChanged> = /*@__PURE__*/
-  messageDesc(file_mitosis_v1_task, 6);
+  messageDesc(file_mitosis_v1_task, 7);
 
 /**
  * The plan is ready.
@@ -711,6 +763,13 @@ export type PlanReady = Message<"mitosis.v1.PlanReady"> & {
    * @generated from field: string summary = 3;
    */
   summary: string;
+
+  /**
+   * The tools the steps could use, as the executor offers them (see Task.tools).
+   *
+   * @generated from field: repeated string tools = 4;
+   */
+  tools: string[];
 };
 
 /**
@@ -718,7 +777,7 @@ export type PlanReady = Message<"mitosis.v1.PlanReady"> & {
  * Use `create(PlanReadySchema)` to create a new message.
  */
 export const PlanReadySchema: GenMessage<PlanReady> = /*@__PURE__*/
-  messageDesc(file_mitosis_v1_task, 7);
+  messageDesc(file_mitosis_v1_task, 8);
 
 /**
  * The plan was revised after a step failed, or edited when it was approved.
@@ -760,7 +819,7 @@ export type PlanRevised = Message<"mitosis.v1.PlanRevised"> & {
  * Use `create(PlanRevisedSchema)` to create a new message.
  */
 export const PlanRevisedSchema: GenMessage<PlanRevised> = /*@__PURE__*/
-  messageDesc(file_mitosis_v1_task, 8);
+  messageDesc(file_mitosis_v1_task, 9);
 
 /**
  * A step moved to a new state.
@@ -802,6 +861,14 @@ export type StepStateChanged = Message<"mitosis.v1.StepStateChanged"> & {
    * @generated from field: mitosis.v1.Usage usage = 5;
    */
   usage?: Usage | undefined;
+
+  /**
+   * The web pages the step found and read so far (all of them: they replace the step's
+   * sources); empty when it found none.
+   *
+   * @generated from field: repeated mitosis.v1.WebSource sources = 6;
+   */
+  sources: WebSource[];
 };
 
 /**
@@ -809,7 +876,7 @@ export type StepStateChanged = Message<"mitosis.v1.StepStateChanged"> & {
  * Use `create(StepStateChangedSchema)` to create a new message.
  */
 export const StepStateChangedSchema: GenMessage<StepStateChanged> = /*@__PURE__*/
-  messageDesc(file_mitosis_v1_task, 9);
+  messageDesc(file_mitosis_v1_task, 10);
 
 /**
  * A document opened as a new page.
@@ -851,7 +918,7 @@ export type PageStarted = Message<"mitosis.v1.PageStarted"> & {
  * Use `create(PageStartedSchema)` to create a new message.
  */
 export const PageStartedSchema: GenMessage<PageStarted> = /*@__PURE__*/
-  messageDesc(file_mitosis_v1_task, 10);
+  messageDesc(file_mitosis_v1_task, 11);
 
 /**
  * Text appended to a page.
@@ -886,7 +953,7 @@ export type PageDelta = Message<"mitosis.v1.PageDelta"> & {
  * Use `create(PageDeltaSchema)` to create a new message.
  */
 export const PageDeltaSchema: GenMessage<PageDelta> = /*@__PURE__*/
-  messageDesc(file_mitosis_v1_task, 11);
+  messageDesc(file_mitosis_v1_task, 12);
 
 /**
  * A page is complete, or was abandoned.
@@ -928,7 +995,7 @@ export type PageFinished = Message<"mitosis.v1.PageFinished"> & {
  * Use `create(PageFinishedSchema)` to create a new message.
  */
 export const PageFinishedSchema: GenMessage<PageFinished> = /*@__PURE__*/
-  messageDesc(file_mitosis_v1_task, 12);
+  messageDesc(file_mitosis_v1_task, 13);
 
 /**
  * A line of terminal output, or a note from the executor.
@@ -963,7 +1030,7 @@ export type LogLine = Message<"mitosis.v1.LogLine"> & {
  * Use `create(LogLineSchema)` to create a new message.
  */
 export const LogLineSchema: GenMessage<LogLine> = /*@__PURE__*/
-  messageDesc(file_mitosis_v1_task, 13);
+  messageDesc(file_mitosis_v1_task, 14);
 
 /**
  * Where a log line came from.
@@ -1004,7 +1071,7 @@ export enum LogLine_Source {
  * Describes the enum mitosis.v1.LogLine.Source.
  */
 export const LogLine_SourceSchema: GenEnum<LogLine_Source> = /*@__PURE__*/
-  enumDesc(file_mitosis_v1_task, 13, 0);
+  enumDesc(file_mitosis_v1_task, 14, 0);
 
 /**
  * A file was delivered.
@@ -1025,7 +1092,7 @@ export type ArtifactReady = Message<"mitosis.v1.ArtifactReady"> & {
  * Use `create(ArtifactReadySchema)` to create a new message.
  */
 export const ArtifactReadySchema: GenMessage<ArtifactReady> = /*@__PURE__*/
-  messageDesc(file_mitosis_v1_task, 14);
+  messageDesc(file_mitosis_v1_task, 15);
 
 /**
  * The stream is alive; nothing happened for a while.
@@ -1040,5 +1107,5 @@ export type Heartbeat = Message<"mitosis.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_mitosis_v1_task, 15);
+  messageDesc(file_mitosis_v1_task, 16);
 
