@@ -22,7 +22,7 @@ from mitosis.executor.redis_store import RedisStore
 from mitosis.executor.retention import Retention, add_retention_arguments
 from mitosis.executor.runner import RunnerConfig, TaskRunner
 from mitosis.executor.sandbox import SandboxUnavailable
-from mitosis.executor.servicer import TaskServicer
+from mitosis.executor.servicer import TaskServicer, add_task_service
 from mitosis.executor.store import Store, StoreUnavailable
 from mitosis.executor.stores import open_store
 from mitosis.executor.tasks import Tasks
@@ -43,7 +43,7 @@ from mitosis.models.offline import OfflineModel
 from mitosis.models.openai_model import OpenAIModel
 from mitosis.serving import Serving, serve_until_signalled
 from mitosis.tls import TlsConfigError, add_tls_arguments, channel_credentials, server_credentials
-from mitosis.v1 import planner_service_pb2, task_service_pb2, task_service_pb2_grpc
+from mitosis.v1 import planner_service_pb2, task_service_pb2
 
 logger = logging.getLogger("mitosis.executor")
 
@@ -388,7 +388,7 @@ async def start_executor(args: argparse.Namespace) -> Executor:
     if keys:
         interceptors.append(ApiKeyInterceptor(keys))
     serving = Serving([SERVICE_NAME], interceptors)
-    task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(tasks), serving.server)
+    add_task_service(TaskServicer(tasks), serving.server)
     port = serving.listen(args.listen, tls)
     await serving.start()
     try:
