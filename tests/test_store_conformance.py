@@ -938,3 +938,23 @@ async def test_a_burst_on_redis_waits_for_a_connection_instead_of_failing(
     assert [events[0].seq for events in stored] == [1] * len(task_ids)
     assert await store.count_unfinished("") == len(task_ids)
     await store.close()
+
+
+async def test_sqlite_appends_that_arrive_together_share_one_commit(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "grouped.sqlite3")
+    tasks = [await new_task(store) for _ in range(20)]
+    ended = await new_task(store)
+    await store.append(ended.task_id, [task_state(Task.STATE_CANCELLED)])
+    commits = store._commits
+
+    outcomes = await asyncio.gather(
+        *(store.append(task.task_id, [line("together")]) for task in tasks),
+        store.append(ended.task_id, [line("too late")]),
+        return_exceptions=True,
+    )
+
+    assert store._commits == commits + 1
+    assert [seqs(outcome) for outcome in outcomes[:-1]] == [[1]] * 20  # type: ignore[arg-type]
+    assert isinstance(outcomes[-1], TaskEnded)  # refused alone; the others landed
+    assert seqs(await store.read_events(ended.task_id, 0, 10)) == [1]
+    await store.close()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from mitosis.executor.encoded import EncodedEvent, stored_batch
@@ -45,8 +47,22 @@ CREATE INDEX IF NOT EXISTS tasks_unfinished_by_owner ON tasks (owner) WHERE term
 CREATE INDEX IF NOT EXISTS tasks_by_end ON tasks (end_ns, task_id) WHERE end_ns IS NOT NULL;
 """
 
+CHECKPOINT_EVERY = 500
+"""Commits between two checkpoints of the WAL (SQLite's own default is every 1,000 pages)."""
+
 PURGE_CHUNK = 2000
 """Events deleted per transaction when a task is deleted: a few milliseconds of the loop."""
+
+
+@dataclass
+class _Append:
+    """One append waiting for the next group commit."""
+
+    task_id: str
+    events: Sequence[task_pb2.TaskEvent] | Change
+    owner: str | None
+    expect: Expect | None
+    done: asyncio.Future[list[task_pb2.TaskEvent]]
 
 
 class SqliteStore:
@@ -69,6 +85,12 @@ class SqliteStore:
         # the newest commits.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
+        # Checkpoints run in a worker thread (_checkpoint_soon), not inside a commit.
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._path = path
+        self._pending: list[_Append] = []
+        self._commits = 0
+        self._checkpointing: asyncio.Future[None] | None = None
         self._db.executescript(_TABLES)
         _add_missing_columns(self._db)
         self._db.executescript(_INDEXES)
@@ -126,50 +148,95 @@ class SqliteStore:
         owner: str | None = None,
         expect: Expect | None = None,
     ) -> list[task_pb2.TaskEvent]:
-        if owner is not None and not self._holds(task_id, owner):
-            raise LeaseLost(f"task {task_id}: the lease is not held by {owner}")
+        """Append atomically (see Store.append), in a group commit: the appends asked for
+        in one turn of the event loop share one transaction, each in a savepoint of its own,
+        so one that is refused changes nothing and the others still land."""
+        done = asyncio.get_running_loop().create_future()
+        self._pending.append(_Append(task_id, events, owner, expect, done))
+        if len(self._pending) == 1:
+            asyncio.get_running_loop().call_soon(self._commit_pending)
+        result: list[task_pb2.TaskEvent] = await done
+        return result
+
+    def _commit_pending(self) -> None:
+        batch, self._pending = self._pending, []
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
+        outcomes: list[tuple[_Append, list[task_pb2.TaskEvent] | BaseException]] = []
         try:
-            row = db.execute(
-                "SELECT record, terminal FROM tasks WHERE task_id = ?", (task_id,)
-            ).fetchone()
-            if row is None:
-                raise KeyError(task_id)
-            task = task_pb2.Task.FromString(row[0])
-            check_append(task, expect)
-            was_terminal = bool(row[1])
-            stored = stamp_events(task, events_of(task, events))
-            db.executemany(
-                "INSERT INTO events (task_id, seq, event) VALUES (?, ?, ?)",
-                [(task_id, e.seq, e.SerializeToString()) for e in stored],
-            )
-            terminal = task.state in TERMINAL_STATES
-            if terminal == was_terminal:
-                # Most appends: only the record changes, so no index has to be touched.
-                db.execute(
-                    "UPDATE tasks SET record = ? WHERE task_id = ?",
-                    (task.SerializeToString(), task_id),
-                )
-            else:
-                # The end time is the first terminal event's; a later append does not move it.
-                db.execute(
-                    "UPDATE tasks SET record = ?, terminal = ?,"
-                    " end_ns = CASE WHEN ? THEN coalesce(end_ns, ?) END WHERE task_id = ?",
-                    (
-                        task.SerializeToString(),
-                        int(terminal),
-                        terminal,
-                        task.update_time.ToNanoseconds(),
-                        task_id,
-                    ),
-                )
+            db.execute("BEGIN IMMEDIATE")
+            for request in batch:
+                db.execute("SAVEPOINT one_append")
+                try:
+                    outcomes.append((request, self._append_now(request)))
+                except Exception as refused:  # unknown task, refused, fenced: this one only
+                    db.execute("ROLLBACK TO one_append")
+                    outcomes.append((request, refused))
+                db.execute("RELEASE one_append")
             db.execute("COMMIT")
-        except BaseException:
+            self._commits += 1
+        except BaseException as error:
             if db.in_transaction:  # a failed COMMIT leaves it open: never carry it over
                 db.execute("ROLLBACK")
-            raise
+            outcomes = [(request, error) for request in batch]
+        for request, outcome in outcomes:
+            if request.done.cancelled():
+                continue
+            if isinstance(outcome, BaseException):
+                request.done.set_exception(outcome)
+            else:
+                request.done.set_result(outcome)
+        if self._commits % CHECKPOINT_EVERY == 0:
+            self._checkpoint_soon()
+
+    def _append_now(self, request: _Append) -> list[task_pb2.TaskEvent]:
+        """One append inside the open transaction; raises and writes nothing when refused."""
+        task_id, db = request.task_id, self._db
+        if request.owner is not None and not self._holds(task_id, request.owner):
+            raise LeaseLost(f"task {task_id}: the lease is not held by {request.owner}")
+        row = db.execute(
+            "SELECT record, terminal FROM tasks WHERE task_id = ?", (task_id,)
+        ).fetchone()
+        if row is None:
+            raise KeyError(task_id)
+        task = task_pb2.Task.FromString(row[0])
+        check_append(task, request.expect)
+        was_terminal = bool(row[1])
+        stored = stamp_events(task, events_of(task, request.events))
+        db.executemany(
+            "INSERT INTO events (task_id, seq, event) VALUES (?, ?, ?)",
+            [(task_id, e.seq, e.SerializeToString()) for e in stored],
+        )
+        terminal = task.state in TERMINAL_STATES
+        if terminal == was_terminal:
+            # Most appends: only the record changes, so no index has to be touched.
+            db.execute(
+                "UPDATE tasks SET record = ? WHERE task_id = ?",
+                (task.SerializeToString(), task_id),
+            )
+        else:
+            # The end time is the first terminal event's; a later append does not move it.
+            db.execute(
+                "UPDATE tasks SET record = ?, terminal = ?,"
+                " end_ns = CASE WHEN ? THEN coalesce(end_ns, ?) END WHERE task_id = ?",
+                (
+                    task.SerializeToString(),
+                    int(terminal),
+                    terminal,
+                    task.update_time.ToNanoseconds(),
+                    task_id,
+                ),
+            )
         return stored
+
+    def _checkpoint_soon(self) -> None:
+        """Move the WAL into the database in a worker thread, on a connection of its own:
+        never on the event loop (SQLite's automatic checkpoint would run in a commit)."""
+        if self._checkpointing is None or self._checkpointing.done():
+            self._checkpointing = asyncio.get_running_loop().run_in_executor(None, self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        with contextlib.closing(sqlite3.connect(self._path, timeout=5)) as db:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def read_encoded(self, task_id: str, after_seq: int, limit: int) -> list[EncodedEvent]:
         rows = self._db.execute(
@@ -262,6 +329,8 @@ class SqliteStore:
         return holder is not None and holder[0] == owner and holder[1] > time.monotonic()
 
     async def close(self) -> None:
+        if self._checkpointing is not None:
+            await self._checkpointing
         self._db.close()
 
 
