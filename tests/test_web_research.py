@@ -283,3 +283,18 @@ async def test_a_task_searches_reads_two_pages_and_writes_a_cited_document(
         "GET /solar.html",
         "GET /prices.html",
     ]
+
+
+def test_mitosis_get_lists_the_tools_and_each_steps_sources_as_text() -> None:
+    from mitosis.cli.describe import task_lines
+
+    task = task_pb2.Task(task_id="t", text="x", tools=["write_document", "search__find"])
+    step = task.steps.add(index=0, title="Research", tool="write_document")
+    step.sources.add(url="https://example.com/a", title="A page\x1b[31m", read=True)
+    step.sources.add(url="https://example.com/b", title="B result")
+    shown = "\n".join(line.plain for line in task_lines(task))
+    assert "tools:    write_document, search__find" in shown
+    assert "        read  A page" in shown
+    assert "https://example.com/a" in shown
+    assert "        found B result  https://example.com/b" in shown
+    assert "\x1b" not in shown

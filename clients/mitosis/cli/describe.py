@@ -40,6 +40,13 @@ def step_line(step: task_pb2.Step) -> Text:
     return line
 
 
+def source_line(source: task_pb2.WebSource) -> Text:
+    """Return one of a step's sources: read or found, title and URL (as text, never a link)."""
+    mark = "read " if source.read else "found"
+    title = clean_line(source.title) or "-"
+    return Text(f"        {mark} {title}  {clean_line(source.url)}", style="dim")
+
+
 def usage_text(usage: task_pb2.Usage) -> str:
     """Return what model calls cost: calls, tokens in and out, time waited."""
     calls = f"{usage.model_calls} model call{'s' if usage.model_calls != 1 else ''}"
@@ -95,9 +102,13 @@ def task_lines(task: task_pb2.Task) -> list[Text]:
     ]
     if task.plan_summary:
         lines.append(Text(f"plan:     {clean_line(task.plan_summary)}"))
+    if task.tools:
+        lines.append(Text(f"tools:    {', '.join(clean_line(tool) for tool in task.tools)}"))
     if task.steps:
         lines.append(Text("steps:"))
-        lines += [step_line(step) for step in task.steps]
+        for step in task.steps:
+            lines.append(step_line(step))
+            lines += [source_line(source) for source in step.sources]
     if task.pages:
         lines.append(Text("pages:"))
         lines += [_page_line(page) for page in task.pages]

@@ -27,6 +27,7 @@ import {
   taskStateLabel,
   timeMs,
 } from "./model";
+import { sourceItem } from "./sources";
 import { describeError } from "./stream";
 import { Terminal } from "./terminal";
 
@@ -56,6 +57,7 @@ interface StepRow {
   attempt: HTMLElement;
   usage: HTMLElement;
   error: HTMLElement;
+  sources: HTMLElement;
 }
 
 export interface TaskViewOptions {
@@ -77,6 +79,7 @@ export class TaskView {
   private readonly stateMessage: HTMLElement;
   private readonly model: HTMLElement;
   private readonly planSummary: HTMLElement;
+  private readonly tools: HTMLElement;
   private readonly revisions: HTMLElement;
   private readonly actionError: HTMLElement;
   private readonly approveButton: HTMLButtonElement;
@@ -101,6 +104,7 @@ export class TaskView {
     this.stateMessage = h("p", { class: "task-message", attrs: { hidden: true } });
     this.model = h("span", { class: "task-model" });
     this.planSummary = h("p", { class: "plan-summary", attrs: { hidden: true } });
+    this.tools = h("p", { class: "task-tools", attrs: { hidden: true } });
     this.revisions = h("div", { class: "plan-revisions" });
     this.actionError = h("p", { class: "action-error", attrs: { role: "alert", hidden: true } });
     this.approveButton = h("button", {
@@ -144,6 +148,7 @@ export class TaskView {
         this.stateMessage,
         this.actionError,
         this.planSummary,
+        this.tools,
         this.revisions,
       ),
       h(
@@ -171,6 +176,7 @@ export class TaskView {
       ),
     );
     this.setModel(task.model);
+    this.setTools(task.tools);
     // The record's steps with its state, so "awaiting approval" never shows without the plan
     // it waits on; the events replayed after this draw the same again, in order.
     this.setSteps(task.steps);
@@ -233,6 +239,7 @@ export class TaskView {
           this.planSummary.hidden = false;
           setText(this.planSummary, e.value.summary);
         }
+        this.setTools(e.value.tools);
         this.setSteps(e.value.steps);
         break;
       case "planRevised":
@@ -266,6 +273,13 @@ export class TaskView {
     if (model) this.task.model = model;
     setText(this.model, modelLabel(this.task.model));
     this.model.classList.toggle("offline", this.task.model === "offline");
+  }
+
+  /** Show the tools the task's steps could use (names from the executor: text only). */
+  private setTools(tools: string[]): void {
+    if (tools.length === 0) return;
+    this.tools.hidden = false;
+    setText(this.tools, `Tools: ${tools.join(", ")}`);
   }
 
   private showState(state: Task_State, message: string): void {
@@ -311,6 +325,7 @@ export class TaskView {
     const attempt = h("span", { class: "step-attempt" });
     const usage = h("span", { class: "step-usage" });
     const error = h("p", { class: "step-error", attrs: { hidden: true } });
+    const sources = h("ul", { class: "step-sources", attrs: { hidden: true } });
     const el = h(
       "li",
       { class: "step", attrs: { "data-index": String(index) } },
@@ -324,8 +339,9 @@ export class TaskView {
       ),
       step.rationale ? h("p", { class: "step-rationale", text: step.rationale }) : null,
       error,
+      sources,
     );
-    const row: StepRow = { step, el, badge, attempt, usage, error };
+    const row: StepRow = { step, el, badge, attempt, usage, error, sources };
     this.stepRows.push(row);
     this.stepList.append(el);
     this.drawStep(row);
@@ -338,6 +354,7 @@ export class TaskView {
     row.step.attempts = change.attempt;
     row.step.error = change.message;
     if (change.usage) row.step.usage = change.usage;
+    if (change.sources.length > 0) row.step.sources = change.sources;
     this.drawStep(row);
   }
 
@@ -350,6 +367,11 @@ export class TaskView {
     setText(row.usage, usageText(row.step.usage));
     row.error.hidden = !row.step.error;
     setText(row.error, row.step.error);
+    const sources = row.step.sources;
+    if (sources.length !== row.sources.childElementCount) {
+      row.sources.replaceChildren(...sources.map(sourceItem));
+      row.sources.hidden = sources.length === 0;
+    }
   }
 
   private addArtifact(artifact: Artifact): void {
