@@ -113,10 +113,7 @@ class RecordedTools:
 
     def offered(self) -> Sequence[ToolSpec]:
         """The tools beyond the plan tools: fetch_url, web_search, the MCP servers' tools."""
-        offered = list(self._tools.catalogue.extra())
-        if self._fetch is not None and FETCH_URL not in offered:
-            offered.insert(0, FETCH_URL)
-        return offered
+        return self._tools.catalogue.extra()
 
     def sources(self) -> Sequence[WebSource]:
         return list(self._sources.values())

@@ -30,16 +30,22 @@ class ExecutorTools:
     mcp: McpServers | None = None
     catalogue: Catalogue = field(default_factory=Catalogue)
 
-    async def start(self) -> None:
-        """List the MCP servers' tools and make the catalogue."""
+    def __post_init__(self) -> None:
+        self.catalogue = Catalogue.of(self._builtin())
+
+    def _builtin(self) -> list[ToolSpec]:
         builtin: list[ToolSpec] = []
         if self.fetch is not None:
             builtin.append(FETCH_URL)
         if self.search is not None:
             builtin.append(WEB_SEARCH)
+        return builtin
+
+    async def start(self) -> None:
+        """List the MCP servers' tools and add them to the catalogue."""
         self.mcp = McpServers(self.mcp_servers, self.scratch)
         await self.mcp.start()
-        self.catalogue = Catalogue.of(builtin, self.mcp.specs())
+        self.catalogue = Catalogue.of(self._builtin(), self.mcp.specs())
 
     def describe(self) -> str:
         """Say in one line which tools steps may use, for the executor's log."""
