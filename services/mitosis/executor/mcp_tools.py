@@ -204,7 +204,7 @@ class _Connection:
         if self._task in done:  # the connection ended before answering: the server died
             error = self._task.exception() if not self._task.cancelled() else None
             raise _Dead(self._died(error))
-        await self.close()
+        await self.abort()
         raise ToolError(
             f"the MCP server {self.config.name} did not answer {tool} within "
             f"{self.config.timeout:g} s (its time limit); it was stopped and starts again "
@@ -219,6 +219,11 @@ class _Connection:
             await asyncio.wait_for(asyncio.shield(self._task), _CLOSE_SECONDS / 2)
         if not self._task.done():
             self._task.cancel()
+        await asyncio.wait([self._task], timeout=_CLOSE_SECONDS)
+
+    async def abort(self) -> None:
+        """End the connection now, in the middle of a call (a stdio server is killed)."""
+        self._task.cancel()
         await asyncio.wait([self._task], timeout=_CLOSE_SECONDS)
 
     def _died(self, error: BaseException | None) -> str:
