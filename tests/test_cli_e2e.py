@@ -30,7 +30,7 @@ def test_run_shows_pages_and_delivers_verified_files(
     try:
         out = tmp_path / "out"
         result = mitosis("--target", executor.target, "run", TASK_TEXT, "--out", str(out))
-        listing = mitosis("--target", executor.target, "--json", "ls")
+        listing = mitosis("--target", executor.target, "--json", "ls", "--full")
     finally:
         executor.stop()
 
@@ -54,31 +54,35 @@ def test_watch_survives_an_executor_killed_and_restarted(
     created = mitosis("--target", executor.target, "--json", "run", TASK_TEXT, "--detach")
     assert created.returncode == 0, created.stderr
     task_id = json.loads(created.stdout)["taskId"]
-    watcher = subprocess.Popen(
+    with subprocess.Popen(
         [str(BIN / "mitosis"), "--target", executor.target, "--json", "watch", task_id],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
-    try:
+    ) as watcher:
         assert watcher.stdout is not None
-        before = []
-        for line in watcher.stdout:  # mid-task: the watcher has shown part of a page
-            before.append(line)
-            if "pageDelta" in json.loads(line):
-                break
-        executor.stop(signal.SIGKILL)
-        executor = start_executor(tmp_path, planner_process, listen)
-        stdout, stderr = watcher.communicate(timeout=60)
-    finally:
-        watcher.kill()
-        executor.stop()
+        assert watcher.stderr is not None
+        try:
+            lines = []
+            for line in watcher.stdout:  # mid-task: the watcher has shown part of a page
+                lines.append(line)
+                if "pageDelta" in json.loads(line):
+                    break
+            executor.stop(signal.SIGKILL)
+            executor = start_executor(tmp_path, planner_process, listen)
+            # The same reader to the end (communicate() would skip what it has buffered).
+            lines += watcher.stdout.readlines()
+            watcher.wait(timeout=60)
+            stderr = watcher.stderr.read()
+        finally:
+            watcher.kill()
+            executor.stop()
 
     assert watcher.returncode == 0, stderr
-    seqs = [int(json.loads(line)["seq"]) for line in [*before, *stdout.splitlines()]]
+    seqs = [int(json.loads(line)["seq"]) for line in lines]
     assert seqs == list(range(1, len(seqs) + 1))
     assert "reconnecting" in stderr
-    last = json.loads(stdout.splitlines()[-1])
+    last = json.loads(lines[-1])
     assert last["taskStateChanged"]["state"] == "STATE_SUCCEEDED"
 
 
