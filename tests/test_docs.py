@@ -1,6 +1,6 @@
 """The documents point only at files the repository has.
 
-Every relative link and every backticked path in README.md and docs/*.md names a file or
+Every relative link and every backticked path in the READMEs and docs/*.md names a file or
 folder of this repository as it is: a renamed module breaks this test, not a reader's trust.
 """
 
@@ -13,13 +13,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCUMENTS = [
+    ROOT / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+    ROOT / "bench" / "README.md",
+    ROOT / "clients" / "web" / "README.md",
+]
 
 TRACKED_TOPS = ("services", "clients", "tests", "scripts", "proto", "docs", "deploy", "envoy")
 """Folders of the repository: a backticked path that starts with one must exist."""
 
 SOURCE_ROOTS = ("services", "clients", "scripts", "tests", "bench")
-"""Where a short module path (`executor/watch.py`, `serving.py`) is looked for."""
+"""Where a short module path (`executor/events/watch.py`, `rpc/serving.py`) is looked for."""
 
 EXCEPTIONS: set[str] = set()
 """Paths a document names on purpose although the repository does not have them."""
@@ -65,7 +70,7 @@ def _missing(document: Path, reference: str) -> str | None:
     if path.split("/", 1)[0] in TRACKED_TOPS:
         return "no such file"
     if path.endswith(".py") and not path.startswith("."):
-        # A module named the short way (`executor/watch.py`): some package must hold it.
+        # A module named the short way (`executor/events/watch.py`): some package must hold it.
         if any(file.as_posix().endswith(f"/{path}") for file in _modules()):
             return None
         return "no such module"
