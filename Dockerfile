@@ -34,8 +34,10 @@ RUN /opt/uv/bin/uv sync --locked --no-install-project --extra gateway --python p
 COPY README.md ./
 COPY services/ services/
 COPY clients/mitosis/ clients/mitosis/
-# Installed as a package, not an editable checkout: the template and the UI are found
-# through MITOSIS_GATEWAY_TEMPLATE and MITOSIS_GATEWAY_STATIC_DIR below.
+# The wheel carries Envoy's template (mitosis.gateway finds it beside its code).
+COPY envoy/envoy.yaml envoy/envoy.yaml
+# Installed as a package, not an editable checkout: the UI is found through
+# MITOSIS_GATEWAY_STATIC_DIR below.
 RUN /opt/uv/bin/uv sync --locked --extra gateway --no-editable --python python3
 
 FROM ${BASE}
@@ -44,14 +46,12 @@ RUN groupadd --system --gid 10001 mitosis \
         --shell /usr/sbin/nologin mitosis \
     && mkdir -p /data && chown mitosis:mitosis /data
 COPY --from=python /app/.venv /app/.venv
-COPY envoy/envoy.yaml /app/envoy/envoy.yaml
 COPY --from=web /src/clients/web/dist /app/web
 COPY deploy/entrypoint.py /app/entrypoint.py
 ENV PATH=/app/.venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     GRPC_VERBOSITY=ERROR \
-    MITOSIS_GATEWAY_TEMPLATE=/app/envoy/envoy.yaml \
     MITOSIS_GATEWAY_STATIC_DIR=/app/web \
     MITOSIS_DATA_DIR=/data \
     MITOSIS_PLANNER_LISTEN=0.0.0.0:50052 \

@@ -103,11 +103,12 @@ bench: $(BENCH_STAMP)
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m bench --quick
 
-.PHONY: lint ## check: ruff, ruff format, mypy (strict), buf lint, tsc (the UI, strict)
+.PHONY: lint ## check: ruff, ruff format, mypy (strict), import layering, buf lint, tsc (the UI, strict)
 lint: $(STAMP) $(NODE_STAMP) $(WEB_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy services clients
+	$(BIN)/lint-imports
 	npx --no-install buf lint
 	cd $(WEB) && npm run --silent typecheck
 

@@ -19,7 +19,7 @@ _PROSE = (
 DELTA_SMALL = (_PROSE * 2)[:100]
 """A page delta of 100 bytes: a few words of a document as the model writes it."""
 DELTA_LARGE = (_PROSE * 12)[:2048]
-"""A page delta of 2 KiB: the coalescing limit of a page's text (executor/pages.py)."""
+"""A page delta of 2 KiB: the coalescing limit of a page's text (executor/tools/pages.py)."""
 LOG_LINE = "step 2 python: read 1,024 rows from sales.csv; wrote summary.md (3.1 KiB) in 0.04 s"
 """A tool's output line (~85 bytes)."""
 

@@ -184,7 +184,7 @@ class BareServicer(task_service_pb2_grpc.TaskServiceServicer):
 
 
 class BareSource:
-    """Serves BareServicer with the same server setup as the executor (mitosis.serving)."""
+    """Serves BareServicer with the same server setup as the executor (mitosis.rpc.serving)."""
 
     def __init__(self) -> None:
         self.port = 0
@@ -192,7 +192,7 @@ class BareSource:
         self._serving: Any = None
 
     async def start(self) -> None:
-        from mitosis.serving import Serving
+        from mitosis.rpc.serving import Serving
 
         name = task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name
         self._serving = Serving([name])

@@ -19,9 +19,9 @@ from bench.payloads import Shapes, task_event
 from bench.procs import Redis
 from bench.rig import Progress
 from bench.stats import percentile
-from mitosis.executor.redis_store import RedisStore
-from mitosis.executor.sqlite_store import SqliteStore
-from mitosis.executor.store import Store
+from mitosis.executor.store.base import Store
+from mitosis.executor.store.redis import RedisStore
+from mitosis.executor.store.sqlite import SqliteStore
 from mitosis.v1 import task_pb2
 
 

@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from mitosis.auth import is_loopback, key_line, new_key
 from mitosis.gateway import (
     DEFAULT_STATIC_DIR,
     REPO_ROOT,
@@ -51,6 +50,7 @@ from mitosis.gateway import (
     find_static_files,
     parse_address,
 )
+from mitosis.rpc.auth import is_loopback, key_line, new_key
 
 BIN = Path(sys.executable).parent
 PLANNER = os.environ.get("MITOSIS_PLANNER_LISTEN", "127.0.0.1:50052")

@@ -10,8 +10,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mitosis.auth import KeyRing, KeysFileError, hash_key, is_loopback, key_line, keygen_main
 from mitosis.executor.server import Executor
+from mitosis.rpc.auth import KeyRing, KeysFileError, hash_key, is_loopback, key_line, keygen_main
 from mitosis.v1 import plan_pb2, task_pb2, task_service_pb2, task_service_pb2_grpc
 from tests.support.executors import StartExecutor
 from tests.support.waiting import eventually

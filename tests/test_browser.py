@@ -17,9 +17,9 @@ import pytest
 from google.protobuf import struct_pb2
 from playwright.async_api import Browser
 
-from mitosis.auth import key_line
 from mitosis.client import AsyncClient
 from mitosis.executor.server import Executor
+from mitosis.rpc.auth import key_line
 from mitosis.v1 import plan_pb2, task_pb2
 
 from . import browser as kit

@@ -15,11 +15,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from mitosis.auth import key_line
 from mitosis.cli.main import main
 from mitosis.cli.status import ExitStatus
 from mitosis.client import Client, ClientSettings, ConfigurationError, UnauthenticatedError
 from mitosis.client.settings import is_loopback
+from mitosis.rpc.auth import key_line
 from tests.certs import TestAuthority
 from tests.fake_task_service import AbortAfter, EndAfter, FakeTaskService, running
 from tests.support.executors import StartExecutor

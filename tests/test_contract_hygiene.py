@@ -15,13 +15,13 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from mitosis.auth import key_line
 from mitosis.client import AsyncClient
 from mitosis.client.errors import ResourceExhaustedError, UnauthenticatedError, error_info
-from mitosis.executor.redis_store import TaskExists
 from mitosis.executor.server import Executor
-from mitosis.executor.stores import open_store
+from mitosis.executor.store.opening import open_store
+from mitosis.executor.store.redis import TaskExists
 from mitosis.executor.tasks import MAX_PAGE_BYTES
+from mitosis.rpc.auth import key_line
 from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 from tests.conftest import StartExecutor, watch_all
 from tests.support.redis_server import RedisServer

@@ -36,12 +36,12 @@ from hypothesis.stateful import (
 )
 
 from mitosis.errors import FailedPrecondition
-from mitosis.executor.control import approve_plan, cancel_task, end_task
-from mitosis.executor.eventlog import EventLog
-from mitosis.executor.hub import EventHub
-from mitosis.executor.redis_store import RedisStore
-from mitosis.executor.sqlite_store import SqliteStore
-from mitosis.executor.store import LeaseLost, Store, TaskEnded
+from mitosis.executor.events.hub import EventHub
+from mitosis.executor.events.log import EventLog
+from mitosis.executor.running.control import approve_plan, cancel_task, end_task
+from mitosis.executor.store.base import LeaseLost, Store, TaskEnded
+from mitosis.executor.store.redis import RedisStore
+from mitosis.executor.store.sqlite import SqliteStore
 from mitosis.projection import TERMINAL_STATES, apply_event, is_terminal_event
 from mitosis.v1 import task_pb2
 from tests.support.redis_server import RedisServer, running_redis

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 
 from mitosis.errors import ResourceExhausted
-from mitosis.executor.eventlog import EventLog
-from mitosis.executor.fetch import FetchSettings, IPAddress, fetch_url, public_only
-from mitosis.executor.hub import EventHub
-from mitosis.executor.sqlite_store import SqliteStore
-from mitosis.executor.step_tools import RecordedTools
-from mitosis.executor.tools import ToolError
-from mitosis.executor.workspace import Workspace
+from mitosis.executor.events.hub import EventHub
+from mitosis.executor.events.log import EventLog
+from mitosis.executor.store.sqlite import SqliteStore
+from mitosis.executor.tools.fetch import FetchSettings, IPAddress, fetch_url, public_only
+from mitosis.executor.tools.recorded import RecordedTools
+from mitosis.executor.tools.workspace import Workspace
+from mitosis.tool_errors import ToolError
 from mitosis.v1 import task_pb2
 
 

@@ -20,7 +20,6 @@ import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from mitosis.auth import MISSING_KEY, UNKNOWN_KEY, key_line
 from mitosis.client import AsyncClient
 from mitosis.executor.server import Executor
 from mitosis.gateway import (
@@ -31,6 +30,7 @@ from mitosis.gateway import (
     validate,
     write_config,
 )
+from mitosis.rpc.auth import MISSING_KEY, UNKNOWN_KEY, key_line
 from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 from tests.support.watch import each_event
 

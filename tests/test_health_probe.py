@@ -89,12 +89,12 @@ async def test_not_serving_while_the_planner_is_away(
     planner = await start_planner_on(port)
     executor, health = await executor_health(f"--planner=127.0.0.1:{port}")
     await health.until(SERVING)
-    caplog.set_level(logging.INFO, logger="mitosis.health_probe")
+    caplog.set_level(logging.INFO, logger="mitosis.executor.health")
 
     await planner.stop(None)
     await health.until(NOT_SERVING)
     assert await health.status("") == SERVING  # the process itself is alive
-    (went,) = [r for r in caplog.records if r.name == "mitosis.health_probe"]
+    (went,) = [r for r in caplog.records if r.name == "mitosis.executor.health"]
     assert went.levelno == logging.WARNING
     assert "NOT_SERVING: the planner is unreachable" in went.getMessage()
 
@@ -103,7 +103,7 @@ async def test_not_serving_while_the_planner_is_away(
         await health.until(SERVING)
     finally:
         await planner.stop(None)
-    back = [r for r in caplog.records if r.name == "mitosis.health_probe"][1:]
+    back = [r for r in caplog.records if r.name == "mitosis.executor.health"][1:]
     assert [r.getMessage() for r in back] == ["SERVING: the store and the planner answer again"]
     up = executor.metrics.registry.get_sample_value
     assert up("mitosis_dependency_up", {"dependency": "planner"}) == 1
@@ -122,7 +122,7 @@ async def test_not_serving_while_redis_is_away(
             f"--planner={planner_target}", f"--store={redis.url}"
         )
         await health.until(SERVING)
-        caplog.set_level(logging.INFO, logger="mitosis.health_probe")
+        caplog.set_level(logging.INFO, logger="mitosis.executor.health")
 
         await asyncio.to_thread(redis.stop)
         await health.until(NOT_SERVING)
@@ -135,7 +135,7 @@ async def test_not_serving_while_redis_is_away(
         assert up("mitosis_dependency_up", {"dependency": "store"}) == 1
     finally:
         redis.stop()
-    messages = [r.getMessage() for r in caplog.records if r.name == "mitosis.health_probe"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "mitosis.executor.health"]
     assert len(messages) == 2, messages
     assert messages[0].startswith("NOT_SERVING: the store is unreachable")
     assert messages[1] == "SERVING: the store and the planner answer again"

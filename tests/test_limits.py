@@ -11,17 +11,17 @@ import pytest
 from google.protobuf import struct_pb2
 
 from mitosis.errors import ResourceExhausted
-from mitosis.executor.eventlog import EventLimitExceeded, EventLog, reserved_events
-from mitosis.executor.hub import EventHub
-from mitosis.executor.planned_agent import PlannedToolAgent
-from mitosis.executor.runner import RunnerConfig, TaskRunner
-from mitosis.executor.sqlite_store import SqliteStore
-from mitosis.executor.watch import watch_batches
+from mitosis.executor.events.hub import EventHub
+from mitosis.executor.events.log import EventLimitExceeded, EventLog, reserved_events
+from mitosis.executor.events.watch import watch_batches
+from mitosis.executor.running.planned_agent import PlannedToolAgent
+from mitosis.executor.running.runner import RunnerConfig, TaskRunner
+from mitosis.executor.store.sqlite import SqliteStore
 from mitosis.models.offline import OfflineModel
 from mitosis.v1 import plan_pb2, task_pb2
+from tests.support.planning import ScriptedPlanner, python_step
 from tests.support.sandbox import processes_with
 from tests.support.watch import flat
-from tests.test_runner import ScriptedPlanner, python_step
 
 Task = task_pb2.Task
 Step = task_pb2.Step

@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from mitosis.executor.server import Executor, parse_args
-from mitosis.logs import REQUEST_ID_HEADER, configure_logging
+from mitosis.rpc.logs import REQUEST_ID_HEADER, configure_logging
 from mitosis.v1 import task_pb2, task_service_pb2
 from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
 
@@ -66,7 +66,7 @@ async def test_every_line_of_a_task_is_json_and_carries_its_task_id(
     # The runner's line names the task only in its text: the id comes from the run's context.
     running = [r for r in about if "running it here" in r["message"]]
     assert running
-    assert running[0]["logger"] == "mitosis.executor.runner"
+    assert running[0]["logger"] == "mitosis.executor.running.runner"
     assert "request_id" not in running[0]  # a run is no part of the call that started it
     assert any(r["message"].startswith(f"task {task.task_id}: succeeded") for r in about)
     assert all(r["level"] in ("INFO", "WARNING") for r in about)

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from mitosis.executor.mcp_tools import (
+from mitosis.executor.tools.mcp import (
     McpServerConfig,
     McpServers,
     ToolsConfigError,
     load_tools_config,
 )
-from mitosis.executor.tools import ToolError
-from mitosis.executor.workspace import Workspace
+from mitosis.executor.tools.workspace import Workspace
+from mitosis.tool_errors import ToolError
 from mitosis.v1 import task_pb2
 
 TOOLBOX = Path(__file__).parent / "mcp_servers" / "toolbox.py"

@@ -17,9 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from mitosis.executor.server import Executor, start_executor
 from mitosis.executor.server import parse_args as parse_executor_args
 from mitosis.metrics import state_label
-from mitosis.metrics_server import MAX_CONNECTIONS, start_metrics_server
 from mitosis.planner.server import Planner, start_planner
 from mitosis.planner.server import parse_args as parse_planner_args
+from mitosis.rpc.metrics_server import MAX_CONNECTIONS, start_metrics_server
 from mitosis.v1 import task_pb2, task_service_pb2
 from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
 

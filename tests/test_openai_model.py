@@ -16,8 +16,6 @@ from typing import Any
 import pytest
 from google.protobuf.json_format import MessageToDict
 
-from mitosis.executor.tools import ToolError
-from mitosis.executor.workspace import PathEscapeError
 from mitosis.models.base import (
     TOOLS,
     FatalModelError,
@@ -39,6 +37,7 @@ from mitosis.models.openai_model import (
     report_model_waits,
 )
 from mitosis.models.plan_schema import PLAN_SCHEMA, PlanSchemaError, parse_plan_answer
+from mitosis.tool_errors import PathEscapeError, ToolError
 from mitosis.tool_specs import FETCH_URL, ToolSpec
 from mitosis.v1 import plan_pb2
 from tests.fake_openai import (

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from mitosis.executor.eventlog import EventLog
-from mitosis.executor.hub import EventHub
-from mitosis.executor.pages import PageWriter
-from mitosis.executor.sqlite_store import SqliteStore
-from mitosis.executor.store import LeaseLost
+from mitosis.executor.events.hub import EventHub
+from mitosis.executor.events.log import EventLog
+from mitosis.executor.store.base import LeaseLost
+from mitosis.executor.store.sqlite import SqliteStore
+from mitosis.executor.tools.pages import PageWriter
 from mitosis.v1 import task_pb2
 from tests.support.waiting import eventually
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from mitosis.executor.planner_client import PlanError, PlannerClient
+from mitosis.executor.running.planner_client import PlanError, PlannerClient
 from mitosis.planner.server import parse_args as parse_planner_args
 from mitosis.planner.server import start_planner
 

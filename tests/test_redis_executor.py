@@ -10,11 +10,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from mitosis.executor.eventlog import EventLog
-from mitosis.executor.hub import EventHub
-from mitosis.executor.planned_agent import PlannedToolAgent
-from mitosis.executor.redis_store import RedisStore
-from mitosis.executor.runner import RunnerConfig, TaskRunner
+from mitosis.executor.events.hub import EventHub
+from mitosis.executor.events.log import EventLog
+from mitosis.executor.running.planned_agent import PlannedToolAgent
+from mitosis.executor.running.runner import RunnerConfig, TaskRunner
+from mitosis.executor.store.redis import RedisStore
 from mitosis.models.offline import OfflineModel
 from mitosis.projection import TERMINAL_STATES, apply_event, is_terminal_event
 from mitosis.v1 import task_pb2, task_service_pb2
@@ -22,10 +22,10 @@ from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
 from tests.support.watch import each_event
 
 from .support.executors import StartExecutor
+from .support.planning import ScriptedPlanner, python_step
 from .support.redis_server import RedisServer
 from .support.waiting import eventually
 from .support.watch import watch_all
-from .test_runner import ScriptedPlanner, python_step
 
 
 @pytest.fixture

@@ -12,16 +12,16 @@ from pathlib import Path
 import grpc
 import pytest
 
-from mitosis.executor.redis_store import RedisStore
-from mitosis.executor.retention import (
+from mitosis.executor.store.base import Store
+from mitosis.executor.store.redis import RedisStore
+from mitosis.executor.store.retention import (
     DEFAULT_RETAIN,
     Retention,
     add_retention_arguments,
     parse_retention,
     task_folder,
 )
-from mitosis.executor.sqlite_store import SqliteStore
-from mitosis.executor.store import Store
+from mitosis.executor.store.sqlite import SqliteStore
 from mitosis.v1 import task_pb2, task_service_pb2
 from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
 

@@ -8,54 +8,22 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from google.protobuf import struct_pb2
 
 from mitosis.errors import FailedPrecondition
-from mitosis.executor.eventlog import EventLog
-from mitosis.executor.hub import EventHub
-from mitosis.executor.planned_agent import PlannedToolAgent
-from mitosis.executor.planner_client import PlanError
-from mitosis.executor.runner import RunnerConfig, TaskRunner
-from mitosis.executor.sqlite_store import SqliteStore
-from mitosis.executor.watch import watch_batches
+from mitosis.executor.events.hub import EventHub
+from mitosis.executor.events.log import EventLog
+from mitosis.executor.events.watch import watch_batches
+from mitosis.executor.running.planned_agent import PlannedToolAgent
+from mitosis.executor.running.runner import RunnerConfig, TaskRunner
+from mitosis.executor.store.sqlite import SqliteStore
 from mitosis.models.offline import OfflineModel
 from mitosis.v1 import plan_pb2, task_pb2
+from tests.support.planning import ScriptedPlanner, python_step
 from tests.support.sandbox import processes_with
 from tests.support.watch import flat
 
 Task = task_pb2.Task
 Step = task_pb2.Step
-
-
-class ScriptedPlanner:
-    """Gives the same plan for every task, or fails."""
-
-    def __init__(
-        self, *steps: plan_pb2.PlanStep, error: str = "", revision: plan_pb2.Plan | None = None
-    ) -> None:
-        self.plan = plan_pb2.Plan(steps=steps, model="scripted", summary="A scripted plan.")
-        self.error = error
-        self.revision = revision or plan_pb2.Plan()
-        self.revisions: list[tuple[int, str]] = []
-
-    async def create_plan(self, task_text: str) -> plan_pb2.Plan:
-        if self.error:
-            raise PlanError(self.error)
-        return self.plan
-
-    async def revise_plan(
-        self, task_text: str, plan: plan_pb2.Plan, failed_step_index: int, failure: str
-    ) -> plan_pb2.Plan:
-        self.revisions.append((failed_step_index, failure))
-        if not self.revision.steps:
-            raise PlanError("the scripted planner has no revision")
-        return self.revision
-
-
-def python_step(code: str, title: str = "Run a script") -> plan_pb2.PlanStep:
-    arguments = struct_pb2.Struct()
-    arguments.update({"code": code})
-    return plan_pb2.PlanStep(title=title, tool="python", rationale="r", arguments=arguments)
 
 
 @pytest.fixture

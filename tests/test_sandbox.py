@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from mitosis.executor.sandbox import (
+from mitosis.executor.tools.builtin import run_python
+from mitosis.executor.tools.sandbox.confine import (
     Sandbox,
     SandboxConfig,
     SandboxLimits,
@@ -28,8 +29,8 @@ from mitosis.executor.sandbox import (
     mount_plan,
     processes_of,
 )
-from mitosis.executor.tools import ToolError, run_python
-from mitosis.executor.workspace import Workspace
+from mitosis.executor.tools.workspace import Workspace
+from mitosis.tool_errors import ToolError
 from mitosis.v1 import task_pb2
 from tests.support.sandbox import processes_with, script, sleeper, uid_base, until_gone
 
@@ -412,9 +413,9 @@ async def test_concurrent_runs_have_their_own_uids_and_process_budgets(
 EXECUTOR = """
 import asyncio, sys
 from pathlib import Path
-from mitosis.executor.sandbox import Sandbox, SandboxConfig
-from mitosis.executor.tools import run_python
-from mitosis.executor.workspace import Workspace
+from mitosis.executor.tools.sandbox.confine import Sandbox, SandboxConfig
+from mitosis.executor.tools.builtin import run_python
+from mitosis.executor.tools.workspace import Workspace
 
 async def show(source, text):
     print(text, flush=True)

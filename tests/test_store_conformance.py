@@ -1,6 +1,6 @@
 """One suite for the `Store` interface, run against SQLite and Redis alike.
 
-Redis tests start their own `redis-server` on a free port (tests/redis_server.py); the
+Redis tests start their own `redis-server` on a free port (tests/support/redis_server.py); the
 shared server gives each test its own key prefix, and tests that stop Redis get a server
 of their own.
 """
@@ -11,7 +11,7 @@ import asyncio
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +21,17 @@ from google.protobuf import struct_pb2
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from mitosis.executor.redis_store import LogCorrupted, RedisStore, TaskExists
-from mitosis.executor.sqlite_store import PURGE_CHUNK, SqliteStore
-from mitosis.executor.store import Expect, LeaseLost, Refused, Store, StoreUnavailable, TaskEnded
-from mitosis.executor.stores import open_store
+from mitosis.executor.store.base import (
+    Expect,
+    LeaseLost,
+    Refused,
+    Store,
+    StoreUnavailable,
+    TaskEnded,
+)
+from mitosis.executor.store.opening import open_store
+from mitosis.executor.store.redis import LogCorrupted, RedisStore, TaskExists
+from mitosis.executor.store.sqlite import PURGE_CHUNK, SqliteStore
 from mitosis.projection import apply_event
 from mitosis.v1 import task_pb2
 from tests.support.redis_server import RedisServer, running_redis
@@ -42,13 +49,6 @@ class Backend:
     store: Store
     open_another: Callable[[], Awaitable[Store]]
     opened: list[Store] = field(default_factory=list)
-
-
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """One redis-server for the whole session; tests keep apart by key prefix."""
-    with running_redis(tmp_path_factory.mktemp("redis")) as server:
-        yield server
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -15,7 +15,7 @@ import pytest
 from mitosis.client import AsyncClient
 from mitosis.executor.server import Executor
 from mitosis.gateway import GatewaySettings
-from mitosis.tls import TlsConfigError, channel_credentials
+from mitosis.rpc.tls import TlsConfigError, channel_credentials
 from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 from scripts.run import tls_from
 from tests.certs import TestAuthority

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mitosis.executor.tools import MAX_LINE_CHARS, ToolError, list_files, read_file, run_python
-from mitosis.executor.workspace import HIDDEN_DIR, Workspace
+from mitosis.executor.tools.builtin import MAX_LINE_CHARS, list_files, read_file, run_python
+from mitosis.executor.tools.workspace import HIDDEN_DIR, Workspace
+from mitosis.tool_errors import ToolError
 from mitosis.v1 import task_pb2
 from tests.support.sandbox import processes_with, script, sleeper
 

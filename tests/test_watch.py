@@ -11,11 +11,16 @@ from typing import Any
 import pytest
 
 from mitosis.errors import InvalidArgument, NotFound, OutOfRange
-from mitosis.executor.encoded import EncodedEvent, watch_response
-from mitosis.executor.eventlog import EventLog
-from mitosis.executor.hub import EventHub
-from mitosis.executor.sqlite_store import SqliteStore
-from mitosis.executor.watch import MAX_MESSAGE_BYTES, MAX_MESSAGE_EVENTS, split, watch_batches
+from mitosis.executor.events.hub import EventHub
+from mitosis.executor.events.log import EventLog
+from mitosis.executor.events.watch import (
+    MAX_MESSAGE_BYTES,
+    MAX_MESSAGE_EVENTS,
+    split,
+    watch_batches,
+)
+from mitosis.executor.store.encoded import EncodedEvent, watch_response
+from mitosis.executor.store.sqlite import SqliteStore
 from mitosis.v1 import task_pb2, task_service_pb2
 from tests.support.watch import flat
 

@@ -15,12 +15,12 @@ from urllib.parse import parse_qs, urlsplit
 import grpc
 import pytest
 
-from mitosis.executor.fetch import FetchSettings, IPAddress, fetch_page, public_only
 from mitosis.executor.server import Executor, parse_args, start_executor
-from mitosis.executor.tools import ToolError
-from mitosis.executor.web_search import SearchSettings, format_results, web_search
+from mitosis.executor.tools.fetch import FetchSettings, IPAddress, fetch_page, public_only
+from mitosis.executor.tools.web_search import SearchSettings, format_results, web_search
 from mitosis.planner.server import parse_args as parse_planner_args
 from mitosis.planner.server import start_planner
+from mitosis.tool_errors import ToolError
 from mitosis.v1 import task_pb2, task_service_pb2
 from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
 from tests.fake_openai import Call, FakeOpenAI, Text, ToolCalls, plan_reply, plan_step

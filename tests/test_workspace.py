@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mitosis.executor.workspace import HIDDEN_DIR, FileStamp, PathEscapeError, Workspace
+from mitosis.executor.tools.workspace import HIDDEN_DIR, FileStamp, Workspace
+from mitosis.tool_errors import PathEscapeError
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ The one list every part reads: the planner's schema and prompt (which tools a pl
 name, with which arguments), the step agent (the functions it offers a model), the executor
 (which calls it dispatches, and the tool names a task shows), and the metrics (their labels).
 Pure data with no imports from the executor, so models may import it. Tools from MCP servers
-are added at run time as more `ToolSpec`s (`mitosis.executor.mcp_tools`).
+are added at run time as more `ToolSpec`s (`mitosis.executor.tools.mcp`).
 """
 
 from __future__ import annotations

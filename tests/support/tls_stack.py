@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from mitosis.auth import key_line
 from mitosis.executor.server import Executor, parse_args, start_executor
 from mitosis.planner.server import Planner, start_planner
 from mitosis.planner.server import parse_args as parse_planner_args
+from mitosis.rpc.auth import key_line
 from tests.certs import TestAuthority
 from tests.gateway import Gateway, start_gateway_async
 from tests.support.executors import StartExecutor

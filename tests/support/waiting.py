@@ -20,7 +20,7 @@ INTERVAL_S = 0.05
 
 
 async def eventually(
-    condition: Callable[[], T | None | Awaitable[T | None]],
+    condition: Callable[[], T | Awaitable[T | None] | None],
     *,
     timeout: float = TIMEOUT_S,  # noqa: ASYNC109 (a deadline over many calls, not one await)
     interval: float = INTERVAL_S,

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from mitosis.executor.encoded import EncodedEvent
+from mitosis.executor.store.encoded import EncodedEvent
 from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 
 WatchCall = grpc.aio.UnaryStreamCall[

@@ -10,39 +10,44 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mitosis.auth import ApiKeyInterceptor, KeysFileError, add_key_arguments, load_keys
-from mitosis.executor.eventlog import EventLog
-from mitosis.executor.hub import EventHub
-from mitosis.executor.mcp_tools import ToolsConfigError, load_tools_config
-from mitosis.executor.planned_agent import PlannedToolAgent
-from mitosis.executor.planner_client import PlannerClient
-from mitosis.executor.quotas import Limits
-from mitosis.executor.redis_feed import RedisFeed
-from mitosis.executor.redis_store import RedisStore
-from mitosis.executor.retention import Retention, add_retention_arguments
-from mitosis.executor.runner import RunnerConfig, TaskRunner
-from mitosis.executor.sandbox import SandboxUnavailable
+from mitosis.executor.events.hub import EventHub
+from mitosis.executor.events.live_feed import RedisFeed
+from mitosis.executor.events.log import EventLog
+from mitosis.executor.health import HealthProbe, planner_check, store_check
+from mitosis.executor.metrics import ExecutorMetrics
+from mitosis.executor.running.planned_agent import PlannedToolAgent
+from mitosis.executor.running.planner_client import PlannerClient
+from mitosis.executor.running.quotas import Limits
+from mitosis.executor.running.runner import RunnerConfig, TaskRunner
 from mitosis.executor.servicer import TaskServicer, add_task_service
-from mitosis.executor.store import Store, StoreUnavailable
-from mitosis.executor.stores import open_store
+from mitosis.executor.store.base import Store, StoreUnavailable
+from mitosis.executor.store.opening import open_store
+from mitosis.executor.store.redis import RedisStore
+from mitosis.executor.store.retention import Retention, add_retention_arguments
 from mitosis.executor.tasks import Tasks
-from mitosis.executor.tool_catalogue import ExecutorTools
-from mitosis.executor.web_search import PROVIDERS, SearchSettings, search_settings
-from mitosis.health_probe import HealthProbe, planner_check, store_check
-from mitosis.logs import (
+from mitosis.executor.tools.catalogue import ExecutorTools
+from mitosis.executor.tools.mcp import ToolsConfigError, load_tools_config
+from mitosis.executor.tools.sandbox.confine import SandboxUnavailable
+from mitosis.executor.tools.web_search import PROVIDERS, SearchSettings, search_settings
+from mitosis.models.base import StepAgent
+from mitosis.models.choice import OPENAI, add_model_arguments, openai_settings
+from mitosis.models.offline import OfflineModel
+from mitosis.models.openai_model import OpenAIModel
+from mitosis.rpc.auth import ApiKeyInterceptor, KeysFileError, add_key_arguments, load_keys
+from mitosis.rpc.logs import (
     RequestIdInterceptor,
     TaskEventLines,
     add_logging_arguments,
     configure_logging,
 )
-from mitosis.metrics import ExecutorMetrics
-from mitosis.metrics_server import MetricsServer, add_metrics_arguments, start_metrics_server
-from mitosis.models.base import StepAgent
-from mitosis.models.choice import OPENAI, add_model_arguments, openai_settings
-from mitosis.models.offline import OfflineModel
-from mitosis.models.openai_model import OpenAIModel
-from mitosis.serving import Serving, serve_until_signalled
-from mitosis.tls import TlsConfigError, add_tls_arguments, channel_credentials, server_credentials
+from mitosis.rpc.metrics_server import MetricsServer, add_metrics_arguments, start_metrics_server
+from mitosis.rpc.serving import Serving, serve_until_signalled
+from mitosis.rpc.tls import (
+    TlsConfigError,
+    add_tls_arguments,
+    channel_credentials,
+    server_credentials,
+)
 from mitosis.v1 import planner_service_pb2, task_service_pb2
 
 logger = logging.getLogger("mitosis.executor")

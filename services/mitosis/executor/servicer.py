@@ -1,6 +1,6 @@
 """TaskService on the wire: translates messages and the calling key to Tasks calls.
 
-A MitosisError raised below becomes its status in mitosis.handlers.ErrorStatusInterceptor.
+A MitosisError raised below becomes its status in mitosis.rpc.interceptors.ErrorStatusInterceptor.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from typing import Any
 
 import grpc
 
-from mitosis.auth import current_caller
-from mitosis.executor.encoded import serialize_watch_response, watch_response
+from mitosis.executor.store.encoded import serialize_watch_response, watch_response
 from mitosis.executor.tasks import Tasks
+from mitosis.rpc.auth import current_caller
 from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 
 Context = grpc.aio.ServicerContext[object, object]

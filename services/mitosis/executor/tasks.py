@@ -20,11 +20,11 @@ from mitosis.errors import (
     OutOfRange,
     ResourceExhausted,
 )
-from mitosis.executor.eventlog import EventLog
-from mitosis.executor.quotas import CreationGate, Limits, WatcherCount
-from mitosis.executor.runner import TaskRunner
-from mitosis.executor.watch import Batch, check_max_wait, watch_batches
-from mitosis.executor.workspace import PathEscapeError
+from mitosis.executor.events.log import EventLog
+from mitosis.executor.events.watch import Batch, check_max_wait, watch_batches
+from mitosis.executor.running.quotas import CreationGate, Limits, WatcherCount
+from mitosis.executor.running.runner import TaskRunner
+from mitosis.tool_errors import PathEscapeError
 from mitosis.v1 import plan_pb2, task_pb2
 from mitosis.validation import shown, validate_plan, validate_task_text
 

@@ -29,8 +29,6 @@ from openai.types.chat import (
 from openai.types.shared_params import ResponseFormatJSONSchema
 
 from mitosis.errors import MitosisError
-from mitosis.executor.tools import ToolError
-from mitosis.executor.workspace import PathEscapeError
 from mitosis.models.base import (
     BadToolCall,
     ModelUsage,
@@ -63,6 +61,7 @@ from mitosis.models.plan_schema import (
     parse_plan_answer,
     plan_as_json,
 )
+from mitosis.tool_errors import PathEscapeError, ToolError
 from mitosis.tool_specs import PLAN_TOOLS, WRITE_DOCUMENT, ToolSpec, WebSource
 from mitosis.v1 import plan_pb2
 

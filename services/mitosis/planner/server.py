@@ -9,17 +9,17 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from mitosis.auth import ApiKeyInterceptor, KeysFileError, add_key_arguments, load_keys
-from mitosis.logs import RequestIdInterceptor, add_logging_arguments, configure_logging
-from mitosis.metrics import PlannerMetrics
-from mitosis.metrics_server import MetricsServer, add_metrics_arguments, start_metrics_server
 from mitosis.models.base import PlanningModel
 from mitosis.models.choice import OPENAI, add_model_arguments, openai_settings
 from mitosis.models.offline import OfflineModel
 from mitosis.models.openai_model import OpenAIModel
+from mitosis.planner.metrics import PlannerMetrics
 from mitosis.planner.servicer import PlannerServicer
-from mitosis.serving import Serving, serve_until_signalled
-from mitosis.tls import TlsConfigError, add_tls_arguments, server_credentials
+from mitosis.rpc.auth import ApiKeyInterceptor, KeysFileError, add_key_arguments, load_keys
+from mitosis.rpc.logs import RequestIdInterceptor, add_logging_arguments, configure_logging
+from mitosis.rpc.metrics_server import MetricsServer, add_metrics_arguments, start_metrics_server
+from mitosis.rpc.serving import Serving, serve_until_signalled
+from mitosis.rpc.tls import TlsConfigError, add_tls_arguments, server_credentials
 from mitosis.v1 import planner_service_pb2, planner_service_pb2_grpc
 
 logger = logging.getLogger("mitosis.planner")

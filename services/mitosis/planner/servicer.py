@@ -1,6 +1,6 @@
 """PlannerService on the wire: validates requests and asks the planning model.
 
-A MitosisError raised below becomes its status in mitosis.handlers.ErrorStatusInterceptor.
+A MitosisError raised below becomes its status in mitosis.rpc.interceptors.ErrorStatusInterceptor.
 """
 
 from __future__ import annotations
