@@ -40,7 +40,7 @@ TASKS = [
     "word " * 500,
     HOSTILE,
 ]
-SAFE_FILE = re.compile(r"(?:[a-z0-9-]+/)?[a-z0-9][a-z0-9_-]*\.(?:md|json)")
+SAFE_FILE = re.compile(r"(?:[a-z0-9-]+/)?[a-z0-9][a-z0-9_-]*\.(?:md|json|py)")
 
 
 def argument_dict(step: plan_pb2.PlanStep) -> dict[str, object]:
@@ -218,10 +218,102 @@ async def test_plan_follows_the_kind_of_task(
         assert companion in names
 
 
-async def test_compute_task_runs_a_second_python_step(model: OfflineModel) -> None:
+async def test_compute_task_writes_a_program_runs_it_and_computes_figures(
+    model: OfflineModel,
+) -> None:
     plan = await model.create_plan("Write a Python script that computes compound interest on 1000")
-    assert [step.tool for step in plan.steps].count("python") == 2
+    assert [step.title for step in plan.steps] == [
+        "Extract the key terms",
+        "Write the program",
+        "Run the program",
+        "Work through the numbers",
+        "Draft the script write-up",
+        "Review the figures",
+    ]
     assert argument_dict(plan.steps[-1]) == {"path": "notes/figures.json"}
+    assert "compound_interest.py" in plan.summary
+
+
+def run_plan_python(plan: plan_pb2.Plan, workspace: Path) -> list[str]:
+    """Run the plan's python steps in order in `workspace`; return each one's stdout."""
+    outputs = []
+    for step in steps_using(plan, "python"):
+        result = run_code(str(argument_dict(step)["code"]), workspace)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == ""
+        outputs.append(result.stdout)
+    return outputs
+
+
+async def test_a_task_asking_for_code_delivers_a_runnable_py_file_that_a_step_runs(
+    model: OfflineModel, tmp_path: Path
+) -> None:
+    plan = await model.create_plan("Write a Python script that computes prime numbers")
+    outputs = run_plan_python(plan, tmp_path)
+
+    program = tmp_path / "primes.py"
+    assert outputs[1].splitlines() == [
+        "Wrote primes.py: 33 lines of Python.",
+        "Run it with: python primes.py",
+    ]
+    run = outputs[2].splitlines()
+    assert run[:3] == [
+        "$ python primes.py",
+        "25 prime numbers up to 100:",
+        "  2 3 5 7 11 13 17 19 23 29",
+    ]
+    # The delivered file runs on its own, and takes a limit on the command line.
+    alone = subprocess.run(
+        [sys.executable, "-I", str(program), "10"], capture_output=True, text=True, check=True
+    )
+    assert alone.stdout == "4 prime numbers up to 10:\n  2 3 5 7\n"
+
+
+@pytest.mark.parametrize(
+    ("task", "file_name", "first_output"),
+    [
+        (
+            "Write a script that prints the first 10 Fibonacci numbers",
+            "fibonacci.py",
+            "The first 10 Fibonacci numbers:",
+        ),
+        (
+            "Write code to calculate the factorial of 12",
+            "factorials.py",
+            "Factorials from 0! to 12!:",
+        ),
+        (
+            "Write a Python script that computes compound interest on 1000 at 5% for 10 years",
+            "compound_interest.py",
+            "1,000.00 at 5% a year, compounded yearly, for 10 years:",
+        ),
+        (
+            "Write a Python script that averages 3, 4 and 11",
+            "number_summary.py",
+            "Summary of 3 numbers:",
+        ),
+    ],
+)
+async def test_each_program_takes_the_task_numbers_as_its_defaults(
+    model: OfflineModel, tmp_path: Path, task: str, file_name: str, first_output: str
+) -> None:
+    plan = await model.create_plan(task)
+    outputs = run_plan_python(plan, tmp_path)
+    assert (tmp_path / file_name).is_file()
+    assert outputs[2].splitlines()[:2] == [f"$ python {file_name}", first_output]
+
+
+async def test_figures_of_a_task_without_numbers_say_why_they_are_empty(
+    model: OfflineModel, tmp_path: Path
+) -> None:
+    plan = await model.create_plan("Write a Python script that computes prime numbers")
+    outputs = run_plan_python(plan, tmp_path)
+    figures = json.loads((tmp_path / "notes" / "figures.json").read_text(encoding="utf-8"))
+    assert figures["count"] == 0
+    assert figures["note"] == "the task states no numbers, so there is nothing to compute"
+    assert outputs[3].splitlines()[0] == (
+        "No figures: the task states no numbers, so there is nothing to compute."
+    )
 
 
 async def test_generic_task_has_no_companion(model: OfflineModel) -> None:
@@ -271,8 +363,10 @@ async def test_python_steps_run_inside_the_workspace(
     assert names_in(tmp_path) == ["workspace"]
     produced = all_files(workspace)
     assert "notes/key_terms.json" in produced
-    assert produced <= {"notes/key_terms.json", "notes/figures.json"}
-    for name in produced:
+    programs = {name for name in produced if name.endswith(".py")}
+    assert produced - programs <= {"notes/key_terms.json", "notes/figures.json"}
+    assert len(programs) == (1 if "script" in task else 0)
+    for name in produced - programs:
         record = json.loads((workspace / name).read_text(encoding="utf-8"))
         assert record["task"] == task
 
@@ -384,8 +478,12 @@ async def test_comparison_table_has_a_column_per_option(model: OfflineModel) -> 
 async def test_outline_lists_the_main_sections(model: OfflineModel, task: str) -> None:
     plan = await model.create_plan(task)
     outline_step = next(
-        step for step in plan.steps if argument_dict(step).get("file_name") == "outline.md"
+        (step for step in plan.steps if argument_dict(step).get("file_name") == "outline.md"),
+        None,
     )
+    if outline_step is None:  # a task that asks for code gets a program instead
+        assert "Write the program" in [step.title for step in plan.steps]
+        return
     outline = await document_of(model, task, outline_step)
     main = await document_of(model, task, main_step(plan))
     listed = re.findall(r"^\d+\. \*\*(.+?)\*\* - ", outline, flags=re.MULTILINE)
@@ -490,12 +588,7 @@ async def test_revise_plan_drops_python_steps_and_reads_of_their_output(
     task = "Write a Python script that computes compound interest on 1000"
     plan = await model.create_plan(task)
     revised = await model.revise_plan(task, plan, 0, FAILURE)
-    assert [step.tool for step in revised.steps] == [
-        "write_document",
-        "write_document",
-        "write_document",
-        "list_files",
-    ]
+    assert [step.tool for step in revised.steps] == ["write_document", "write_document"]
 
 
 async def test_revision_document_fences_the_failure(model: OfflineModel) -> None:

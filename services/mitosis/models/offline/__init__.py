@@ -18,6 +18,7 @@ from importlib import resources
 
 from mitosis.models.offline import scripts
 from mitosis.v1 import plan_pb2
+from mitosis.words import counted
 
 MODEL_NAME = "offline"
 
@@ -161,6 +162,10 @@ class _Profile:
     options: tuple[str, ...]
     main_file: str
     main_title: str
+    program: str = ""
+    """For a compute task: the program it delivers (a module of `scripts/`), else empty."""
+    program_file: str = ""
+    """Where that program is saved in the workspace, a runnable `.py` file."""
 
 
 @dataclass(frozen=True)
@@ -209,7 +214,7 @@ class OfflineModel:
         if not 0 <= failed_step_index < len(plan.steps):
             raise ValueError(
                 f"failed_step_index {failed_step_index} is outside the plan's "
-                f"{len(plan.steps)} steps"
+                f"{counted(len(plan.steps), 'step')}"
             )
         failed = plan.steps[failed_step_index]
         note = _revision_note_step(failed_step_index, failed, failure)
@@ -249,6 +254,8 @@ def _profile(task_text: str) -> _Profile:
     subject_title = _title_case(words) or "Task"
     slug = _slug(words, 40) or "task"
     main_file = f"{slug}-{_slug(deliverable.split(), 20) or 'document'}.md"
+    program = _program(lowered) if kind == "compute" else ""
+    program_file = _program_file(program) if program else ""
     return _Profile(
         task_text=task_text,
         kind=kind,
@@ -260,7 +267,53 @@ def _profile(task_text: str) -> _Profile:
         options=_options(subject_tokens) if kind == "comparison" else (),
         main_file=main_file,
         main_title=_main_title(subject_title, deliverable, words),
+        program=program,
+        program_file=program_file,
     )
+
+
+# Programs a compute task delivers, by a word of the task; any other gets number_summary.
+_PROGRAMS = {
+    "prime": "primes",
+    "primes": "primes",
+    "fibonacci": "fibonacci",
+    "factorial": "factorials",
+    "factorials": "factorials",
+    "interest": "compound_interest",
+}
+_PROGRAM_DEFAULTS = {"primes": 100, "fibonacci": 20, "factorials": 10}
+_PROGRAM_LIMITS = {"primes": 1_000_000, "fibonacci": 1000, "factorials": 200}
+
+
+def _program(lowered: Sequence[str]) -> str:
+    return next((_PROGRAMS[word] for word in lowered if word in _PROGRAMS), "number_summary")
+
+
+def _program_file(program: str) -> str:
+    """Return where the program is saved: its own name, a module name people can import."""
+    return f"{program}.py"
+
+
+def _program_source(profile: _Profile) -> str:
+    """Return the program's source with the task's numbers as its defaults."""
+    numbers = [float(text) for text in _numbers(profile.task_text)]
+    finite = [number for number in numbers if abs(number) != float("inf")]
+    if profile.program == "number_summary":
+        return script_code("number_summary", NUMBERS=tuple(finite))
+    if profile.program == "compound_interest":
+        # The task's numbers in the order people state them: "1000 at 5% for 10 years".
+        stated = finite[:3]
+        principal, rate, years = [*stated, *(1000.0, 5.0, 10.0)[len(stated) :]]
+        whole_years = int(years) if 0 < years <= 200 and years.is_integer() else 10
+        return script_code(
+            "compound_interest", PRINCIPAL=principal, RATE_PERCENT=rate, YEARS=whole_years
+        )
+    name = {"primes": "LIMIT", "fibonacci": "COUNT", "factorials": "LIMIT"}[profile.program]
+    wanted = [
+        int(n) for n in numbers if n.is_integer() and 0 < n <= _PROGRAM_LIMITS[profile.program]
+    ]
+    value = wanted[0] if wanted else _PROGRAM_DEFAULTS[profile.program]
+    return script_code(profile.program, **{name: value})
 
 
 def _tokens(task_text: str) -> list[str]:
@@ -478,12 +531,20 @@ def _numbers(task_text: str) -> list[str]:
 def _step_specs(profile: _Profile) -> list[_StepSpec]:
     middle: list[_StepSpec]
     if profile.kind == "compute":
-        middle = [_outline_step(profile), _figures_step(profile), _main_step(profile)]
-    elif profile.kind == "generic":
+        # The program, run, then the figures and the write-up: six steps, the most a plan has.
+        return [
+            _key_terms_step(profile),
+            _write_program_step(profile),
+            _run_program_step(profile),
+            _figures_step(profile),
+            _main_step(profile),
+            _review_step(profile, FIGURES_FILE),
+        ]
+    if profile.kind == "generic":
         middle = [_outline_step(profile), _main_step(profile)]
     else:
         middle = [_outline_step(profile), _main_step(profile), _companion_step(profile)]
-    review = FIGURES_FILE if profile.kind == "compute" else profile.main_file
+    review = profile.main_file
     return [_key_terms_step(profile), *middle, _list_files_step(), _review_step(profile, review)]
 
 
@@ -511,6 +572,33 @@ def _key_terms_step(profile: _Profile) -> _StepSpec:
     )
 
 
+def _write_program_step(profile: _Profile) -> _StepSpec:
+    return _StepSpec(
+        title="Write the program",
+        tool="python",
+        rationale="The task asks for code: a runnable file is the deliverable, not a description.",
+        instructions=(
+            f"Run the script: it saves the program as {profile.program_file} in the workspace "
+            "and checks that it parses."
+        ),
+        arguments={
+            "code": script_code(
+                "write_program", PATH=profile.program_file, SOURCE=_program_source(profile)
+            )
+        },
+    )
+
+
+def _run_program_step(profile: _Profile) -> _StepSpec:
+    return _StepSpec(
+        title="Run the program",
+        tool="python",
+        rationale="Running the delivered file shows that it works and what it prints.",
+        instructions=f"Run {profile.program_file} as `python {profile.program_file}` would.",
+        arguments={"code": script_code("run_program", PATH=profile.program_file)},
+    )
+
+
 def _figures_step(profile: _Profile) -> _StepSpec:
     return _StepSpec(
         title="Work through the numbers",
@@ -518,7 +606,8 @@ def _figures_step(profile: _Profile) -> _StepSpec:
         rationale="Arithmetic belongs in code, where it is exact and can be re-run and checked.",
         instructions=(
             "Run the script: it collects the numbers the task states, computes their count, sum, "
-            f"mean, median, minimum and maximum, prints them and saves {FIGURES_FILE}."
+            f"mean, median, minimum and maximum, prints them and saves {FIGURES_FILE} (which "
+            "says so in its note when the task states no numbers)."
         ),
         arguments={"code": _figures_code(profile)},
     )
@@ -604,6 +693,14 @@ def _review_step(profile: _Profile, path: str) -> _StepSpec:
 
 def _plan_summary(profile: _Profile, specs: Sequence[_StepSpec]) -> str:
     documents = [spec.arguments["file_name"] for spec in specs if spec.tool == "write_document"]
+    if profile.kind == "compute":
+        return (
+            f"The offline model reads this task as {_KIND_LABELS[profile.kind]} on "
+            f"{profile.subject}. A short Python script first extracts the task's key terms into "
+            f"{KEY_TERMS_FILE}; the plan then saves the program as {profile.program_file} and runs "
+            f"it, computes the task's figures into {FIGURES_FILE}, writes {_and_list(documents)} "
+            "to explain them, and ends by reading the figures back."
+        )
     return (
         f"The offline model reads this task as {_KIND_LABELS[profile.kind]} on {profile.subject}. "
         f"A short Python script first extracts the task's key terms into {KEY_TERMS_FILE}; the "
@@ -669,7 +766,8 @@ def _revision_summary(
         f'Step {failed_step_index + 1} ("{failed.title}") failed: {_failure_headline(failure)} '
         "The revised plan "
         f"records the failure in {_revision_file(failed_step_index)} and continues with {kept} "
-        "remaining step(s) that do not depend on the failed step's output."
+        f"remaining {'step' if kept == 1 else 'steps'} that do not depend on the failed step's"
+        " output."
     )
 
 
@@ -816,6 +914,11 @@ def _and_list(items: Sequence[str]) -> str:
     return f"{', '.join(items[:-1])} and {items[-1]}"
 
 
+def _article(noun: str) -> str:
+    """Return the noun with "a" or "an" before it, as it is said ("an overview", "a guide")."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
 def _terms_phrase(profile: _Profile) -> str:
     terms = [term for term, _count in profile.key_terms[:4]]
     return _and_list(terms) if terms else "the words of the task itself"
@@ -832,7 +935,7 @@ def _task_quote(profile: _Profile) -> str:
 
 def _delivered_files(profile: _Profile) -> list[str]:
     documents = [s.arguments["file_name"] for s in _step_specs(profile) if s.role]
-    extras = [FIGURES_FILE] if profile.kind == "compute" else []
+    extras = [profile.program_file, FIGURES_FILE] if profile.kind == "compute" else []
     return [KEY_TERMS_FILE, *extras, *documents]
 
 
@@ -1254,11 +1357,14 @@ def _compute_approach(profile: _Profile) -> str:
         _numbered(
             [
                 f"extract the key terms into `{KEY_TERMS_FILE}`;",
+                f"save the program as `{profile.program_file}` and run it;",
                 f"collect the numbers the task states and compute summary figures into "
                 f"`{FIGURES_FILE}`;",
                 "explain the method and results in this document, and read the figures back.",
             ]
         ),
+        f"The program runs on its own: `python {profile.program_file}` prints its results, and "
+        "a number on the command line replaces the default it takes from the task.",
         "Reading the saved figures back is a one-line program:",
         "```python\nimport json\nfrom pathlib import Path\n\n"
         f'figures = json.loads(Path("{FIGURES_FILE}").read_text(encoding="utf-8"))\n'
@@ -1270,9 +1376,9 @@ def _compute_inputs(profile: _Profile) -> str:
     numbers = _numbers(profile.task_text)
     if not numbers:
         return (
-            "The task states no numbers, so the figures step records an empty list and the "
-            "method below is described rather than run on data. Supplying example values is the "
-            "quickest way to make the results concrete."
+            "The task states no numbers, so the figures step records an empty list with a note "
+            "saying so, and the method below is described rather than run on data. Supplying "
+            "example values is the quickest way to make the results concrete."
         )
     rows = [[str(index), f"`{value}`"] for index, value in enumerate(numbers[:12], 1)]
     more = f" (the first 12 of {len(numbers)})" if len(numbers) > 12 else ""
@@ -1300,7 +1406,10 @@ def _compute_results(profile: _Profile) -> str:
     values = [float(text) for text in _numbers(profile.task_text)]
     values = [value for value in values if abs(value) != float("inf")]
     if not values:
-        return f"`{FIGURES_FILE}` records a count of 0; there is nothing to total yet."
+        return (
+            f"`{FIGURES_FILE}` records a count of 0 and a note that the task states no numbers;"
+            " there is nothing to total yet."
+        )
     rows = [
         ["count", str(len(values))],
         ["sum", f"{sum(values):.6g}"],
@@ -1449,7 +1558,7 @@ def _outline_document(profile: _Profile, title: str) -> str:
     return _blocks(
         f"# {title}",
         "## Purpose",
-        f"This outline plans `{profile.main_file}`, a {profile.deliverable} on "
+        f"This outline plans `{profile.main_file}`, {_article(profile.deliverable)} on "
         f"{profile.subject}. It fixes the sections and their order before any prose is "
         "written, so the draft can be checked against it.",
         "## Sections",
@@ -1465,6 +1574,7 @@ def _file_purpose(profile: _Profile, name: str) -> str:
     purposes = {
         KEY_TERMS_FILE: "the task's key terms, counted by a script",
         FIGURES_FILE: "figures computed from the task's numbers",
+        profile.program_file: "the program the task asks for, ready to run",
         OUTLINE_FILE: "this outline",
         profile.main_file: f"the {profile.deliverable} itself",
     }

@@ -14,6 +14,9 @@ NUMBER_PATTERN = r"-?[0-9]+(?:\.[0-9]+)?"
 # end of values
 
 
+NO_NUMBERS = "the task states no numbers, so there is nothing to compute"
+
+
 def finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
@@ -34,9 +37,15 @@ def main() -> None:
         figures["median"] = finite_or_none(statistics.median(numbers))
         figures["min"] = min(numbers)
         figures["max"] = max(numbers)
+    else:
+        # An empty file would look like a failure: say why there is nothing to compute.
+        figures["note"] = NO_NUMBERS
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(figures, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"Numbers in the task: {len(numbers)}")
+    if numbers:
+        print(f"Numbers in the task: {len(numbers)}")
+    else:
+        print(f"No figures: {NO_NUMBERS}.")
     for name in ("sum", "mean", "median", "min", "max"):
         if name in figures:
             print(f"  {name:<8} {figures[name]}")

@@ -48,7 +48,8 @@ def main() -> None:
     }
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"Read the task: {len(words)} words, {len(set(words))} distinct.")
+    noun = "word" if len(words) == 1 else "words"
+    print(f"Read the task: {len(words)} {noun}, {len(set(words))} distinct.")
     print(f"Subject: {SUBJECT}")
     if terms:
         print("Key terms:")
