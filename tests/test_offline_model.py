@@ -16,7 +16,8 @@ from google.protobuf.json_format import MessageToDict
 
 from mitosis.models.base import TOOLS, PlanningModel, WritingModel
 from mitosis.models.offline import OfflineModel
-from mitosis.v1 import plan_pb2
+from mitosis.v1 import plan_pb2, task_pb2, task_service_pb2, task_service_pb2_grpc
+from tests.support.watch import watch_all
 
 MARKET_BRIEF = "Write a short market brief on home solar batteries"
 HOSTILE = (
@@ -604,3 +605,29 @@ async def test_revise_plan_rejects_an_unknown_step(model: OfflineModel) -> None:
     plan = await model.create_plan(MARKET_BRIEF)
     with pytest.raises(ValueError, match="outside"):
         await model.revise_plan(MARKET_BRIEF, plan, len(plan.steps), FAILURE)
+
+
+async def test_a_real_executor_delivers_the_program_and_shows_its_run(
+    stub: task_service_pb2_grpc.TaskServiceStub,
+) -> None:
+    request = task_service_pb2.CreateTaskRequest(
+        text="Write a Python script that computes prime numbers"
+    )
+    task = await stub.CreateTask(request, timeout=10)
+    events = await watch_all(stub, task.task_id)
+    final = await stub.GetTask(task_service_pb2.GetTaskRequest(task_id=task.task_id))
+
+    assert final.state == task_pb2.Task.STATE_SUCCEEDED, final.error
+    assert "primes.py" in [artifact.path for artifact in final.artifacts]
+    logs = [event.log_line.text for event in events if event.HasField("log_line")]
+    assert "$ python primes.py" in logs
+    assert "25 prime numbers up to 100:" in logs
+    assert "No figures: the task states no numbers, so there is nothing to compute." in logs
+    read = task_service_pb2.ReadArtifactRequest(task_id=task.task_id, path="primes.py")
+    source = b"".join([chunk.data async for chunk in stub.ReadArtifact(read)])
+    assert source.startswith(b'"""List the prime numbers up to a limit')
+    figures_request = task_service_pb2.ReadArtifactRequest(
+        task_id=task.task_id, path="notes/figures.json"
+    )
+    figures = json.loads(b"".join([c.data async for c in stub.ReadArtifact(figures_request)]))
+    assert figures["note"] == "the task states no numbers, so there is nothing to compute"
