@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import grpc
 
 from mitosis.rpc.interceptors import Continuation, ServerInterceptor, is_ours, prepared
+from mitosis.rpc.settings import add_setting
 from mitosis.v1 import task_pb2
 
 if TYPE_CHECKING:
@@ -126,18 +127,23 @@ _HANDLER_NAME = "mitosis"
 
 def add_logging_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     """Add --log-level (env MITOSIS_LOG_LEVEL) and --log-format (env MITOSIS_LOG_FORMAT)."""
-    parser.add_argument(
+    add_setting(
+        parser,
         "--log-level",
-        default=env.get("MITOSIS_LOG_LEVEL", "info"),
-        help="debug, info, warning or error (env MITOSIS_LOG_LEVEL; default %(default)s)",
+        "MITOSIS_LOG_LEVEL",
+        env,
+        default="info",
+        help="debug, info, warning or error",
     )
-    parser.add_argument(
+    add_setting(
+        parser,
         "--log-format",
+        "MITOSIS_LOG_FORMAT",
+        env,
         choices=FORMATS,
-        default=env.get("MITOSIS_LOG_FORMAT", "text"),
+        default="text",
         help="text: one readable line per record; json: one JSON object per line with time,"
-        " level, logger, message, task_id, request_id and exc_info (env MITOSIS_LOG_FORMAT;"
-        " default %(default)s)",
+        " level, logger, message, task_id, request_id and exc_info",
     )
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from mitosis.rpc.settings import add_setting
+
 logger = logging.getLogger(__name__)
 
 Refresh = Callable[[], Awaitable[None]]
@@ -35,13 +37,17 @@ def add_metrics_arguments(
     parser: argparse.ArgumentParser, env: Mapping[str, str], example_port: int
 ) -> None:
     """Add --metrics-listen (env MITOSIS_METRICS_LISTEN); off unless given."""
-    parser.add_argument(
+    add_setting(
+        parser,
         "--metrics-listen",
-        default=env.get("MITOSIS_METRICS_LISTEN", ""),
+        "MITOSIS_METRICS_LISTEN",
+        env,
+        default="",
+        default_text="off",
         metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics, for example"
-        f" 127.0.0.1:{example_port} (env MITOSIS_METRICS_LISTEN; default: off). The endpoint"
-        " has no authentication: keep it on loopback or a private network",
+        f" 127.0.0.1:{example_port}; the endpoint has no authentication: keep it on loopback"
+        " or a private network",
     )
 
 

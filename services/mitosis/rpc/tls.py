@@ -8,6 +8,8 @@ from pathlib import Path
 
 import grpc
 
+from mitosis.rpc.settings import add_setting
+
 
 class TlsConfigError(ValueError):
     """The TLS files given cannot be used together; the message says why."""
@@ -15,28 +17,30 @@ class TlsConfigError(ValueError):
 
 def add_tls_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     """Add --tls-cert, --tls-key and --tls-client-ca (env MITOSIS_TLS_CERT and so on)."""
-
-    def path(name: str) -> Path | None:
-        return Path(env[name]) if env.get(name) else None
-
-    parser.add_argument(
+    add_setting(
+        parser,
         "--tls-cert",
+        "MITOSIS_TLS_CERT",
+        env,
         type=Path,
-        default=path("MITOSIS_TLS_CERT"),
-        help="serve TLS with this PEM certificate chain (env MITOSIS_TLS_CERT; needs --tls-key)",
+        default_text="none: plain text",
+        help="serve TLS with this PEM certificate chain (needs --tls-key)",
     )
-    parser.add_argument(
+    add_setting(
+        parser,
         "--tls-key",
+        "MITOSIS_TLS_KEY",
+        env,
         type=Path,
-        default=path("MITOSIS_TLS_KEY"),
-        help="the PEM private key of --tls-cert (env MITOSIS_TLS_KEY)",
+        help="the PEM private key of --tls-cert",
     )
-    parser.add_argument(
+    add_setting(
+        parser,
         "--tls-client-ca",
+        "MITOSIS_TLS_CLIENT_CA",
+        env,
         type=Path,
-        default=path("MITOSIS_TLS_CLIENT_CA"),
-        help="require client certificates signed by this PEM CA: mutual TLS"
-        " (env MITOSIS_TLS_CLIENT_CA)",
+        help="require client certificates signed by this PEM CA: mutual TLS",
     )
 
 
