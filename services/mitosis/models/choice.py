@@ -6,53 +6,75 @@ import argparse
 from collections.abc import Mapping
 
 from mitosis.models.openai_wire import DEFAULT_MODEL, OpenAISettings
+from mitosis.rpc.settings import EnvironmentOnly, add_setting
 
 OFFLINE = "offline"
 OPENAI = "openai"
 
 
+OPENAI_API_KEY = EnvironmentOnly(
+    "OPENAI_API_KEY",
+    "the OpenAI-compatible endpoint's key (any text for Ollama); with it the"
+    " model is openai unless MITOSIS_MODEL says otherwise",
+)
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     """Add --model and the OpenAI-compatible endpoint's settings to a service's flags."""
-    default = env.get("MITOSIS_MODEL") or (OPENAI if env.get("OPENAI_API_KEY") else OFFLINE)
-    plan_model = env.get("MITOSIS_PLAN_MODEL") or DEFAULT_MODEL
     group = parser.add_argument_group("model")
-    group.add_argument(
+    add_setting(
+        group,
         "--model",
+        "MITOSIS_MODEL",
+        env,
         choices=[OFFLINE, OPENAI],
-        default=default,
-        help="offline: deterministic, no network, no key; openai: any OpenAI-compatible"
-        " endpoint (env MITOSIS_MODEL; default: openai when OPENAI_API_KEY is set, else"
-        " offline; now %(default)s)",
+        default=OPENAI if env.get("OPENAI_API_KEY") else OFFLINE,
+        default_text="openai when OPENAI_API_KEY is set, else offline",
+        help="offline: deterministic, no network, no key; openai: any OpenAI-compatible endpoint",
     )
-    group.add_argument(
+    add_setting(
+        group,
         "--plan-model",
-        default=plan_model,
-        help="model name for planning (env MITOSIS_PLAN_MODEL; default %(default)s)",
+        "MITOSIS_PLAN_MODEL",
+        env,
+        default=DEFAULT_MODEL,
+        help="model name for planning",
     )
-    group.add_argument(
+    add_setting(
+        group,
         "--step-model",
-        default=env.get("MITOSIS_STEP_MODEL") or plan_model,
-        help="model name for running steps and writing documents (env MITOSIS_STEP_MODEL;"
-        " default: the plan model)",
+        "MITOSIS_STEP_MODEL",
+        env,
+        default=env.get("MITOSIS_PLAN_MODEL") or DEFAULT_MODEL,
+        default_text="the plan model",
+        help="model name for running steps and writing documents",
     )
-    group.add_argument(
+    add_setting(
+        group,
         "--openai-base-url",
-        default=env.get("OPENAI_BASE_URL") or None,
-        help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:11434/v1 for Ollama (env"
-        " OPENAI_BASE_URL; default: OpenAI's). The key comes from OPENAI_API_KEY only.",
+        "OPENAI_BASE_URL",
+        env,
+        default_text="OpenAI's own API",
+        help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:11434/v1 for Ollama; the key"
+        " comes from OPENAI_API_KEY only",
     )
-    group.add_argument(
+    add_setting(
+        group,
         "--model-timeout",
+        "MITOSIS_MODEL_TIMEOUT",
+        env,
         type=float,
-        default=float(env.get("MITOSIS_MODEL_TIMEOUT", "60")),
-        help="seconds one model call may wait for an answer (default %(default)s)",
+        default="60",
+        help="seconds one model call may wait for an answer",
     )
-    group.add_argument(
+    add_setting(
+        group,
         "--model-retries",
+        "MITOSIS_MODEL_RETRIES",
+        env,
         type=int,
-        default=int(env.get("MITOSIS_MODEL_RETRIES", "3")),
-        help="retries of a model call that got a 429, a 5xx or no answer, with backoff"
-        " (env MITOSIS_MODEL_RETRIES; default %(default)s)",
+        default="3",
+        help="retries of a model call that got a 429, a 5xx or no answer, with backoff",
     )
 
 
