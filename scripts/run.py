@@ -62,6 +62,31 @@ BUILD = Path(os.environ.get("MITOSIS_RUN_DIR") or REPO_ROOT / "build").absolute(
 TICK_S = 0.2
 """How often the runner looks at its children."""
 
+VARIABLES = (
+    ("MITOSIS_GATEWAY_LISTEN", "127.0.0.1:8080", "where Envoy serves the UI, gRPC-Web and gRPC"),
+    (
+        "MITOSIS_CLUSTER_LISTEN",
+        "127.0.0.1:50061 and on",
+        "`make run-cluster`'s executors (comma-separated)",
+    ),
+    ("MITOSIS_CLUSTER_REDIS", "127.0.0.1:6390", "`make run-cluster`'s Redis"),
+    ("MITOSIS_RUN_DIR", "build", "where Envoy's configuration and log, and Redis's data, go"),
+    (
+        "MITOSIS_TLS_CA",
+        "none",
+        "the CA the parts trust each other with (executors → planner, Envoy → executors);"
+        " the CLI trusts it too",
+    ),
+    (
+        "MITOSIS_GATEWAY_TLS_CERT",
+        "MITOSIS_TLS_CERT",
+        "Envoy's own HTTPS certificate (with MITOSIS_GATEWAY_TLS_KEY, its key)",
+    ),
+    ("MITOSIS_GATEWAY_TLS_KEY", "MITOSIS_TLS_KEY", "the private key of MITOSIS_GATEWAY_TLS_CERT"),
+)
+"""The variables `make run` reads itself (beside the services' own): (name, default, what),
+for the README's configuration table (scripts/config_table.py)."""
+
 
 class Process(Protocol):
     """What the supervisor needs of a child process (subprocess.Popen has it)."""
