@@ -109,7 +109,7 @@ lint: $(STAMP) $(NODE_STAMP) $(WEB_STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy services clients
 	$(BIN)/lint-imports
-	npx --no-install buf lint
+	$(BIN)/python scripts/gen_protos.py --lint
 	cd $(WEB) && npm run --silent typecheck
 
 .PHONY: format ## fix what ruff can fix and format the code

@@ -1,7 +1,8 @@
 """The gateway: Envoy's configuration rendered from envoy/envoy.yaml, and Envoy as a process.
 
 Envoy is the one public port: gRPC-Web for browsers, native gRPC (h2c) for the CLI and other
-services, and the UI's built files, all on one origin, in front of one or more executors.
+services, JSON over HTTP (WatchTask as Server-Sent Events) for any HTTP client, and the UI's
+built files, all on one origin, in front of one or more executors.
 `python -m mitosis.gateway --help` renders the configuration; `scripts/run.py` (`make run`)
 and the tests run Envoy with `EnvoyProcess`.
 """
@@ -37,6 +38,7 @@ from urllib.parse import quote
 __all__ = [
     "DEFAULT_CORS_ORIGINS",
     "DEFAULT_STATIC_DIR",
+    "DESCRIPTOR_SET",
     "REPO_ROOT",
     "TEMPLATE",
     "EnvoyProcess",
@@ -71,6 +73,9 @@ def _template() -> Path:
 TEMPLATE = _template()
 """The one Envoy configuration template: $MITOSIS_GATEWAY_TEMPLATE, else envoy/envoy.yaml of
 the checkout, else the copy an installed wheel carries beside this module."""
+DESCRIPTOR_SET = Path(str(resources.files("mitosis.v1") / "descriptor_set.binpb"))
+"""The protos' FileDescriptorSet (scripts/gen_protos.py writes it beside the generated code,
+so the wheel carries it): Envoy's gRPC-JSON transcoder reads the google.api.http rules in it."""
 DEFAULT_STATIC_DIR = Path(
     os.environ.get("MITOSIS_GATEWAY_STATIC_DIR") or REPO_ROOT / "clients" / "web" / "dist"
 )
@@ -197,6 +202,7 @@ class GatewaySettings:
             "listen_port": self.listen_port,
             "stream_idle_timeout": _duration(self.stream_idle_timeout_s),
             "max_request_bytes": self.max_request_bytes,
+            "proto_descriptor": str(DESCRIPTOR_SET),
             "request_too_large": (
                 f"request too large: the gateway takes at most {self.max_request_bytes} bytes"
             ),

@@ -114,6 +114,7 @@ class TaskServiceServicer:
         gets each event as soon as it is stored. Sends a heartbeat while nothing happens. Ends
         with OK after the task's terminal event, or, in the bounded form (`max_wait`), soon
         after it has sent something, for paths that deliver a response only once it ends.
+        Over HTTP the stream is Server-Sent Events, one `data:` line per message.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

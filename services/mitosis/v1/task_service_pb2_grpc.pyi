@@ -53,6 +53,7 @@ class TaskServiceStub:
     gets each event as soon as it is stored. Sends a heartbeat while nothing happens. Ends
     with OK after the task's terminal event, or, in the bounded form (`max_wait`), soon
     after it has sent something, for paths that deliver a response only once it ends.
+    Over HTTP the stream is Server-Sent Events, one `data:` line per message.
     """
     ApprovePlan: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.ApprovePlanRequest, _task_pb2.Task]
     """Approves a plan that waits for approval (state AWAITING_APPROVAL), optionally with
@@ -85,6 +86,7 @@ class TaskServiceAsyncStub(TaskServiceStub):
     gets each event as soon as it is stored. Sends a heartbeat while nothing happens. Ends
     with OK after the task's terminal event, or, in the bounded form (`max_wait`), soon
     after it has sent something, for paths that deliver a response only once it ends.
+    Over HTTP the stream is Server-Sent Events, one `data:` line per message.
     """
     ApprovePlan: _aio.UnaryUnaryMultiCallable[_task_service_pb2.ApprovePlanRequest, _task_pb2.Task]  # type: ignore[assignment]
     """Approves a plan that waits for approval (state AWAITING_APPROVAL), optionally with
@@ -144,6 +146,7 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         gets each event as soon as it is stored. Sends a heartbeat while nothing happens. Ends
         with OK after the task's terminal event, or, in the bounded form (`max_wait`), soon
         after it has sent something, for paths that deliver a response only once it ends.
+        Over HTTP the stream is Server-Sent Events, one `data:` line per message.
         """
 
     @_abc_1.abstractmethod
