@@ -24,11 +24,12 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from mitosis.v1 import plan_pb2 as mitosis_dot_v1_dot_plan__pb2
 from mitosis.v1 import task_pb2 as mitosis_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmitosis/v1/task_service.proto\x12\nmitosis.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x15mitosis/v1/plan.proto\x1a\x15mitosis/v1/task.proto\"O\n\x11\x43reateTaskRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x18\n\x10require_approval\x18\x02 \x01(\x08\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"^\n\x10ListTasksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12#\n\x04view\x18\x03 \x01(\x0e\x32\x15.mitosis.v1.Task.View\"M\n\x11ListTasksResponse\x12\x1f\n\x05tasks\x18\x01 \x03(\x0b\x32\x10.mitosis.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"c\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12+\n\x08max_wait\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\":\n\x11WatchTaskResponse\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.mitosis.v1.TaskEvent\"E\n\x12\x41pprovePlanRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x1e\n\x04plan\x18\x02 \x01(\x0b\x32\x10.mitosis.v1.Plan\"I\n\x13ReadArtifactRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x13\n\x0bread_offset\x18\x03 \x01(\x03\"4\n\x14ReadArtifactResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x32\xda\x05\n\x0bTaskService\x12S\n\nCreateTask\x12\x1d.mitosis.v1.CreateTaskRequest\x1a\x10.mitosis.v1.Task\"\x14\x82\xd3\xe4\x93\x02\x0e\"\t/v1/tasks:\x01*\x12T\n\x07GetTask\x12\x1a.mitosis.v1.GetTaskRequest\x1a\x10.mitosis.v1.Task\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/tasks/{task_id}\x12[\n\tListTasks\x12\x1c.mitosis.v1.ListTasksRequest\x1a\x1d.mitosis.v1.ListTasksResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/tasks\x12\x64\n\nCancelTask\x12\x1d.mitosis.v1.CancelTaskRequest\x1a\x10.mitosis.v1.Task\"%\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/tasks/{task_id}:cancel:\x01*\x12m\n\tWatchTask\x12\x1c.mitosis.v1.WatchTaskRequest\x1a\x1d.mitosis.v1.WatchTaskResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/tasks/{task_id}:watch0\x01\x12g\n\x0b\x41pprovePlan\x12\x1e.mitosis.v1.ApprovePlanRequest\x1a\x10.mitosis.v1.Task\"&\x82\xd3\xe4\x93\x02 \"\x1b/v1/tasks/{task_id}:approve:\x01*\x12\x84\x01\n\x0cReadArtifact\x12\x1f.mitosis.v1.ReadArtifactRequest\x1a .mitosis.v1.ReadArtifactResponse\"/\x82\xd3\xe4\x93\x02)\x12\'/v1/tasks/{task_id}/artifacts/{path=**}0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmitosis/v1/task_service.proto\x12\nmitosis.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x15mitosis/v1/plan.proto\x1a\x15mitosis/v1/task.proto\"O\n\x11\x43reateTaskRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x18\n\x10require_approval\x18\x02 \x01(\x08\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"^\n\x10ListTasksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12#\n\x04view\x18\x03 \x01(\x0e\x32\x15.mitosis.v1.Task.View\"M\n\x11ListTasksResponse\x12\x1f\n\x05tasks\x18\x01 \x03(\x0b\x32\x10.mitosis.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"$\n\x11\x44\x65leteTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"c\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12+\n\x08max_wait\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\":\n\x11WatchTaskResponse\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.mitosis.v1.TaskEvent\"E\n\x12\x41pprovePlanRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x1e\n\x04plan\x18\x02 \x01(\x0b\x32\x10.mitosis.v1.Plan\"I\n\x13ReadArtifactRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x13\n\x0bread_offset\x18\x03 \x01(\x03\"4\n\x14ReadArtifactResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x32\xbc\x06\n\x0bTaskService\x12S\n\nCreateTask\x12\x1d.mitosis.v1.CreateTaskRequest\x1a\x10.mitosis.v1.Task\"\x14\x82\xd3\xe4\x93\x02\x0e\"\t/v1/tasks:\x01*\x12T\n\x07GetTask\x12\x1a.mitosis.v1.GetTaskRequest\x1a\x10.mitosis.v1.Task\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/tasks/{task_id}\x12[\n\tListTasks\x12\x1c.mitosis.v1.ListTasksRequest\x1a\x1d.mitosis.v1.ListTasksResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/tasks\x12\x64\n\nCancelTask\x12\x1d.mitosis.v1.CancelTaskRequest\x1a\x10.mitosis.v1.Task\"%\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/tasks/{task_id}:cancel:\x01*\x12`\n\nDeleteTask\x12\x1d.mitosis.v1.DeleteTaskRequest\x1a\x16.google.protobuf.Empty\"\x1b\x82\xd3\xe4\x93\x02\x15*\x13/v1/tasks/{task_id}\x12m\n\tWatchTask\x12\x1c.mitosis.v1.WatchTaskRequest\x1a\x1d.mitosis.v1.WatchTaskResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/tasks/{task_id}:watch0\x01\x12g\n\x0b\x41pprovePlan\x12\x1e.mitosis.v1.ApprovePlanRequest\x1a\x10.mitosis.v1.Task\"&\x82\xd3\xe4\x93\x02 \"\x1b/v1/tasks/{task_id}:approve:\x01*\x12\x84\x01\n\x0cReadArtifact\x12\x1f.mitosis.v1.ReadArtifactRequest\x1a .mitosis.v1.ReadArtifactResponse\"/\x82\xd3\xe4\x93\x02)\x12\'/v1/tasks/{task_id}/artifacts/{path=**}0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,32 +44,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKSERVICE'].methods_by_name['ListTasks']._serialized_options = b'\202\323\344\223\002\013\022\t/v1/tasks'
   _globals['_TASKSERVICE'].methods_by_name['CancelTask']._loaded_options = None
   _globals['_TASKSERVICE'].methods_by_name['CancelTask']._serialized_options = b'\202\323\344\223\002\037\"\032/v1/tasks/{task_id}:cancel:\001*'
+  _globals['_TASKSERVICE'].methods_by_name['DeleteTask']._loaded_options = None
+  _globals['_TASKSERVICE'].methods_by_name['DeleteTask']._serialized_options = b'\202\323\344\223\002\025*\023/v1/tasks/{task_id}'
   _globals['_TASKSERVICE'].methods_by_name['WatchTask']._loaded_options = None
   _globals['_TASKSERVICE'].methods_by_name['WatchTask']._serialized_options = b'\202\323\344\223\002\033\022\031/v1/tasks/{task_id}:watch'
   _globals['_TASKSERVICE'].methods_by_name['ApprovePlan']._loaded_options = None
   _globals['_TASKSERVICE'].methods_by_name['ApprovePlan']._serialized_options = b'\202\323\344\223\002 \"\033/v1/tasks/{task_id}:approve:\001*'
   _globals['_TASKSERVICE'].methods_by_name['ReadArtifact']._loaded_options = None
   _globals['_TASKSERVICE'].methods_by_name['ReadArtifact']._serialized_options = b'\202\323\344\223\002)\022\'/v1/tasks/{task_id}/artifacts/{path=**}'
-  _globals['_CREATETASKREQUEST']._serialized_start=153
-  _globals['_CREATETASKREQUEST']._serialized_end=232
-  _globals['_GETTASKREQUEST']._serialized_start=234
-  _globals['_GETTASKREQUEST']._serialized_end=267
-  _globals['_LISTTASKSREQUEST']._serialized_start=269
-  _globals['_LISTTASKSREQUEST']._serialized_end=363
-  _globals['_LISTTASKSRESPONSE']._serialized_start=365
-  _globals['_LISTTASKSRESPONSE']._serialized_end=442
-  _globals['_CANCELTASKREQUEST']._serialized_start=444
-  _globals['_CANCELTASKREQUEST']._serialized_end=480
-  _globals['_WATCHTASKREQUEST']._serialized_start=482
-  _globals['_WATCHTASKREQUEST']._serialized_end=581
-  _globals['_WATCHTASKRESPONSE']._serialized_start=583
-  _globals['_WATCHTASKRESPONSE']._serialized_end=641
-  _globals['_APPROVEPLANREQUEST']._serialized_start=643
-  _globals['_APPROVEPLANREQUEST']._serialized_end=712
-  _globals['_READARTIFACTREQUEST']._serialized_start=714
-  _globals['_READARTIFACTREQUEST']._serialized_end=787
-  _globals['_READARTIFACTRESPONSE']._serialized_start=789
-  _globals['_READARTIFACTRESPONSE']._serialized_end=841
-  _globals['_TASKSERVICE']._serialized_start=844
-  _globals['_TASKSERVICE']._serialized_end=1574
+  _globals['_CREATETASKREQUEST']._serialized_start=182
+  _globals['_CREATETASKREQUEST']._serialized_end=261
+  _globals['_GETTASKREQUEST']._serialized_start=263
+  _globals['_GETTASKREQUEST']._serialized_end=296
+  _globals['_LISTTASKSREQUEST']._serialized_start=298
+  _globals['_LISTTASKSREQUEST']._serialized_end=392
+  _globals['_LISTTASKSRESPONSE']._serialized_start=394
+  _globals['_LISTTASKSRESPONSE']._serialized_end=471
+  _globals['_CANCELTASKREQUEST']._serialized_start=473
+  _globals['_CANCELTASKREQUEST']._serialized_end=509
+  _globals['_DELETETASKREQUEST']._serialized_start=511
+  _globals['_DELETETASKREQUEST']._serialized_end=547
+  _globals['_WATCHTASKREQUEST']._serialized_start=549
+  _globals['_WATCHTASKREQUEST']._serialized_end=648
+  _globals['_WATCHTASKRESPONSE']._serialized_start=650
+  _globals['_WATCHTASKRESPONSE']._serialized_end=708
+  _globals['_APPROVEPLANREQUEST']._serialized_start=710
+  _globals['_APPROVEPLANREQUEST']._serialized_end=779
+  _globals['_READARTIFACTREQUEST']._serialized_start=781
+  _globals['_READARTIFACTREQUEST']._serialized_end=854
+  _globals['_READARTIFACTRESPONSE']._serialized_start=856
+  _globals['_READARTIFACTRESPONSE']._serialized_end=908
+  _globals['_TASKSERVICE']._serialized_start=911
+  _globals['_TASKSERVICE']._serialized_end=1739
 # @@protoc_insertion_point(module_scope)

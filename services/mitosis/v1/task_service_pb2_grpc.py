@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from mitosis.v1 import task_pb2 as mitosis_dot_v1_dot_task__pb2
 from mitosis.v1 import task_service_pb2 as mitosis_dot_v1_dot_task__service__pb2
 
@@ -56,6 +57,11 @@ class TaskServiceStub:
                 request_serializer=mitosis_dot_v1_dot_task__service__pb2.CancelTaskRequest.SerializeToString,
                 response_deserializer=mitosis_dot_v1_dot_task__pb2.Task.FromString,
                 _registered_method=True)
+        self.DeleteTask = channel.unary_unary(
+                '/mitosis.v1.TaskService/DeleteTask',
+                request_serializer=mitosis_dot_v1_dot_task__service__pb2.DeleteTaskRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
         self.WatchTask = channel.unary_stream(
                 '/mitosis.v1.TaskService/WatchTask',
                 request_serializer=mitosis_dot_v1_dot_task__service__pb2.WatchTaskRequest.SerializeToString,
@@ -102,6 +108,15 @@ class TaskServiceServicer:
     def CancelTask(self, request, context):
         """Cancels a running task: its running step is stopped and the task ends cancelled.
         Answers FAILED_PRECONDITION for a task that has already ended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteTask(self, request, context):
+        """Deletes a task: its record, its events and its files. A task that has not ended is
+        cancelled first. Watchers of the task end with NOT_FOUND (after its terminal event
+        when it was running); later calls naming it answer NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -157,6 +172,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.CancelTask,
                     request_deserializer=mitosis_dot_v1_dot_task__service__pb2.CancelTaskRequest.FromString,
                     response_serializer=mitosis_dot_v1_dot_task__pb2.Task.SerializeToString,
+            ),
+            'DeleteTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTask,
+                    request_deserializer=mitosis_dot_v1_dot_task__service__pb2.DeleteTaskRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'WatchTask': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchTask,
@@ -283,6 +303,33 @@ class TaskService:
             '/mitosis.v1.TaskService/CancelTask',
             mitosis_dot_v1_dot_task__service__pb2.CancelTaskRequest.SerializeToString,
             mitosis_dot_v1_dot_task__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mitosis.v1.TaskService/DeleteTask',
+            mitosis_dot_v1_dot_task__service__pb2.DeleteTaskRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
 from mitosis.v1 import task_pb2 as _task_pb2
 from mitosis.v1 import task_service_pb2 as _task_service_pb2
@@ -46,6 +47,11 @@ class TaskServiceStub:
     """Cancels a running task: its running step is stopped and the task ends cancelled.
     Answers FAILED_PRECONDITION for a task that has already ended.
     """
+    DeleteTask: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.DeleteTaskRequest, _empty_pb2.Empty]
+    """Deletes a task: its record, its events and its files. A task that has not ended is
+    cancelled first. Watchers of the task end with NOT_FOUND (after its terminal event
+    when it was running); later calls naming it answer NOT_FOUND.
+    """
     WatchTask: _grpc.UnaryStreamMultiCallable[_task_service_pb2.WatchTaskRequest, _task_service_pb2.WatchTaskResponse]
     """Streams a task's events with `seq` greater than `after_seq`: first those already in
     the log, then new ones as they are appended, with no gap and no duplicate. Events that
@@ -78,6 +84,11 @@ class TaskServiceAsyncStub(TaskServiceStub):
     CancelTask: _aio.UnaryUnaryMultiCallable[_task_service_pb2.CancelTaskRequest, _task_pb2.Task]  # type: ignore[assignment]
     """Cancels a running task: its running step is stopped and the task ends cancelled.
     Answers FAILED_PRECONDITION for a task that has already ended.
+    """
+    DeleteTask: _aio.UnaryUnaryMultiCallable[_task_service_pb2.DeleteTaskRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Deletes a task: its record, its events and its files. A task that has not ended is
+    cancelled first. Watchers of the task end with NOT_FOUND (after its terminal event
+    when it was running); later calls naming it answer NOT_FOUND.
     """
     WatchTask: _aio.UnaryStreamMultiCallable[_task_service_pb2.WatchTaskRequest, _task_service_pb2.WatchTaskResponse]  # type: ignore[assignment]
     """Streams a task's events with `seq` greater than `after_seq`: first those already in
@@ -132,6 +143,17 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_task_pb2.Task, _abc.Awaitable[_task_pb2.Task]]:
         """Cancels a running task: its running step is stopped and the task ends cancelled.
         Answers FAILED_PRECONDITION for a task that has already ended.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteTask(
+        self,
+        request: _task_service_pb2.DeleteTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Deletes a task: its record, its events and its files. A task that has not ended is
+        cancelled first. Watchers of the task end with NOT_FOUND (after its terminal event
+        when it was running); later calls naming it answer NOT_FOUND.
         """
 
     @_abc_1.abstractmethod

@@ -5,8 +5,8 @@
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import { file_google_api_annotations } from "../../google/api/annotations_pb";
-import type { Duration } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_duration } from "@bufbuild/protobuf/wkt";
+import type { Duration, EmptySchema } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_empty } from "@bufbuild/protobuf/wkt";
 import type { Plan } from "./plan_pb";
 import { file_mitosis_v1_plan } from "./plan_pb";
 import type { Task, Task_View, TaskEvent, TaskSchema } from "./task_pb";
@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mitosis/v1/task_service.proto.
  */
 export const file_mitosis_v1_task_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch1taXRvc2lzL3YxL3Rhc2tfc2VydmljZS5wcm90bxIKbWl0b3Npcy52MSJPChFDcmVhdGVUYXNrUmVxdWVzdBIMCgR0ZXh0GAEgASgJEhgKEHJlcXVpcmVfYXBwcm92YWwYAiABKAgSEgoKcmVxdWVzdF9pZBgDIAEoCSIhCg5HZXRUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIl4KEExpc3RUYXNrc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSIwoEdmlldxgDIAEoDjIVLm1pdG9zaXMudjEuVGFzay5WaWV3Ik0KEUxpc3RUYXNrc1Jlc3BvbnNlEh8KBXRhc2tzGAEgAygLMhAubWl0b3Npcy52MS5UYXNrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIkChFDYW5jZWxUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJImMKEFdhdGNoVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIRCglhZnRlcl9zZXEYAiABKAMSKwoIbWF4X3dhaXQYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iOgoRV2F0Y2hUYXNrUmVzcG9uc2USJQoGZXZlbnRzGAEgAygLMhUubWl0b3Npcy52MS5UYXNrRXZlbnQiRQoSQXBwcm92ZVBsYW5SZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSHgoEcGxhbhgCIAEoCzIQLm1pdG9zaXMudjEuUGxhbiJJChNSZWFkQXJ0aWZhY3RSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSDAoEcGF0aBgCIAEoCRITCgtyZWFkX29mZnNldBgDIAEoAyI0ChRSZWFkQXJ0aWZhY3RSZXNwb25zZRIOCgZvZmZzZXQYASABKAMSDAoEZGF0YRgCIAEoDDLaBQoLVGFza1NlcnZpY2USUwoKQ3JlYXRlVGFzaxIdLm1pdG9zaXMudjEuQ3JlYXRlVGFza1JlcXVlc3QaEC5taXRvc2lzLnYxLlRhc2siFILT5JMCDiIJL3YxL3Rhc2tzOgEqElQKB0dldFRhc2sSGi5taXRvc2lzLnYxLkdldFRhc2tSZXF1ZXN0GhAubWl0b3Npcy52MS5UYXNrIhuC0+STAhUSEy92MS90YXNrcy97dGFza19pZH0SWwoJTGlzdFRhc2tzEhwubWl0b3Npcy52MS5MaXN0VGFza3NSZXF1ZXN0Gh0ubWl0b3Npcy52MS5MaXN0VGFza3NSZXNwb25zZSIRgtPkkwILEgkvdjEvdGFza3MSZAoKQ2FuY2VsVGFzaxIdLm1pdG9zaXMudjEuQ2FuY2VsVGFza1JlcXVlc3QaEC5taXRvc2lzLnYxLlRhc2siJYLT5JMCHyIaL3YxL3Rhc2tzL3t0YXNrX2lkfTpjYW5jZWw6ASoSbQoJV2F0Y2hUYXNrEhwubWl0b3Npcy52MS5XYXRjaFRhc2tSZXF1ZXN0Gh0ubWl0b3Npcy52MS5XYXRjaFRhc2tSZXNwb25zZSIhgtPkkwIbEhkvdjEvdGFza3Mve3Rhc2tfaWR9OndhdGNoMAESZwoLQXBwcm92ZVBsYW4SHi5taXRvc2lzLnYxLkFwcHJvdmVQbGFuUmVxdWVzdBoQLm1pdG9zaXMudjEuVGFzayImgtPkkwIgIhsvdjEvdGFza3Mve3Rhc2tfaWR9OmFwcHJvdmU6ASoShAEKDFJlYWRBcnRpZmFjdBIfLm1pdG9zaXMudjEuUmVhZEFydGlmYWN0UmVxdWVzdBogLm1pdG9zaXMudjEuUmVhZEFydGlmYWN0UmVzcG9uc2UiL4LT5JMCKRInL3YxL3Rhc2tzL3t0YXNrX2lkfS9hcnRpZmFjdHMve3BhdGg9Kip9MAFiBnByb3RvMw", [file_google_api_annotations, file_google_protobuf_duration, file_mitosis_v1_plan, file_mitosis_v1_task]);
+  fileDesc("Ch1taXRvc2lzL3YxL3Rhc2tfc2VydmljZS5wcm90bxIKbWl0b3Npcy52MSJPChFDcmVhdGVUYXNrUmVxdWVzdBIMCgR0ZXh0GAEgASgJEhgKEHJlcXVpcmVfYXBwcm92YWwYAiABKAgSEgoKcmVxdWVzdF9pZBgDIAEoCSIhCg5HZXRUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIl4KEExpc3RUYXNrc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSIwoEdmlldxgDIAEoDjIVLm1pdG9zaXMudjEuVGFzay5WaWV3Ik0KEUxpc3RUYXNrc1Jlc3BvbnNlEh8KBXRhc2tzGAEgAygLMhAubWl0b3Npcy52MS5UYXNrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIkChFDYW5jZWxUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIiQKEURlbGV0ZVRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiYwoQV2F0Y2hUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhEKCWFmdGVyX3NlcRgCIAEoAxIrCghtYXhfd2FpdBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiI6ChFXYXRjaFRhc2tSZXNwb25zZRIlCgZldmVudHMYASADKAsyFS5taXRvc2lzLnYxLlRhc2tFdmVudCJFChJBcHByb3ZlUGxhblJlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIeCgRwbGFuGAIgASgLMhAubWl0b3Npcy52MS5QbGFuIkkKE1JlYWRBcnRpZmFjdFJlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIMCgRwYXRoGAIgASgJEhMKC3JlYWRfb2Zmc2V0GAMgASgDIjQKFFJlYWRBcnRpZmFjdFJlc3BvbnNlEg4KBm9mZnNldBgBIAEoAxIMCgRkYXRhGAIgASgMMrwGCgtUYXNrU2VydmljZRJTCgpDcmVhdGVUYXNrEh0ubWl0b3Npcy52MS5DcmVhdGVUYXNrUmVxdWVzdBoQLm1pdG9zaXMudjEuVGFzayIUgtPkkwIOIgkvdjEvdGFza3M6ASoSVAoHR2V0VGFzaxIaLm1pdG9zaXMudjEuR2V0VGFza1JlcXVlc3QaEC5taXRvc2lzLnYxLlRhc2siG4LT5JMCFRITL3YxL3Rhc2tzL3t0YXNrX2lkfRJbCglMaXN0VGFza3MSHC5taXRvc2lzLnYxLkxpc3RUYXNrc1JlcXVlc3QaHS5taXRvc2lzLnYxLkxpc3RUYXNrc1Jlc3BvbnNlIhGC0+STAgsSCS92MS90YXNrcxJkCgpDYW5jZWxUYXNrEh0ubWl0b3Npcy52MS5DYW5jZWxUYXNrUmVxdWVzdBoQLm1pdG9zaXMudjEuVGFzayIlgtPkkwIfIhovdjEvdGFza3Mve3Rhc2tfaWR9OmNhbmNlbDoBKhJgCgpEZWxldGVUYXNrEh0ubWl0b3Npcy52MS5EZWxldGVUYXNrUmVxdWVzdBoWLmdvb2dsZS5wcm90b2J1Zi5FbXB0eSIbgtPkkwIVKhMvdjEvdGFza3Mve3Rhc2tfaWR9Em0KCVdhdGNoVGFzaxIcLm1pdG9zaXMudjEuV2F0Y2hUYXNrUmVxdWVzdBodLm1pdG9zaXMudjEuV2F0Y2hUYXNrUmVzcG9uc2UiIYLT5JMCGxIZL3YxL3Rhc2tzL3t0YXNrX2lkfTp3YXRjaDABEmcKC0FwcHJvdmVQbGFuEh4ubWl0b3Npcy52MS5BcHByb3ZlUGxhblJlcXVlc3QaEC5taXRvc2lzLnYxLlRhc2siJoLT5JMCICIbL3YxL3Rhc2tzL3t0YXNrX2lkfTphcHByb3ZlOgEqEoQBCgxSZWFkQXJ0aWZhY3QSHy5taXRvc2lzLnYxLlJlYWRBcnRpZmFjdFJlcXVlc3QaIC5taXRvc2lzLnYxLlJlYWRBcnRpZmFjdFJlc3BvbnNlIi+C0+STAikSJy92MS90YXNrcy97dGFza19pZH0vYXJ0aWZhY3RzL3twYXRoPSoqfTABYgZwcm90bzM", [file_google_api_annotations, file_google_protobuf_duration, file_google_protobuf_empty, file_mitosis_v1_plan, file_mitosis_v1_task]);
 
 /**
  * Request message for TaskService.CreateTask.
@@ -167,6 +167,27 @@ export const CancelTaskRequestSchema: GenMessage<CancelTaskRequest> = /*@__PURE_
   messageDesc(file_mitosis_v1_task_service, 4);
 
 /**
+ * Request message for TaskService.DeleteTask.
+ *
+ * @generated from message mitosis.v1.DeleteTaskRequest
+ */
+export type DeleteTaskRequest = Message<"mitosis.v1.DeleteTaskRequest"> & {
+  /**
+   * The task's identifier.
+   *
+   * @generated from field: string task_id = 1;
+   */
+  taskId: string;
+};
+
+/**
+ * Describes the message mitosis.v1.DeleteTaskRequest.
+ * Use `create(DeleteTaskRequestSchema)` to create a new message.
+ */
+export const DeleteTaskRequestSchema: GenMessage<DeleteTaskRequest> = /*@__PURE__*/
+  messageDesc(file_mitosis_v1_task_service, 5);
+
+/**
  * Request message for TaskService.WatchTask.
  *
  * @generated from message mitosis.v1.WatchTaskRequest
@@ -207,7 +228,7 @@ export type WatchTaskRequest = Message<"mitosis.v1.WatchTaskRequest"> & {
  * Use `create(WatchTaskRequestSchema)` to create a new message.
  */
 export const WatchTaskRequestSchema: GenMessage<WatchTaskRequest> = /*@__PURE__*/
-  messageDesc(file_mitosis_v1_task_service, 5);
+  messageDesc(file_mitosis_v1_task_service, 6);
 
 /**
  * Response message for TaskService.WatchTask: events that follow one another in the log.
@@ -229,7 +250,7 @@ export type WatchTaskResponse = Message<"mitosis.v1.WatchTaskResponse"> & {
  * Use `create(WatchTaskResponseSchema)` to create a new message.
  */
 export const WatchTaskResponseSchema: GenMessage<WatchTaskResponse> = /*@__PURE__*/
-  messageDesc(file_mitosis_v1_task_service, 6);
+  messageDesc(file_mitosis_v1_task_service, 7);
 
 /**
  * Request message for TaskService.ApprovePlan.
@@ -258,7 +279,7 @@ export type ApprovePlanRequest = Message<"mitosis.v1.ApprovePlanRequest"> & {
  * Use `create(ApprovePlanRequestSchema)` to create a new message.
  */
 export const ApprovePlanRequestSchema: GenMessage<ApprovePlanRequest> = /*@__PURE__*/
-  messageDesc(file_mitosis_v1_task_service, 7);
+  messageDesc(file_mitosis_v1_task_service, 8);
 
 /**
  * Request message for TaskService.ReadArtifact.
@@ -295,7 +316,7 @@ export type ReadArtifactRequest = Message<"mitosis.v1.ReadArtifactRequest"> & {
  * Use `create(ReadArtifactRequestSchema)` to create a new message.
  */
 export const ReadArtifactRequestSchema: GenMessage<ReadArtifactRequest> = /*@__PURE__*/
-  messageDesc(file_mitosis_v1_task_service, 8);
+  messageDesc(file_mitosis_v1_task_service, 9);
 
 /**
  * Response message for TaskService.ReadArtifact: one chunk of the file.
@@ -323,7 +344,7 @@ export type ReadArtifactResponse = Message<"mitosis.v1.ReadArtifactResponse"> & 
  * Use `create(ReadArtifactResponseSchema)` to create a new message.
  */
 export const ReadArtifactResponseSchema: GenMessage<ReadArtifactResponse> = /*@__PURE__*/
-  messageDesc(file_mitosis_v1_task_service, 9);
+  messageDesc(file_mitosis_v1_task_service, 10);
 
 /**
  * Runs tasks and streams everything that happens while they run.
@@ -372,6 +393,18 @@ export const TaskService: GenService<{
     methodKind: "unary";
     input: typeof CancelTaskRequestSchema;
     output: typeof TaskSchema;
+  },
+  /**
+   * Deletes a task: its record, its events and its files. A task that has not ended is
+   * cancelled first. Watchers of the task end with NOT_FOUND (after its terminal event
+   * when it was running); later calls naming it answer NOT_FOUND.
+   *
+   * @generated from rpc mitosis.v1.TaskService.DeleteTask
+   */
+  deleteTask: {
+    methodKind: "unary";
+    input: typeof DeleteTaskRequestSchema;
+    output: typeof EmptySchema;
   },
   /**
    * Streams a task's events with `seq` greater than `after_seq`: first those already in
