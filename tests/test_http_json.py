@@ -212,19 +212,22 @@ async def test_a_task_is_created_got_listed_and_cancelled_with_json(gateway: Gat
     assert error_from(body)[0] == grpc.StatusCode.NOT_FOUND.value[0]
 
 
-async def test_requests_that_match_no_rule_are_refused_in_json(gateway: Gateway) -> None:
+async def test_requests_the_rules_cannot_take_are_refused_in_json(gateway: Gateway) -> None:
     port = gateway.port
-    status, _, body = await call(port, "GET", "/v1/tasks?after_sq=3")
-    assert status == 400, body
-    assert b"after_sq" in body
+    invalid = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    # A misspelt parameter is refused, never ignored: ?after_sq=3 would replay everything.
+    status, headers, body = await call(port, "GET", "/v1/tasks/x:watch?after_sq=3")
+    assert (status, headers["content-type"]) == (400, "application/json"), body
+    code, message = error_from(body)
+    assert (code, "after_sq" in message) == (invalid, True)
+
+    status, headers, body = await call(port, "POST", "/v1/tasks", {"text": 3})
+    assert (status, headers["content-type"]) == (400, "application/json"), body
+    assert error_from(body)[0] == invalid
 
     status, headers, body = await call(port, "GET", "/v1/no-such-collection")
-    assert status == 404
-    assert headers["content-type"] == "application/json"
+    assert (status, headers["content-type"]) == (404, "application/json"), body
     assert error_from(body)[0] == grpc.StatusCode.NOT_FOUND.value[0]
-
-    status, _, body = await call(port, "POST", "/v1/tasks", {"text": 3})
-    assert status == 400, body
 
 
 # --- WatchTask as Server-Sent Events ---------------------------------------------------------
