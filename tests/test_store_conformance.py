@@ -21,6 +21,7 @@ from google.protobuf import struct_pb2
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from mitosis.executor.running.runner import DELETE_ANY_END
 from mitosis.executor.store.base import (
     Expect,
     LeaseLost,
@@ -436,6 +437,23 @@ async def test_delete_ended_deletes_the_record_the_events_and_the_listings(
     # Deleting again deletes nothing; the task ended after this cutoff stays.
     assert await store.delete_ended([old.task_id, kept.task_id], cutoff) == []
     assert await store.get_task(kept.task_id) is not None
+
+
+async def test_delete_by_request_takes_a_task_that_ended_just_now(store: Store) -> None:
+    # DeleteTask ends a task and deletes it at once, with a cutoff later than any end time.
+    task = await new_task(store, owner="alice")
+    running = await new_task(store, owner="alice")
+    await store.append(running.task_id, [task_state(Task.STATE_RUNNING)])
+    await store.append(task.task_id, [task_state(Task.STATE_CANCELLED, "deleted by request")])
+
+    assert await store.delete_ended([task.task_id, running.task_id], DELETE_ANY_END) == [
+        task.task_id
+    ]
+    assert await store.get_task(task.task_id) is None
+    assert await store.read_events(task.task_id, 0, 10) == []
+    listed = (await store.list_tasks(10, None, owner="alice")).tasks
+    assert [t.task_id for t in listed] == [running.task_id]
+    assert await store.get_task(running.task_id) is not None
 
 
 async def test_a_deleted_task_is_gone_for_another_store_on_the_same_data(

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf import empty_pb2
 
 from mitosis.executor.store.encoded import serialize_watch_response, watch_response
 from mitosis.executor.tasks import Tasks
@@ -72,6 +73,12 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         self, request: task_service_pb2.CancelTaskRequest, context: Context
     ) -> task_pb2.Task:
         return await self._tasks.cancel(request.task_id, current_caller())
+
+    async def DeleteTask(
+        self, request: task_service_pb2.DeleteTaskRequest, context: Context
+    ) -> empty_pb2.Empty:
+        await self._tasks.delete(request.task_id, current_caller())
+        return empty_pb2.Empty()
 
     async def WatchTask(  # type: ignore[override]  # bytes: see add_task_service
         self, request: task_service_pb2.WatchTaskRequest, context: Context

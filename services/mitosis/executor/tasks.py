@@ -147,6 +147,11 @@ class Tasks:
         await self._runner.cancel(task_id)
         return await self.get(task_id, owner)
 
+    async def delete(self, task_id: str, owner: str) -> None:
+        """Delete the task (record, events, files), cancelling it first if it has not ended."""
+        await self.get(task_id, owner)
+        await self._runner.delete(task_id)
+
     async def approve(self, task_id: str, plan: plan_pb2.Plan | None, owner: str) -> task_pb2.Task:
         """Run a plan that waits for approval, as proposed or edited; return the task."""
         if plan is not None:

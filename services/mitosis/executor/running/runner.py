@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from mitosis.errors import NotFound, Unavailable
+from mitosis.errors import FailedPrecondition, NotFound, Unavailable
 from mitosis.executor.events.hub import Overflowed, Subscription
 from mitosis.executor.events.log import EventLimitExceeded, EventLog
 from mitosis.executor.running.control import approve_plan, cancel_task, end_task, steps_of
 from mitosis.executor.running.planner_client import PlanError
 from mitosis.executor.store.base import LeaseLost, StoreUnavailable, TaskEnded
+from mitosis.executor.store.retention import delete_task_folders
 from mitosis.executor.tools.catalogue import ExecutorTools
 from mitosis.executor.tools.fetch import FetchSettings
 from mitosis.executor.tools.pages import DEFAULT_MAX_DOCUMENT_BYTES
@@ -31,8 +32,12 @@ from mitosis.rpc.logs import task_context
 from mitosis.tool_errors import PathEscapeError, ToolError, ToolLimitExceeded
 from mitosis.tool_specs import WebSource
 from mitosis.v1 import plan_pb2, task_pb2
+from mitosis.words import counted
 
 logger = logging.getLogger(__name__)
+
+DELETE_ANY_END = 2**63 - 1
+"""A cutoff later than any task's end (ns): deleting by request takes a task whenever it ended."""
 
 Task = task_pb2.Task
 Step = task_pb2.Step
@@ -153,6 +158,8 @@ class TaskRunner:
         self._config = config
         self._running: dict[str, asyncio.Task[None]] = {}
         self._start_again: set[str] = set()
+        self._store_waits: set[str] = set()
+        """Tasks whose run stopped because the store could not take their events (warned)."""
         """Tasks asked to start while a run of theirs was ending (an approval, for one)."""
         self._slots = asyncio.Semaphore(config.max_running)
         self._wrap_tools = wrap_tools
@@ -220,6 +227,20 @@ class TaskRunner:
         if run is not None:
             run.cancel()
             await asyncio.wait([run])
+
+    async def delete(self, task_id: str) -> None:
+        """Delete the task's record, events and files; a task that has not ended is first
+        ended CANCELLED through the one end routine (its watchers see that end), so its run
+        stops before its files go. Deleting a task that is already gone does nothing."""
+        try:
+            await self.cancel(task_id, "deleted by request")
+        except FailedPrecondition:
+            pass  # it had ended already
+        except KeyError:
+            return  # deleted meanwhile
+        await asyncio.to_thread(delete_task_folders, self._config.data_dir, [task_id])
+        # Any end time qualifies: the task has ended, whenever that was.
+        await self._store.delete_ended([task_id], DELETE_ANY_END)
 
     async def approve(self, task_id: str, plan: plan_pb2.Plan | None) -> None:
         """Run a plan that waits for approval, as proposed or as edited in `plan`;
@@ -327,21 +348,28 @@ class TaskRunner:
         except LeaseLost as error:
             logger.warning("task %s: stopped, another executor took it over (%s)", task_id, error)
         except StoreUnavailable as error:
-            logger.warning(
-                "task %s: stopped here, the store is unreachable (%s); it resumes from its log"
-                " once the store answers",
-                task_id,
-                error,
-            )
+            # The claim loop tries again every few seconds: one warning, not one a try.
+            if task_id in self._store_waits:
+                logger.debug("task %s: still waiting for the store (%s)", task_id, error)
+            else:
+                self._store_waits.add(task_id)
+                logger.warning(
+                    "task %s: waiting, the store cannot take its events (%s); it resumes from"
+                    " its log once the store can",
+                    task_id,
+                    error,
+                )
+            return
         except EventLimitExceeded as error:
             logger.warning("task %s: %s", task_id, error)
             await self._end(task_id, Task.STATE_FAILED, str(error))
-        except Exception as error:
+        except Exception:
             logger.exception("task %s failed unexpectedly", task_id)
-            reason = (
-                f"internal error in the executor ({type(error).__name__}); its log has the details"
-            )
+            reason = "internal error in the executor; its log has the details"
             await self._end(task_id, Task.STATE_FAILED, reason)
+        if task_id in self._store_waits:
+            self._store_waits.discard(task_id)
+            logger.info("task %s: the store takes its events again; it went on", task_id)
 
     async def _end(self, task_id: str, state: Task.State.ValueType, reason: str) -> None:
         """End the task from its run; an end someone else appended first stands."""
@@ -375,7 +403,8 @@ class TaskRunner:
         delivered = len(task.artifacts)
         plural = "s" if task.revisions > 1 else ""
         revised = f" after {task.revisions} plan revision{plural}" if task.revisions else ""
-        await self._end(task_id, Task.STATE_SUCCEEDED, f"delivered {delivered} files{revised}")
+        delivered_files = counted(delivered, "file")
+        await self._end(task_id, Task.STATE_SUCCEEDED, f"delivered {delivered_files}{revised}")
 
     async def _plan(self, task: Task) -> bool:
         await self._set_state(task.task_id, Task.STATE_PLANNING)
@@ -479,7 +508,7 @@ class TaskRunner:
         current = await self._require(task.task_id)
         if current.revisions >= self._config.max_revisions:
             if self._config.max_revisions:
-                failed += f" (the plan was already revised {current.revisions} times)"
+                failed += f" (the plan was already revised {counted(current.revisions, 'time')})"
             raise _TaskFailed(failed)
         await self._note(task.task_id, step.index, "asking the planner to revise the plan")
         try:

@@ -16,10 +16,11 @@ import random
 import re
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from mitosis.executor.store.base import Store
+from mitosis.rpc.settings import add_setting
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +53,16 @@ def parse_retention(text: str) -> float:
 
 def add_retention_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     """Define --retain (env MITOSIS_RETAIN)."""
-    parser.add_argument(
+    add_setting(
+        parser,
         "--retain",
+        "MITOSIS_RETAIN",
+        env,
         type=parse_retention,
-        default=env.get("MITOSIS_RETAIN", DEFAULT_RETAIN),
+        default=DEFAULT_RETAIN,
         help="how long a finished task (its record, events and files) is kept after it"
         " ended, like 7d, 12h or 30m; 0 keeps them forever; unfinished tasks are never"
-        f" deleted (env MITOSIS_RETAIN; default {DEFAULT_RETAIN})",
+        " deleted",
     )
 
 
@@ -114,19 +118,22 @@ class Retention:
             task_ids = await self._store.ended_before(cutoff, self._batch)
             if not task_ids:
                 return total
-            await asyncio.to_thread(self._delete_folders, task_ids)
+            await asyncio.to_thread(delete_task_folders, self._data_dir, task_ids)
             deleted = await self._store.delete_ended(task_ids, cutoff)
             total += len(deleted)
             if not deleted or len(task_ids) < self._batch:
                 return total  # the rest is for the next sweep
 
-    def _delete_folders(self, task_ids: list[str]) -> None:
-        for task_id in task_ids:
-            if not _SAFE_ID.fullmatch(task_id):
-                logger.warning("retention: task id %r names no folder; left alone", task_id)
-                continue
-            # What another sweeper deleted first is skipped; the rest still goes.
-            shutil.rmtree(task_folder(self._data_dir, task_id), onerror=_skip_missing)
+
+
+def delete_task_folders(data_dir: Path, task_ids: Sequence[str]) -> None:
+    """Delete the tasks' folders (their workspaces and files); a folder already gone is fine."""
+    for task_id in task_ids:
+        if not _SAFE_ID.fullmatch(task_id):
+            logger.warning("task id %r names no folder; left alone", task_id)
+            continue
+        # What another sweeper deleted first is skipped; the rest still goes.
+        shutil.rmtree(task_folder(data_dir, task_id), onerror=_skip_missing)
 
 
 def _skip_missing(
