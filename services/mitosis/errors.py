@@ -30,6 +30,10 @@ API_KEY_UNKNOWN = "API_KEY_UNKNOWN"
 """The call's key is not one the service knows."""
 READ_OFFSET_OUT_OF_RANGE = "READ_OFFSET_OUT_OF_RANGE"
 """ReadArtifact's `read_offset` lies beyond the file (metadata: `size_bytes`)."""
+MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
+"""The model server (OPENAI_BASE_URL) cannot be reached (metadata: `endpoint`)."""
+DATA_FOLDER_FULL = "DATA_FOLDER_FULL"
+"""The executor's data folder has no space left for the store (metadata: `folder`)."""
 
 
 class MitosisError(Exception):

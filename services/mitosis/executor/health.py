@@ -1,5 +1,6 @@
-"""The executor's health as its dependencies make it: NOT_SERVING while the store or the
-planner cannot be reached, SERVING again once both answer.
+"""The executor's health as its dependencies make it: NOT_SERVING while the store, the
+planner or the model server cannot be reached, or the data folder is full; SERVING again
+once all is well.
 
 Only the named services (TaskService) change; the server's overall status ("") stays
 SERVING while the process runs, so a liveness probe does not restart an executor that
@@ -10,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mitosis.errors import MitosisError
 from mitosis.executor.store.base import Store
 
 logger = logging.getLogger(__name__)
@@ -25,6 +29,47 @@ Check = Callable[[], Awaitable[None]]
 
 PROBE_TASK_ID = "0" * 16
 """A well-formed task id no task has (ids are random): reading it is the cheapest store query."""
+
+
+MIN_FREE_BYTES = 1024 * 1024
+"""Less free space than this in the data folder is a full folder: the store's next writes
+would fail ("database or disk is full")."""
+
+
+class Unhealthy(Exception):
+    """A dependency that answers but cannot serve; the message says why, whole."""
+
+
+def space_check(folder: Path, min_free: int = MIN_FREE_BYTES) -> Check:
+    """Return a check that the data folder has at least `min_free` bytes free."""
+
+    async def check() -> None:
+        free = (await asyncio.to_thread(shutil.disk_usage, _existing(folder))).free
+        if free < min_free:
+            raise Unhealthy(
+                f"the data folder {folder} is full ({free:,} bytes free); free space there"
+            )
+
+    return check
+
+
+def _existing(folder: Path) -> Path:
+    """The folder, or the nearest of its parents that exists (made later, on the same disk)."""
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    return folder
+
+
+def model_check(probe: Check) -> Check:
+    """Return a check that the model server answers; its error says where and what to check."""
+
+    async def check() -> None:
+        try:
+            await probe()
+        except MitosisError as error:
+            raise Unhealthy(str(error)) from None
+
+    return check
 
 
 def store_check(store: Store) -> Check:
@@ -95,25 +140,27 @@ class HealthProbe:
         return not failing
 
     async def _check(self, name: str) -> str | None:
-        """Return why the dependency cannot be reached, or None when it answers."""
+        """Return what is wrong with the dependency, in words, or None when it answers."""
         try:
             async with asyncio.timeout(self._timeout):
                 await self._checks[name]()
         except TimeoutError:
-            return f"no answer within {self._timeout:g} s"
+            return f"the {name} is unreachable (no answer within {self._timeout:g} s)"
+        except Unhealthy as error:
+            return str(error)
         except Exception as error:  # whatever a client raises, the dependency is away
-            return str(error) or type(error).__name__
+            return f"the {name} is unreachable ({str(error) or 'no reason given'})"
         return None
 
     async def _set(self, failing: Mapping[str, str]) -> None:
         if failing:
             status = health_pb2.HealthCheckResponse.NOT_SERVING
-            reasons = "; ".join(
-                f"the {name} is unreachable ({why})" for name, why in failing.items()
-            )
+            reasons = "; ".join(failing.values())
             logger.warning("NOT_SERVING: %s", reasons)
         else:
             status = health_pb2.HealthCheckResponse.SERVING
-            logger.info("SERVING: the %s answer again", " and the ".join(self._checks))
+            names = [f"the {name}" for name in self._checks]
+            listed = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]
+            logger.info("SERVING: %s %s well again", listed, "are" if len(names) > 1 else "is")
         for service in self._service_names:
             await self._health.set(service, status)

@@ -44,6 +44,7 @@ from mitosis.models.openai_wire import (
     FormatRefused,
     ModelCallFailed,
     ModelTimedOut,
+    ModelUnreachable,
     ModelUnusable,
     OpenAISettings,
     ToolCall,
@@ -64,6 +65,7 @@ from mitosis.models.plan_schema import (
 from mitosis.tool_errors import PathEscapeError, ToolError
 from mitosis.tool_specs import PLAN_TOOLS, WRITE_DOCUMENT, ToolSpec, WebSource
 from mitosis.v1 import plan_pb2
+from mitosis.words import counted
 
 __all__ = [
     "ModelCallFailed",
@@ -265,6 +267,18 @@ class OpenAIModel:
         """`openai:<step model>`: the model that executes steps and writes documents."""
         return f"openai:{self.settings.step_model}"
 
+    async def probe(self) -> None:
+        """Return when the model server answers, or raise ModelUnreachable saying what to
+        check (for health checks, and the warning at start)."""
+        await self._wire.probe()
+
+    async def warn_if_unreachable(self) -> None:
+        """Log one warning when the model server cannot be reached now (at start)."""
+        try:
+            await self.probe()
+        except ModelUnreachable as error:
+            _log.warning("%s", error)
+
     async def aclose(self) -> None:
         """Close the HTTP client and its connections."""
         await self._wire.aclose()
@@ -309,7 +323,7 @@ class OpenAIModel:
         if not 0 <= failed_step_index < len(plan.steps):
             raise ValueError(
                 f"failed_step_index {failed_step_index} is outside the plan's "
-                f"{len(plan.steps)} steps"
+                f"{counted(len(plan.steps), 'step')}"
             )
         shown = json.dumps(plan_as_json(plan), ensure_ascii=False, indent=1)
         failed = plan.steps[failed_step_index]
@@ -494,7 +508,7 @@ class OpenAIModel:
         """Carry out one step as a tool-calling loop; raise StepFailure when it cannot."""
         if not 0 <= step_index < len(plan.steps):
             raise ValueError(
-                f"step_index {step_index} is outside the plan's {len(plan.steps)} steps"
+                f"step_index {step_index} is outside the plan's {counted(len(plan.steps), 'step')}"
             )
         with report_model_waits(tools.log):
             await _StepRun(self, task_text, plan, step_index, tools, usage).run()
@@ -636,7 +650,7 @@ class _StepRun:
         return "\n\n".join(
             [
                 _task_block(self.task_text),
-                f"The plan ({len(self.plan.steps)} steps):\n"
+                f"The plan ({counted(len(self.plan.steps), 'step')}):\n"
                 f"{_plan_outline(self.plan, self.step_index)}",
                 f"Your step: step {number} of {len(self.plan.steps)}, {step.title!r}\n"
                 f"Planned tool: {step.tool}\n"

@@ -36,7 +36,7 @@ from openai.types.chat import (
 )
 from openai.types.shared_params import ResponseFormatJSONObject, ResponseFormatJSONSchema
 
-from mitosis.errors import MitosisError
+from mitosis.errors import MODEL_UNAVAILABLE, MitosisError
 from mitosis.models.base import FatalModelError, ModelUsage, StepFailure
 
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -123,6 +123,16 @@ class ModelCallFailed(StepFailure, MitosisError):
     code = grpc.StatusCode.UNKNOWN
 
 
+class ModelUnreachable(ModelCallFailed):
+    """No connection to the model server could be made, on every attempt: it is down, or
+    OPENAI_BASE_URL points elsewhere. UNAVAILABLE, with the address and what to check."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(self, message: str, endpoint: str) -> None:
+        super().__init__(message, reason=MODEL_UNAVAILABLE, metadata={"endpoint": endpoint})
+
+
 class ModelTimedOut(ModelCallFailed):
     """The endpoint sent nothing within the deadline, on every attempt."""
 
@@ -130,6 +140,17 @@ class ModelTimedOut(ModelCallFailed):
 class FormatRefused(ModelCallFailed):
     """The endpoint answered 400 to the call's `response_format` (or forced tool choice):
     a server that does not support it, as vLLM, Ollama or an older model answer."""
+
+
+def unreachable_message(endpoint: str, error: BaseException, tries: str) -> str:
+    """Return what to tell people when the model server cannot be reached: where, why in
+    words (never an exception's class name), and what to check."""
+    cause = error.__cause__ or error
+    why = str(cause).strip() or "no connection could be made"
+    return (
+        f"the model server at {endpoint} is unreachable ({shorten(why, 160)}; {tries}); check"
+        " that it is running and that OPENAI_BASE_URL points at it"
+    )
 
 
 def shorten(text: str, limit: int = _SHOWN_CHARS) -> str:
@@ -229,6 +250,17 @@ class Wire:
     def endpoint(self) -> str:
         """The endpoint's base URL, for messages."""
         return str(self._client.base_url)
+
+    async def probe(self, within: float = 3.0) -> None:
+        """Return when the model server answers at all (GET models, once, no retries), or
+        raise ModelUnreachable. Any HTTP answer counts, a 401 or 404 too: it is there."""
+        try:
+            await self._client.with_options(max_retries=0, timeout=within).models.list()
+        except openai.APIConnectionError as error:  # timeouts are connection errors too
+            message = unreachable_message(self.endpoint, error, "1 attempt")
+            raise ModelUnreachable(message, self.endpoint) from error
+        except openai.APIError:
+            return
 
     async def aclose(self) -> None:
         """Close the client and its connections."""
@@ -343,8 +375,10 @@ class Wire:
                 f"the model did not answer within {self.settings.timeout_s:g} s ({tries})"
             ) from error
         if isinstance(error, openai.APIConnectionError):
-            cause = error.__cause__
-            how = f"{type(cause).__name__}: {cause}" if cause is not None else str(error)
+            if isinstance(error.__cause__, httpx2.ConnectError | httpx2.ConnectTimeout):
+                message = unreachable_message(self.endpoint, error, tries)
+                raise ModelUnreachable(message, self.endpoint) from error
+            how = str(error.__cause__ or error).strip() or "the connection was closed"
             raise ModelCallFailed(
                 f"the connection to the model endpoint at {self.endpoint} failed: {shorten(how)}"
             ) from error

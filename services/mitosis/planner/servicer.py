@@ -11,6 +11,7 @@ from mitosis.errors import InvalidArgument
 from mitosis.models.base import PlanningModel
 from mitosis.v1 import plan_pb2, planner_service_pb2, planner_service_pb2_grpc
 from mitosis.validation import validate_plan_arguments, validate_task_text
+from mitosis.words import counted
 
 Context = grpc.aio.ServicerContext[object, object]
 
@@ -33,7 +34,7 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
         if not 0 <= request.failed_step_index < len(request.plan.steps):
             raise InvalidArgument(
                 f"failed_step_index {request.failed_step_index} is not a step of the plan"
-                f" ({len(request.plan.steps)} steps)"
+                f" ({counted(len(request.plan.steps), 'step')})"
             )
         validate_plan_arguments(request.plan)
         return await self._model.revise_plan(

@@ -3,13 +3,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from mitosis.errors import MitosisError, error_status
+from mitosis.errors import MODEL_UNAVAILABLE, MitosisError, error_status
 from mitosis.validation import status_message
+
+logger = logging.getLogger(__name__)
+
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+"""A trailer gRPC clients read before retrying: a negative value asks them not to."""
 
 Behaviour = Callable[..., Any]
 """A method's implementation: (request, context) -> response, or an async iterator of them."""
@@ -77,8 +83,9 @@ def prepared(handler: Handler, prepare: Callable[[Any], None]) -> Handler:
 class ErrorStatusInterceptor(ServerInterceptor):
     """Ends a call that raised a MitosisError with its status, message and reason.
 
-    Servicers then only translate messages; any other exception stays UNKNOWN and is logged
-    by grpc, as a bug should be.
+    Servicers then only translate messages. Any other exception is a bug: it is logged with
+    its traceback and the call ends INTERNAL with a plain message and the request id, never
+    grpc's default UNKNOWN "Unexpected <class ...>", which names Python classes.
     """
 
     async def intercept_service(
@@ -99,6 +106,10 @@ def _unary_statuses(behaviour: Behaviour) -> Behaviour:
             return await behaviour(request, context)
         except MitosisError as error:
             await _abort(context, error)
+        except grpc.aio.AbortError:
+            raise  # the call was already ended with its status
+        except Exception:
+            await _abort_unexpected(context)
 
     return unary
 
@@ -112,11 +123,28 @@ def _streaming_statuses(behaviour: Behaviour) -> Behaviour:
                 yield response
         except MitosisError as error:
             await _abort(context, error)
+        except grpc.aio.AbortError:
+            raise  # the call was already ended with its status
+        except Exception:
+            await _abort_unexpected(context)
 
     return streaming
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: MitosisError) -> None:
     message = status_message(str(error))
-    trailer = error_status(error.code, message, error.reason, error.metadata)
+    trailer: tuple[tuple[str, str | bytes], ...] = error_status(
+        error.code, message, error.reason, error.metadata
+    )
+    if error.reason == MODEL_UNAVAILABLE:
+        # The model client has already retried; gRPC's retry policy must not multiply that.
+        trailer = (*trailer, (RETRY_PUSHBACK_KEY, "-1"))
     await context.abort(error.code, message, trailing_metadata=trailer)
+
+
+async def _abort_unexpected(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    # The log line carries the call's request id, which the caller got as a trailer.
+    logger.exception("the call failed on an unexpected error")
+    await context.abort(
+        grpc.StatusCode.INTERNAL, "internal error in the service; its log has the details"
+    )

@@ -103,7 +103,7 @@ async def approve_plan(log: EventLog, task_id: str, plan: plan_pb2.Plan | None) 
         await log.change(task_id, approval(plan), expect=AWAITING, fenced=False)
     except Refused as refused:
         raise FailedPrecondition(
-            f"task {task_id} is not awaiting approval (it is {_state(refused)})"
+            f"task {task_id} is not awaiting approval ({_where_it_is(refused)})"
         ) from None
 
 
@@ -125,3 +125,16 @@ def steps_of(plan: plan_pb2.Plan, first_index: int = 0) -> list[Step]:
 
 def _state(refused: Refused) -> str:
     return state_name(refused.task.state)
+
+
+_ENDED_PHRASES = {
+    Task.STATE_SUCCEEDED: "it has succeeded",
+    Task.STATE_FAILED: "it has failed",
+    Task.STATE_CANCELLED: "it was cancelled",
+}
+
+
+def _where_it_is(refused: Refused) -> str:
+    """Return "it is running", "it has succeeded", "it was cancelled": the state in words."""
+    state = refused.task.state
+    return _ENDED_PHRASES.get(state, f"it is {state_name(state)}")

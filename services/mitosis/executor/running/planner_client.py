@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterable
+from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 
+from mitosis.errors import MODEL_UNAVAILABLE, STATUS_DETAILS_KEY
 from mitosis.v1 import plan_pb2, planner_service_pb2, planner_service_pb2_grpc
 
 _SERVICE = planner_service_pb2.DESCRIPTOR.services_by_name["PlannerService"].full_name
@@ -111,6 +116,9 @@ class PlannerClient:
 
     def _explain(self, error: grpc.aio.AioRpcError) -> str:
         code = error.code()
+        if _reason(error) == MODEL_UNAVAILABLE:
+            # The planner answered: it is its model server that cannot be reached.
+            return f"UNAVAILABLE: {error.details()}"
         if code == grpc.StatusCode.UNAVAILABLE:
             return (
                 f"the planner at {self.target} is unreachable ({error.details()}); is it running?"
@@ -122,8 +130,38 @@ class PlannerClient:
                 f"the planner at {self.target} refused the executor's credential"
                 f" ({error.details()}); check the executor's --planner-key"
             )
-        return f"the planner refused the task: {code.name}: {error.details()}"
+        if code in _REFUSALS:
+            return f"the planner refused the task: {code.name}: {error.details()}"
+        return f"the planner could not plan the task: {code.name}: {error.details()}"
 
     async def close(self) -> None:
         """Close the channel."""
         await self._channel.close(None)
+
+
+_REFUSALS = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.PERMISSION_DENIED,
+    }
+)
+"""The planner's answers that are refusals of the task; any other is a failure to plan."""
+
+
+def _reason(error: grpc.aio.AioRpcError) -> str | None:
+    """Return the reason of the ErrorInfo in the planner's status details, if any."""
+    trailers: Iterable[Any] = error.trailing_metadata() or ()  # (key, value) pairs
+    for key, value in trailers:
+        if key != STATUS_DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except DecodeError:
+            return None
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                return info.reason
+    return None

@@ -13,6 +13,7 @@ from mitosis.errors import (
     TASK_WATCHER_QUOTA_EXCEEDED,
     ResourceExhausted,
 )
+from mitosis.words import counted
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,8 @@ class WatcherCount:
         per_task, per_key = self._limits.watchers_per_task, self._limits.watchers_per_key
         if self._by_task[task_id] >= per_task:
             raise ResourceExhausted(
-                f"task {task_id} already has {per_task} watchers, the most one task may have;"
-                " close one and try again",
+                f"task {task_id} already has {counted(per_task, 'watcher')}, the most one task"
+                " may have; close one and try again",
                 reason=TASK_WATCHER_QUOTA_EXCEEDED,
                 metadata={"limit": str(per_task), "task_id": task_id},
             )

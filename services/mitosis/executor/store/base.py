@@ -6,6 +6,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import grpc
+
 from mitosis.errors import Unavailable
 from mitosis.executor.store.encoded import EncodedEvent
 from mitosis.projection import TERMINAL_STATES
@@ -15,6 +17,14 @@ from mitosis.v1 import task_pb2
 class StoreUnavailable(Unavailable):
     """The store could not be reached, even after its bounded retries: not the task's
     fault, and not a reason to end it (it can go on once the store is back)."""
+
+
+class StoreFull(StoreUnavailable):
+    """The store's disk is full: like an unreachable store, not the task's fault and not a
+    reason to end it (it goes on once there is space), but RESOURCE_EXHAUSTED to callers,
+    with the folder to free space in."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class LeaseLost(Exception):

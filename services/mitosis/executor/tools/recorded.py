@@ -19,6 +19,7 @@ from mitosis.models.base import cited_sources, tool_argument
 from mitosis.tool_errors import ToolError
 from mitosis.tool_specs import FETCH_URL, WEB_SEARCH, ToolSpec, WebSource
 from mitosis.v1 import task_pb2
+from mitosis.words import counted
 
 Event = task_pb2.TaskEvent
 Source = task_pb2.LogLine
@@ -175,7 +176,7 @@ class RecordedTools:
         stamps = await asyncio.to_thread(self._workspace.snapshot)  # sizes without reading
         files = sorted(stamps)
         lines = [f"{stamps[p].size:>9,} B  {p}" for p in files]
-        await self.log(f"{len(files)} files in the workspace")
+        await self.log(f"{counted(len(files), 'file')} in the workspace")
         for line in lines:
             await self.log(line)
         return "\n".join(lines) or "(the workspace is empty)"
@@ -183,7 +184,7 @@ class RecordedTools:
     async def read_file(self, path: str) -> str:
         text = read_file(self._workspace, path)
         lines = text.splitlines()
-        await self.log(f"read {path}: {len(lines)} lines")
+        await self.log(f"read {path}: {counted(len(lines), 'line')}")
         for line in lines[:READ_FILE_PREVIEW_LINES]:
             await self.log(f"  {line}")
         if len(lines) > READ_FILE_PREVIEW_LINES:
