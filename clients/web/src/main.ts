@@ -116,7 +116,7 @@ class ConnectionIndicator {
     this.el.setAttribute("data-state", s.kind);
     setText(this.label, this.text());
     let detail = "";
-    if (s.kind === "reconnecting") detail = s.reason;
+    if (s.kind === "reconnecting") detail = `${s.reason}; retrying`;
     else if (s.kind === "live" && s.bounded) {
       detail = "a proxy on the way holds back streamed responses: asking for news every half second";
     }

@@ -113,6 +113,16 @@ describe("describeError", () => {
     expect(codeName(Code.FailedPrecondition)).toBe("FAILED_PRECONDITION");
     expect(codeName(Code.Unavailable)).toBe("UNAVAILABLE");
   });
+
+  it("says in words that the connection was lost when fetch itself failed", () => {
+    for (const words of ["Failed to fetch", "NetworkError when attempting to fetch resource.", "Load failed"]) {
+      expect(describeError(new TypeError(words))).toBe("the connection to the server was lost");
+    }
+    expect(describeError(new ConnectError("Failed to fetch", Code.Unknown))).toBe(
+      "the connection to the server was lost",
+    );
+    expect(describeError(new ConnectError("boom", Code.Unknown))).toBe("UNKNOWN: boom");
+  });
 });
 
 describe("TaskStream", () => {

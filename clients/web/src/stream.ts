@@ -125,7 +125,19 @@ export function backoffDelay(
 /** A readable "CODE: message" for any error a call raised. */
 export function describeError(err: unknown): string {
   const error = ConnectError.from(err);
+  if (isConnectionLoss(error)) return "the connection to the server was lost";
   return `${codeName(error.code)}: ${error.rawMessage || "(no message)"}`;
+}
+
+/** The browser's fetch failed before any answer came: it names no gRPC status, only a
+ *  TypeError in each browser's words ("Failed to fetch", "NetworkError when attempting to
+ *  fetch resource.", "Load failed"), which Connect reports as UNKNOWN. */
+function isConnectionLoss(error: ConnectError): boolean {
+  if (error.code !== Code.Unknown) return false;
+  return (
+    error.cause instanceof TypeError ||
+    /failed to fetch|networkerror|load failed|network connection was lost/i.test(error.rawMessage)
+  );
 }
 
 /** `Code.NotFound` → "NOT_FOUND", as gRPC spells it. */
