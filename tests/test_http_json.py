@@ -285,6 +285,18 @@ async def test_an_event_source_resumes_from_its_last_event_id(
     assert first + rest == await stored_events(executor, task.task_id)
 
 
+async def test_a_bounded_watch_ends_while_the_task_goes_on(gateway: Gateway) -> None:
+    """`max_wait` (a Duration, "0.5s") as for a path that delivers only whole responses."""
+    port = gateway.port
+    task = await create(port, "Write a short guide to composting", requireApproval=True)
+    _, _, before = await sse(port, task.task_id, until=waits_for_approval)
+
+    status, _, events = await sse(port, task.task_id, "?max_wait=0.5s")
+
+    assert status == 200  # it ended by itself, the task still waiting for approval
+    assert events == before
+
+
 async def test_a_watch_error_before_the_first_event_is_an_http_status(gateway: Gateway) -> None:
     status, headers, _ = await sse(gateway.port, "no-such-task")
     assert status == 404
