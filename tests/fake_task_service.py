@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import grpc
+from google.protobuf import empty_pb2
 
 from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 
@@ -106,6 +107,26 @@ def log_story(task_id: str, n: int) -> FakeTask:
     )
     task = Task(
         task_id=task_id, text="count lines", state=Task.STATE_SUCCEEDED, model="offline", last_seq=n
+    )
+    return FakeTask(task, numbered(task_id, kinds))
+
+
+def awaiting_story(task_id: str, text: str) -> FakeTask:
+    """A task made with require_approval whose plan waits for approval (and nobody approves)."""
+    steps = [Step(index=0, title="Write it", tool="write_document", state=Step.STATE_PENDING)]
+    kinds: list[dict[str, object]] = [
+        {"task_state_changed": task_pb2.TaskStateChanged(state=Task.STATE_PLANNING)},
+        {"plan_ready": task_pb2.PlanReady(steps=steps, model="offline", summary="One page.")},
+        {"task_state_changed": task_pb2.TaskStateChanged(state=Task.STATE_AWAITING_APPROVAL)},
+    ]
+    task = Task(
+        task_id=task_id,
+        text=text,
+        state=Task.STATE_AWAITING_APPROVAL,
+        model="offline",
+        steps=steps,
+        last_seq=len(kinds),
+        require_approval=True,
     )
     return FakeTask(task, numbered(task_id, kinds))
 
@@ -284,7 +305,11 @@ class FakeTaskService(task_service_pb2_grpc.TaskServiceServicer):
             outcome = Task.STATE_FAILED
         elif "please cancel" in request.text:
             outcome = Task.STATE_CANCELLED
-        fake = self.add(document_story(f"task-{len(self.tasks) + 1}", request.text, outcome))
+        task_id = f"task-{len(self.tasks) + 1}"
+        if request.require_approval:
+            fake = self.add(awaiting_story(task_id, request.text))
+        else:
+            fake = self.add(document_story(task_id, request.text, outcome))
         if request.request_id:
             self._created[request.request_id] = fake.task.task_id
         return Task(
@@ -315,6 +340,12 @@ class FakeTaskService(task_service_pb2_grpc.TaskServiceServicer):
             )
         fake.task.state = Task.STATE_CANCELLED
         return fake.task
+
+    async def DeleteTask(self, request, context):
+        await self._unary("DeleteTask", context)
+        await self._find(request.task_id, context)
+        del self.tasks[request.task_id]
+        return empty_pb2.Empty()
 
     async def ApprovePlan(self, request, context):
         await self._unary("ApprovePlan", context)

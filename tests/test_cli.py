@@ -63,13 +63,67 @@ def test_run_json_prints_every_event_once_in_seq_order(
 ) -> None:
     assert main(["--json", "run", "write", "a", "report"], env=env) == ExitStatus.SUCCESS
     out, err = capsys.readouterr()
-    events = json_lines(out)
+    *events, result = json_lines(out)
     assert [int(str(e["seq"])) for e in events] == list(range(1, story_length(fake) + 1))
     assert {e["taskId"] for e in events} == {"task-1"}
     assert events[-1]["taskStateChanged"] == {"state": "STATE_SUCCEEDED"}
     assert fake.tasks["task-1"].task.text == "write a report"
     assert "created task task-1" in err
     assert "task task-1 succeeded" in err
+    # The last line is the one result object: state, files, usage.
+    assert result["result"]["taskId"] == "task-1"  # type: ignore[index]
+    assert result["result"]["state"] == "STATE_SUCCEEDED"  # type: ignore[index]
+    files = result["result"]["files"]  # type: ignore[index]
+    assert [f["path"] for f in files] == ["docs/outline.md", "docs/report.md"]
+    assert set(result["result"]["usage"]) >= {"modelCalls", "inputTokens"}  # type: ignore[index]
+
+
+def test_run_approve_exits_9_while_the_plan_waits(
+    fake: FakeTaskService, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Not on a terminal: nobody can approve, so the plan waits and run says so.
+    assert main(["--json", "run", "--approve", "write a report"], env=env) == 9
+    assert ExitStatus.AWAITING_APPROVAL == 9
+    out, err = capsys.readouterr()
+    *_, result = json_lines(out)
+    assert result["result"]["state"] == "STATE_AWAITING_APPROVAL"  # type: ignore[index]
+    assert "the plan waits; run it with: mitosis approve task-1" in err
+
+
+def test_ls_says_when_there_are_no_tasks(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["ls"], env=env) == 0
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", "no tasks yet\n")
+
+
+def test_delete_removes_the_task(
+    fake: FakeTaskService, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.add(document_story("t", "write", Task.STATE_SUCCEEDED))
+    assert main(["delete", "t"], env=env) == 0
+    assert capsys.readouterr().out == "deleted task t\n"
+    assert "t" not in fake.tasks
+    assert main(["delete", "t"], env=env) == ExitStatus.NOT_FOUND
+
+
+def test_artifacts_refuse_to_overwrite_without_force(
+    fake: FakeTaskService, env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    story = fake.add(document_story("t", "write", Task.STATE_SUCCEEDED))
+    (tmp_path / "docs").mkdir()
+    mine = tmp_path / "docs" / "report.md"
+    mine.write_text("my own notes")
+
+    assert main(["artifacts", "t", "--out", str(tmp_path)], env=env) == ExitStatus.ERROR
+    err = capsys.readouterr().err
+    assert err == f"error: {mine} exists already; give --force to overwrite it\n"
+    assert mine.read_text() == "my own notes"
+    assert not (tmp_path / "docs" / "outline.md").exists()  # nothing written
+
+    assert main(["artifacts", "t", "--out", str(tmp_path), "--force"], env=env) == 0
+    assert mine.read_bytes() == story.files["docs/report.md"]
 
 
 def test_run_json_stays_exactly_once_across_broken_streams(
@@ -78,7 +132,8 @@ def test_run_json_stays_exactly_once_across_broken_streams(
     fake.script = [AbortAfter(5), EndAfter(3)]
     assert main(["run", "write a report", "--json"], env=env) == ExitStatus.SUCCESS
     out, err = capsys.readouterr()
-    assert [int(str(e["seq"])) for e in json_lines(out)] == list(range(1, story_length(fake) + 1))
+    events = json_lines(out)[:-1]  # the last line is the result
+    assert [int(str(e["seq"])) for e in events] == list(range(1, story_length(fake) + 1))
     assert fake.watch_calls == [0, 5, 8]
     assert "connection: reconnecting (attempt 1" in err
 
@@ -297,6 +352,7 @@ def test_exit_statuses_are_stable() -> None:
         "UNAVAILABLE": 6,
         "ERROR": 7,
         "UNAUTHENTICATED": 8,
+        "AWAITING_APPROVAL": 9,
         "INTERRUPTED": 130,
     }
 
@@ -442,7 +498,7 @@ async def test_run_against_the_real_executor_delivers_verified_files(
     events = [line for line in lines if "seq" in line]
     assert [int(str(e["seq"])) for e in events] == list(range(1, len(events) + 1))
     assert events[-1]["taskStateChanged"]["state"] == "STATE_SUCCEEDED"  # type: ignore[index]
-    saved = [Path(str(line["path"])) for line in lines if "path" in line]
+    saved = [Path(path) for path in lines[-1]["result"]["saved"]]  # type: ignore[index]
     assert saved
     assert all(path.is_relative_to(tmp_path) for path in saved)
     assert "model: offline (deterministic, no network)" in err

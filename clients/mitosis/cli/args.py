@@ -144,13 +144,18 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     run = command(
         "run",
         "create a task, watch it to its end, then optionally download its files",
-        "Exits 0 if the task succeeded, 1 if it failed, 3 if it was cancelled. Ctrl-C stops\n"
-        "watching but not the task; the command to resume is printed.",
+        "Exits 0 if the task succeeded, 1 if it failed, 3 if it was cancelled, and with\n"
+        "--approve 9 if the plan waits for approval. Ctrl-C stops watching but not the task;\n"
+        "the command to resume is printed. With --json the last line is one result object:\n"
+        '{"result": {"taskId", "state", "files", "usage", "error", "saved"}}.',
     )
     run.add_argument(
         "text", nargs="+", metavar="TEXT", help="the task, in plain words ('-': stdin)"
     )
     run.add_argument("--out", metavar="DIR", help="download the task's files into DIR at the end")
+    run.add_argument(
+        "--force", action="store_true", help="with --out, overwrite files that exist in DIR"
+    )
     run.add_argument(
         "--detach",
         action="store_true",
@@ -160,7 +165,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--approve",
         action="store_true",
         help="stop once the plan is ready and ask before any step runs (on a terminal;"
-        " elsewhere the plan waits for `mitosis approve`)",
+        " elsewhere, or if the answer is no, the plan waits for `mitosis approve` and run"
+        " exits 9)",
     )
 
     watch = command(
@@ -212,14 +218,23 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     cancel = command("cancel", "cancel a running task (exit 5 if it has already ended)")
     cancel.add_argument("task_id", metavar="TASK_ID", help=TASK_ID_HELP)
 
+    delete = command(
+        "delete",
+        "delete a task: its record, events and files (a running task is cancelled first)",
+        "Exits 4 if there is no such task (or it was deleted already).",
+    )
+    delete.add_argument("task_id", metavar="TASK_ID", help=TASK_ID_HELP)
+
     artifacts = command(
         "artifacts",
         "list a task's files, or download them with --out",
         "Downloads are checked against the SHA-256 the task recorded; paths that would\n"
-        "leave DIR are refused.",
+        "leave DIR are refused, and so are files that exist in DIR unless --force is given\n"
+        "(exit 7, naming the file, before anything is written).",
     )
     artifacts.add_argument("task_id", metavar="TASK_ID", help=TASK_ID_HELP)
     artifacts.add_argument("--out", metavar="DIR", help="download the files into DIR")
+    artifacts.add_argument("--force", action="store_true", help="overwrite files that exist in DIR")
     return parser
 
 

@@ -14,14 +14,14 @@ from pathlib import Path
 from google.protobuf import json_format
 from rich.text import Text
 
-from mitosis.cli.describe import artifact_line, summary_lines, task_lines, task_row
-from mitosis.cli.labels import describe_model
+from mitosis.cli.describe import artifact_line, run_result, summary_lines, task_lines, task_row
+from mitosis.cli.labels import counted, describe_model
 from mitosis.cli.plain import json_line
 from mitosis.cli.progress import TaskProgress
 from mitosis.cli.status import ExitStatus, status_for_task
 from mitosis.cli.terminal import Mode, Terminal
 from mitosis.cli.untrusted import clean_line
-from mitosis.client import AsyncClient, ClientSettings, MitosisError
+from mitosis.client import ArtifactExistsError, AsyncClient, ClientSettings, MitosisError
 from mitosis.v1 import plan_pb2, task_pb2
 
 Task = task_pb2.Task
@@ -33,6 +33,8 @@ class Session:
 
     task_id: str | None = None
     last_seq: int = 0
+    final: task_pb2.Task | None = None
+    """The task as the watch left it: ended, or waiting for approval."""
 
 
 Command = Callable[[AsyncClient, argparse.Namespace, Terminal, Session], Awaitable[ExitStatus]]
@@ -64,19 +66,27 @@ async def run(
     if args.approve:
         ended = await follow(client, task, 0, term, session, stop_at_approval=True)
         if ended is not None:
+            _print_run_result(term, session, [])
             return ended  # the task ended before its plan was ready
         if not _confirm(term, "Run this plan?"):
             term.note(
                 f"the plan waits; run it with: mitosis approve {clean_line(task.task_id)}"
                 f" (or: mitosis cancel {clean_line(task.task_id)})"
             )
-            return ExitStatus.SUCCESS
+            waiting = await client.get_task(task.task_id)
+            session.final = waiting
+            _print_run_result(term, session, [])
+            return status_for_task(waiting.state)
         await client.approve_plan(task.task_id)
         after_seq = session.last_seq
     status = await follow(client, task, after_seq, term, session)
     assert status is not None
+    saved: list[Path] = []
     if args.out is not None:
-        await download(client, task.task_id, Path(args.out), term)
+        saved = await download(
+            client, task.task_id, Path(args.out), term, force=args.force, quiet=True
+        )
+    _print_run_result(term, session, saved)
     return status
 
 
@@ -121,17 +131,43 @@ async def follow(
     for line in summary_lines(final):
         term.err.print(line)
     ended = progress.final.state if progress.final is not None else final.state
+    final.state = ended
+    session.final = final
     return status_for_task(ended)
 
 
-async def download(client: AsyncClient, task_id: str, out: Path, term: Terminal) -> None:
-    """Download the task's files under `out` and print where each went."""
-    for path in await client.download_artifacts(task_id, out):
+async def download(
+    client: AsyncClient,
+    task_id: str,
+    out: Path,
+    term: Terminal,
+    *,
+    force: bool = False,
+    quiet: bool = False,
+) -> list[Path]:
+    """Download the task's files under `out` and print where each went (with `quiet`, in
+    JSON mode, the caller prints them in its result instead). Without `force` a file that
+    exists already is refused before anything is written."""
+    try:
+        paths = await client.download_artifacts(task_id, out, overwrite=force)
+    except ArtifactExistsError as exists:
+        raise MitosisError(f"{exists.path} exists already; give --force to overwrite it") from None
+    for path in paths:
         size = path.stat().st_size
         if term.mode is Mode.JSON:
-            term.stdout.write(json.dumps({"path": str(path), "sizeBytes": size}) + "\n")
+            if not quiet:
+                term.stdout.write(json.dumps({"path": str(path), "sizeBytes": size}) + "\n")
         else:
-            term.out.print(Text(f"saved {clean_line(str(path))} ({size} bytes)"))
+            term.out.print(Text(f"saved {clean_line(str(path))} ({counted(size, 'byte')})"))
+    return paths
+
+
+def _print_run_result(term: Terminal, session: Session, saved: list[Path]) -> None:
+    """With --json, end `run`'s output with one result object: state, files, usage."""
+    if term.mode is not Mode.JSON or session.final is None:
+        return
+    term.stdout.write(json.dumps({"result": run_result(session.final, saved)}) + "\n")
+    term.stdout.flush()
 
 
 async def list_tasks(
@@ -144,6 +180,9 @@ async def list_tasks(
         page = await client.list_tasks(args.page_size, token, view=view)
         for task in page.tasks:
             _print_result(term, task, [task_row(task)])
+        if not page.tasks and not page.next_page_token:
+            term.note("no more tasks" if token else "no tasks yet")
+            return ExitStatus.SUCCESS
         token = page.next_page_token
         if not token:
             return ExitStatus.SUCCESS
@@ -177,13 +216,25 @@ async def artifacts(
 ) -> ExitStatus:
     """List a task's files, or download them with --out."""
     if args.out is not None:
-        await download(client, args.task_id, Path(args.out), term)
+        await download(client, args.task_id, Path(args.out), term, force=args.force)
         return ExitStatus.SUCCESS
     task = await client.get_task(args.task_id)
     for artifact in task.artifacts:
         _print_result(term, artifact, [artifact_line(artifact)])
     if not task.artifacts:
         term.note(f"task {clean_line(task.task_id)} has delivered no files")
+    return ExitStatus.SUCCESS
+
+
+async def delete(
+    client: AsyncClient, args: argparse.Namespace, term: Terminal, session: Session
+) -> ExitStatus:
+    """Delete a task with its events and files (a running one is cancelled first)."""
+    await client.delete_task(args.task_id)
+    if term.mode is Mode.JSON:
+        term.stdout.write(json.dumps({"taskId": args.task_id, "deleted": True}) + "\n")
+    else:
+        term.out.print(Text(f"deleted task {clean_line(args.task_id)}"))
     return ExitStatus.SUCCESS
 
 
@@ -230,5 +281,6 @@ COMMANDS: dict[str, Command] = {
     "ls": list_tasks,
     "get": get,
     "cancel": cancel,
+    "delete": delete,
     "artifacts": artifacts,
 }

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
+from google.protobuf import json_format
 from rich.text import Text
 
 from mitosis.cli.labels import (
     STATE_STYLES,
     STEP_MARKS,
+    counted,
     describe_model,
     step_label,
     step_state_name,
@@ -49,7 +54,7 @@ def source_line(source: task_pb2.WebSource) -> Text:
 
 def usage_text(usage: task_pb2.Usage) -> str:
     """Return what model calls cost: calls, tokens in and out, time waited."""
-    calls = f"{usage.model_calls} model call{'s' if usage.model_calls != 1 else ''}"
+    calls = counted(usage.model_calls, "model call")
     return (
         f"{calls}, {usage.input_tokens:,} tokens in, {usage.output_tokens:,} out,"
         f" {usage.latency_ms / 1000:.1f} s"
@@ -59,7 +64,7 @@ def usage_text(usage: task_pb2.Usage) -> str:
 def artifact_line(artifact: task_pb2.Artifact) -> Text:
     """Return one delivered file: path, size, media type and SHA-256."""
     return Text(
-        f"{clean_line(artifact.path)}  {artifact.size_bytes} bytes  "
+        f"{clean_line(artifact.path)}  {counted(artifact.size_bytes, 'byte')}  "
         f"{clean_line(artifact.media_type) or '-'}  sha256 {clean_line(artifact.sha256)}"
     )
 
@@ -70,13 +75,11 @@ def summary_lines(task: task_pb2.Task) -> list[Text]:
     lines += [step_line(step) for step in task.steps]
     if task.artifacts:
         lines.append(Text("files:"))
-        lines += [Text(f"  {clean_line(a.path)}  ({a.size_bytes} bytes)") for a in task.artifacts]
-    total = task_pb2.Usage()
-    for step in task.steps:
-        total.model_calls += step.usage.model_calls
-        total.input_tokens += step.usage.input_tokens
-        total.output_tokens += step.usage.output_tokens
-        total.latency_ms += step.usage.latency_ms
+        lines += [
+            Text(f"  {clean_line(a.path)}  ({counted(a.size_bytes, 'byte')})")
+            for a in task.artifacts
+        ]
+    total = total_usage(task)
     if total.model_calls:
         lines.append(Text(f"model usage: {usage_text(total)}"))
     if task.revisions:
@@ -84,6 +87,35 @@ def summary_lines(task: task_pb2.Task) -> list[Text]:
     if task.error:
         lines.append(Text(f"error: {clean_line(task.error)}", style="red"))
     return lines
+
+
+def total_usage(task: task_pb2.Task) -> task_pb2.Usage:
+    """Return what the task's model calls cost, all steps together."""
+    total = task_pb2.Usage()
+    for step in task.steps:
+        total.model_calls += step.usage.model_calls
+        total.input_tokens += step.usage.input_tokens
+        total.output_tokens += step.usage.output_tokens
+        total.latency_ms += step.usage.latency_ms
+    return total
+
+
+def run_result(task: task_pb2.Task, saved: Sequence[Path] = ()) -> dict[str, object]:
+    """Return what `run --json` ends with: the task's state, error, files, usage, and where
+    --out saved the files (proto3 JSON names and values, as the events use)."""
+    result: dict[str, object] = {
+        "taskId": task.task_id,
+        "state": task_pb2.Task.State.Name(task.state),
+        "files": [json_format.MessageToDict(artifact) for artifact in task.artifacts],
+        "usage": json_format.MessageToDict(
+            total_usage(task), always_print_fields_with_no_presence=True
+        ),
+    }
+    if task.error:
+        result["error"] = task.error
+    if saved:
+        result["saved"] = [str(path) for path in saved]
+    return result
 
 
 def task_lines(task: task_pb2.Task) -> list[Text]:
@@ -138,7 +170,7 @@ def _page_line(page: task_pb2.Page) -> Text:
     status = "abandoned" if page.abandoned else "" if page.finished else "writing"
     line = Text(
         f"  page {page.page_number}  {clean_line(page.title)} ({clean_line(page.file_name)})"
-        f"  {page.size_bytes} bytes"
+        f"  {counted(page.size_bytes, 'byte')}"
     )
     if status:
         line.append(f"  {status}", style="dim")

@@ -58,6 +58,11 @@ def describe_model(model: str) -> str:
     return clean_line(model) or "not chosen yet"
 
 
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """Return "1 step", "2 steps", "0 files": the count with its noun in the right number."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
 def step_label(index: int) -> str:
     """Return how a step is named to people: counting from 1."""
     return f"step {index + 1}"

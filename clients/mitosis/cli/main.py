@@ -15,6 +15,7 @@ from mitosis.cli.commands import Session, dispatch
 from mitosis.cli.status import ExitStatus, status_for_error
 from mitosis.cli.terminal import Terminal
 from mitosis.client import ClientSettings, MitosisError, UnauthenticatedError, UnavailableError
+from mitosis.client.errors import transport_hint
 
 
 class WatchInterruptedError(Exception):
@@ -70,6 +71,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         message = error.message
         if settings is not None and isinstance(error, UnavailableError):
             message = f"cannot reach the TaskService at {settings.target}: {message}"
+            hint = transport_hint(error.message, tls=settings.tls_ca is not None)
+            if hint is not None:
+                message = f"{message}; {hint}"
         elif settings is not None and isinstance(error, UnauthenticatedError):
             message = f"{message} ({settings.key_hint()})"
         term.error(message)

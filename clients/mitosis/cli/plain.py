@@ -8,6 +8,7 @@ from typing import TextIO
 from google.protobuf import json_format, message
 
 from mitosis.cli.labels import (
+    counted,
     describe_model,
     source_name,
     step_label,
@@ -117,7 +118,9 @@ def event_lines(event: task_pb2.TaskEvent) -> list[str]:
         return [f"task {task_state_name(change.state)}{note}"]
     if kind == "plan_ready":
         plan = event.plan_ready
-        lines = [f"plan ready: {len(plan.steps)} steps, model {describe_model(plan.model)}"]
+        lines = [
+            f"plan ready: {counted(len(plan.steps), 'step')}, model {describe_model(plan.model)}"
+        ]
         lines += [
             f"  {step_label(s.index)}: {clean_line(s.title)} [{clean_line(s.tool)}]"
             for s in plan.steps
@@ -150,7 +153,7 @@ def event_lines(event: task_pb2.TaskEvent) -> list[str]:
         if done.abandoned:
             return [f"page {done.page_number} abandoned"]
         return [
-            f"page {done.page_number} finished: {done.size_bytes} bytes, "
+            f"page {done.page_number} finished: {counted(done.size_bytes, 'byte')}, "
             f"sha256 {clean_line(done.sha256)}"
         ]
     if kind == "log_line":
@@ -158,5 +161,5 @@ def event_lines(event: task_pb2.TaskEvent) -> list[str]:
         return [f"{source_name(log.source)} | {clean_line(log.text)}"]
     if kind == "artifact_ready":
         artifact = event.artifact_ready.artifact
-        return [f"delivered {clean_line(artifact.path)} ({artifact.size_bytes} bytes)"]
+        return [f"delivered {clean_line(artifact.path)} ({counted(artifact.size_bytes, 'byte')})"]
     return []

@@ -19,6 +19,7 @@ from mitosis.cli.describe import state_text
 from mitosis.cli.labels import (
     STATE_STYLES,
     STEP_MARKS,
+    counted,
     describe_model,
     source_name,
     step_label,
@@ -78,7 +79,9 @@ class LiveView:
         self.console.print(Text(clean(page.text).rstrip("\n")))
         if page.file_name and not page.abandoned:
             self.console.print(
-                Text(f"{clean_line(page.file_name)}, {page.size_bytes} bytes", style="dim")
+                Text(
+                    f"{clean_line(page.file_name)}, {counted(page.size_bytes, 'byte')}", style="dim"
+                )
             )
 
     def renderable(self) -> RenderableType:

@@ -31,6 +31,7 @@ class ExitStatus(enum.IntEnum):
     UNAVAILABLE = 6
     ERROR = 7
     UNAUTHENTICATED = 8
+    AWAITING_APPROVAL = 9
     INTERRUPTED = 130
 
 
@@ -42,8 +43,10 @@ DESCRIPTIONS: dict[ExitStatus, str] = {
     ExitStatus.NOT_FOUND: "no such task or file",
     ExitStatus.INVALID_ARGUMENT: "the server refused the request (invalid, or not possible now)",
     ExitStatus.UNAVAILABLE: "the server could not be reached, or stopped answering",
-    ExitStatus.ERROR: "any other error (e.g. a download that failed its SHA-256 check)",
+    ExitStatus.ERROR: "any other error (e.g. a download that failed its SHA-256 check, or a"
+    " file that exists already without --force)",
     ExitStatus.UNAUTHENTICATED: "the server wants an API key, or refused the one given",
+    ExitStatus.AWAITING_APPROVAL: "run --approve: the plan waits for `mitosis approve` (or cancel)",
     ExitStatus.INTERRUPTED: "interrupted by Ctrl-C; the task keeps running",
 }
 
@@ -51,6 +54,7 @@ _BY_TASK_STATE: dict[task_pb2.Task.State.ValueType, ExitStatus] = {
     task_pb2.Task.STATE_SUCCEEDED: ExitStatus.SUCCESS,
     task_pb2.Task.STATE_FAILED: ExitStatus.TASK_FAILED,
     task_pb2.Task.STATE_CANCELLED: ExitStatus.TASK_CANCELLED,
+    task_pb2.Task.STATE_AWAITING_APPROVAL: ExitStatus.AWAITING_APPROVAL,
 }
 
 _BY_ERROR: list[tuple[type[MitosisError], ExitStatus]] = [

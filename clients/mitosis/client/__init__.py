@@ -10,6 +10,7 @@ from mitosis.client.aio import BOUNDED_STATE, RESUMABLE_CODES, AsyncClient, Stat
 from mitosis.client.artifacts import artifact_destination
 from mitosis.client.errors import (
     AlreadyExistsError,
+    ArtifactExistsError,
     ConfigurationError,
     DeadlineExceededError,
     FailedPreconditionError,
@@ -45,6 +46,7 @@ __all__ = [
     "TERMINAL_STATES",
     "Admission",
     "AlreadyExistsError",
+    "ArtifactExistsError",
     "AsyncClient",
     "Backoff",
     "Client",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
-from mitosis.client.artifacts import ArtifactWriter, artifact_destination
+from mitosis.client.artifacts import ArtifactWriter, artifact_destination, refuse_existing
 from mitosis.client.errors import (
     ConfigurationError,
     DeadlineExceededError,
@@ -212,6 +212,12 @@ class AsyncClient:
         request = task_service_pb2.CancelTaskRequest(task_id=task_id)
         return await self._unary(self._service().CancelTask, request)
 
+    async def delete_task(self, task_id: str) -> None:
+        """Delete a task with its events and files, cancelling it first if it runs;
+        NotFoundError if there is no such task (or it was deleted already)."""
+        request = task_service_pb2.DeleteTaskRequest(task_id=task_id)
+        await self._unary(self._service().DeleteTask, request)
+
     async def approve_plan(self, task_id: str, plan: plan_pb2.Plan | None = None) -> task_pb2.Task:
         """Run a plan that awaits approval, as proposed or replaced by `plan`."""
         request = task_service_pb2.ApprovePlanRequest(task_id=task_id, plan=plan)
@@ -407,18 +413,24 @@ class AsyncClient:
         finally:
             call.cancel()
 
-    async def download_artifacts(self, task_id: str, out_dir: Path | str) -> list[Path]:
+    async def download_artifacts(
+        self, task_id: str, out_dir: Path | str, *, overwrite: bool = True
+    ) -> list[Path]:
         """Write every artifact of the task under out_dir (making folders) and return the paths.
 
         Refuses, before writing anything, artifact paths that would leave out_dir
-        (UnsafePathError); checks each file's size and SHA-256 against the task's artifact
-        list before moving it into place (IntegrityError). A download that breaks resumes
-        from the bytes already received (ReadArtifact's `read_offset`), for as long as unary
-        calls retry (`reconnect_deadline`, else `call_timeout`) without receiving a byte.
+        (UnsafePathError) and, without `overwrite`, files that exist already
+        (ArtifactExistsError, naming the first); checks each file's size and SHA-256
+        against the task's artifact list before moving it into place (IntegrityError). A
+        download that breaks resumes from the bytes already received (ReadArtifact's
+        `read_offset`), for as long as unary calls retry (`reconnect_deadline`, else
+        `call_timeout`) without receiving a byte.
         """
         task = await self.get_task(task_id)
         out = Path(out_dir)
         destinations = [artifact_destination(out, a.path) for a in task.artifacts]
+        if not overwrite:
+            refuse_existing(destinations)
         written: list[Path] = []
         for artifact, destination in zip(task.artifacts, destinations, strict=True):
             with ArtifactWriter(destination, artifact) as writer:

@@ -8,7 +8,7 @@ import unicodedata
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 
-from mitosis.client.errors import IntegrityError, UnsafePathError
+from mitosis.client.errors import ArtifactExistsError, IntegrityError, UnsafePathError
 from mitosis.v1 import task_pb2
 
 
@@ -31,6 +31,13 @@ def artifact_destination(out_dir: Path, path: str) -> Path:
     if not destination.is_relative_to(root) or destination == root:
         raise UnsafePathError(f"refusing artifact path {path!r}: it leaves {out_dir}")
     return destination
+
+
+def refuse_existing(destinations: list[Path]) -> None:
+    """Raise ArtifactExistsError for the first destination that exists already."""
+    for destination in destinations:
+        if destination.exists() or destination.is_symlink():
+            raise ArtifactExistsError(str(destination))
 
 
 class ArtifactWriter:

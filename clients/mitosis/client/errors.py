@@ -120,6 +120,14 @@ class UnsafePathError(MitosisError):
     control characters (terminal escapes, bidi overrides) that would mislead a person."""
 
 
+class ArtifactExistsError(MitosisError):
+    """A file a download would write exists already, and overwriting was not asked for."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"{path} exists already; refusing to overwrite it")
+        self.path = path
+
+
 class ConfigurationError(MitosisError):
     """The client's settings (config file, environment, TLS CA file) cannot be used."""
 
@@ -173,4 +181,22 @@ def error_info(trailers: Iterable[Any] | None) -> error_details_pb2.ErrorInfo | 
             info = error_details_pb2.ErrorInfo()
             if detail.Unpack(info):
                 return info
+    return None
+
+
+def transport_hint(message: str, *, tls: bool) -> str | None:
+    """Return what to check when a connection failed the way a TLS mismatch makes it fail,
+    or None: a plain-text client's first bytes make a TLS server close the socket, and a
+    TLS client's handshake fails against a plain-text server."""
+    text = message.lower()
+    if not tls and ("socket closed" in text or "connection reset" in text):
+        return (
+            "if the server uses TLS, give the CA that signed its certificate"
+            " (--tls-ca FILE, MITOSIS_TLS_CA, or tls_ca in the config file)"
+        )
+    if tls and any(word in text for word in ("ssl", "handshake", "wrong_version_number")):
+        return (
+            "the TLS handshake failed: check that the server uses TLS and that the CA file"
+            " (--tls-ca) signed its certificate"
+        )
     return None

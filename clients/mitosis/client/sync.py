@@ -124,6 +124,10 @@ class Client:
         """Cancel a running task."""
         return self._run(self._aio.cancel_task(task_id))
 
+    def delete_task(self, task_id: str) -> None:
+        """Delete a task with its events and files, cancelling it first if it runs."""
+        self._run(self._aio.delete_task(task_id))
+
     def watch(
         self,
         task_id: str,
@@ -154,9 +158,11 @@ class Client:
             self._aio.read_artifact(task_id, path, offset=offset), queue.SimpleQueue(), None
         )
 
-    def download_artifacts(self, task_id: str, out_dir: Path | str) -> list[Path]:
+    def download_artifacts(
+        self, task_id: str, out_dir: Path | str, *, overwrite: bool = True
+    ) -> list[Path]:
         """Write every artifact of the task under out_dir; see AsyncClient.download_artifacts."""
-        return self._run(self._aio.download_artifacts(task_id, out_dir))
+        return self._run(self._aio.download_artifacts(task_id, out_dir, overwrite=overwrite))
 
     def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
