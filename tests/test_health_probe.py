@@ -104,7 +104,9 @@ async def test_not_serving_while_the_planner_is_away(
     finally:
         await planner.stop(None)
     back = [r for r in caplog.records if r.name == "mitosis.executor.health"][1:]
-    assert [r.getMessage() for r in back] == ["SERVING: the store and the planner answer again"]
+    assert [r.getMessage() for r in back] == [
+        "SERVING: the store, the planner and the data folder are well again"
+    ]
     up = executor.metrics.registry.get_sample_value
     assert up("mitosis_dependency_up", {"dependency": "planner"}) == 1
 
@@ -138,7 +140,7 @@ async def test_not_serving_while_redis_is_away(
     messages = [r.getMessage() for r in caplog.records if r.name == "mitosis.executor.health"]
     assert len(messages) == 2, messages
     assert messages[0].startswith("NOT_SERVING: the store is unreachable")
-    assert messages[1] == "SERVING: the store and the planner answer again"
+    assert messages[1] == "SERVING: the store, the planner and the data folder are well again"
 
 
 async def test_a_stopping_executor_stays_not_serving(

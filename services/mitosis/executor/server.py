@@ -13,7 +13,13 @@ from pathlib import Path
 from mitosis.executor.events.hub import EventHub
 from mitosis.executor.events.live_feed import RedisFeed
 from mitosis.executor.events.log import EventLog
-from mitosis.executor.health import HealthProbe, planner_check, store_check
+from mitosis.executor.health import (
+    HealthProbe,
+    model_check,
+    planner_check,
+    space_check,
+    store_check,
+)
 from mitosis.executor.metrics import ExecutorMetrics
 from mitosis.executor.running.planned_agent import PlannedToolAgent
 from mitosis.executor.running.planner_client import PlannerClient
@@ -49,6 +55,7 @@ from mitosis.rpc.tls import (
     server_credentials,
 )
 from mitosis.v1 import planner_service_pb2, task_service_pb2
+from mitosis.words import counted
 
 logger = logging.getLogger("mitosis.executor")
 
@@ -408,15 +415,15 @@ async def start_executor(args: argparse.Namespace) -> Executor:
     ]
     if isinstance(store, RedisStore):
         background.append(asyncio.create_task(RedisFeed(store, hub).run(), name="redis feed"))
-    probe = HealthProbe(
-        serving.health,
-        [SERVICE_NAME],
-        {
-            "store": store_check(store),
-            "planner": planner_check(planner.channel, PLANNER_SERVICE, timeout=3.0),
-        },
-        interval=args.health_check_interval,
-    )
+    checks = {
+        "store": store_check(store),
+        "planner": planner_check(planner.channel, PLANNER_SERVICE, timeout=3.0),
+        "data folder": space_check(args.data_dir),
+    }
+    if isinstance(agent, OpenAIModel):
+        checks["model server"] = model_check(agent.probe)
+    # Its first check warns at start when a dependency is away (once, until it changes).
+    probe = HealthProbe(serving.health, [SERVICE_NAME], checks, interval=args.health_check_interval)
     metrics.track_dependencies(probe.reachable)
     background.append(asyncio.create_task(probe.run(), name="health probe"))
     metrics_server = None
@@ -425,14 +432,14 @@ async def start_executor(args: argparse.Namespace) -> Executor:
             args.metrics_listen, metrics.registry, metrics.refresh
         )
     logger.info(
-        "executor serving on port %d (%s, %s); model %s; store %s; planner %s; resumed %d tasks",
+        "executor serving on port %d (%s, %s); model %s; store %s; planner %s; resumed %s",
         port,
         "TLS" if tls else "plaintext",
         f"{len(keys.names)} API keys" if keys else "no API keys",
         agent.name,
         store.where,
         args.planner,
-        len(resumed),
+        counted(len(resumed), "task"),
     )
     return Executor(
         serving, port, runner, log, store, planner, background, close_model, metrics, metrics_server

@@ -26,6 +26,9 @@ logger = logging.getLogger("mitosis.planner")
 
 SERVICE_NAME = planner_service_pb2.DESCRIPTOR.services_by_name["PlannerService"].full_name
 
+_BACKGROUND: set[asyncio.Task[None]] = set()
+"""One-off tasks started while serving, held so they are not collected before they end."""
+
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Return the planner's settings from flags, then MITOSIS_* variables, then defaults."""
@@ -92,6 +95,11 @@ async def start_planner(args: argparse.Namespace) -> Planner:
     )
     port = serving.listen(args.listen, tls)
     await serving.start()
+    if isinstance(model, OpenAIModel):
+        # At start, once: say so when the model server cannot be reached (no task fails yet).
+        warning = asyncio.create_task(model.warn_if_unreachable(), name="probe the model")
+        _BACKGROUND.add(warning)
+        warning.add_done_callback(_BACKGROUND.discard)
     metrics_server = None
     if args.metrics_listen:
         metrics_server = await start_metrics_server(args.metrics_listen, metrics.registry)

@@ -7,11 +7,20 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mitosis.executor.store.base import Change, Expect, LeaseLost, TaskPage, check_append, events_of
+from mitosis.errors import DATA_FOLDER_FULL
+from mitosis.executor.store.base import (
+    Change,
+    Expect,
+    LeaseLost,
+    StoreFull,
+    TaskPage,
+    check_append,
+    events_of,
+)
 from mitosis.executor.store.encoded import EncodedEvent, stored_batch
 from mitosis.projection import TERMINAL_STATES, stamp_events
 from mitosis.v1 import task_pb2
@@ -98,14 +107,34 @@ class SqliteStore:
         self._leases: dict[str, tuple[str, float]] = {}
 
     async def create_task(self, task: task_pb2.Task) -> None:
-        self._db.execute(
-            "INSERT INTO tasks (task_id, create_ns, owner, record) VALUES (?, ?, ?, ?)",
-            (
-                task.task_id,
-                task.create_time.ToNanoseconds(),
-                task.owner,
-                task.SerializeToString(),
-            ),
+        with self._space_reported():
+            self._db.execute(
+                "INSERT INTO tasks (task_id, create_ns, owner, record) VALUES (?, ?, ?, ?)",
+                (
+                    task.task_id,
+                    task.create_time.ToNanoseconds(),
+                    task.owner,
+                    task.SerializeToString(),
+                ),
+            )
+
+    @contextlib.contextmanager
+    def _space_reported(self) -> Iterator[None]:
+        """Turn SQLite's "database or disk is full" into StoreFull naming the folder."""
+        try:
+            yield
+        except sqlite3.OperationalError as error:
+            if getattr(error, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+                raise
+            raise self._full() from error
+
+    def _full(self) -> StoreFull:
+        folder = self._path.parent
+        return StoreFull(
+            f"the data folder {folder} is full (the store cannot write to"
+            f" {self._path.name}); free space there",
+            reason=DATA_FOLDER_FULL,
+            metadata={"folder": str(folder)},
         )
 
     async def get_task(self, task_id: str) -> task_pb2.Task | None:
@@ -169,6 +198,8 @@ class SqliteStore:
                 try:
                     outcomes.append((request, self._append_now(request)))
                 except Exception as refused:  # unknown task, refused, fenced: this one only
+                    if _is_full(refused):
+                        raise  # SQLite rolled the whole transaction back: all of them fail
                     db.execute("ROLLBACK TO one_append")
                     outcomes.append((request, refused))
                 db.execute("RELEASE one_append")
@@ -177,6 +208,8 @@ class SqliteStore:
         except BaseException as error:
             if db.in_transaction:  # a failed COMMIT leaves it open: never carry it over
                 db.execute("ROLLBACK")
+            if _is_full(error):
+                error = self._full()
             outcomes = [(request, error) for request in batch]
         for request, outcome in outcomes:
             if request.done.cancelled():
@@ -332,6 +365,13 @@ class SqliteStore:
         if self._checkpointing is not None:
             await self._checkpointing
         self._db.close()
+
+
+def _is_full(error: BaseException) -> bool:
+    return (
+        isinstance(error, sqlite3.OperationalError)
+        and getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    )
 
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:
