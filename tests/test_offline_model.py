@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import json
 import os
 import re
@@ -264,8 +265,12 @@ async def test_a_task_asking_for_code_delivers_a_runnable_py_file_that_a_step_ru
         "  2 3 5 7 11 13 17 19 23 29",
     ]
     # The delivered file runs on its own, and takes a limit on the command line.
-    alone = subprocess.run(
-        [sys.executable, "-I", str(program), "10"], capture_output=True, text=True, check=True
+    alone = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-I", str(program), "10"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert alone.stdout == "4 prime numbers up to 10:\n  2 3 5 7\n"
 
