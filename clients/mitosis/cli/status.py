@@ -43,8 +43,8 @@ DESCRIPTIONS: dict[ExitStatus, str] = {
     ExitStatus.NOT_FOUND: "no such task or file",
     ExitStatus.INVALID_ARGUMENT: "the server refused the request (invalid, or not possible now)",
     ExitStatus.UNAVAILABLE: "the server could not be reached, or stopped answering",
-    ExitStatus.ERROR: "any other error (e.g. a download that failed its SHA-256 check, or a"
-    " file that exists already without --force)",
+    ExitStatus.ERROR: "any other error (a download failing its SHA-256 check, a file that"
+    " exists in --out without --force)",
     ExitStatus.UNAUTHENTICATED: "the server wants an API key, or refused the one given",
     ExitStatus.AWAITING_APPROVAL: "run --approve: the plan waits for `mitosis approve` (or cancel)",
     ExitStatus.INTERRUPTED: "interrupted by Ctrl-C; the task keeps running",
