@@ -25,6 +25,7 @@ import grpc
 from mitosis.rpc.interceptors import Continuation, ServerInterceptor, is_ours, prepared
 from mitosis.rpc.settings import add_setting
 from mitosis.v1 import task_pb2
+from mitosis.words import counted
 
 if TYPE_CHECKING:
     from mitosis.rpc.interceptors import Handler
@@ -175,11 +176,11 @@ def _line_of(event: task_pb2.TaskEvent) -> tuple[int, str] | None:
         level = logging.WARNING if change.state == task_pb2.Task.STATE_FAILED else logging.INFO
         return level, state + (f" ({_one_line(change.message)})" if change.message else "")
     if kind == "plan_ready":
-        return logging.INFO, f"plan ready: {len(event.plan_ready.steps)} steps"
+        return logging.INFO, f"plan ready: {counted(len(event.plan_ready.steps), 'step')}"
     if kind == "plan_revised":
         revised = event.plan_revised
         return logging.INFO, (
-            f"plan revised ({revised.revision}): {len(revised.steps)} steps from step"
+            f"plan revised ({revised.revision}): {counted(len(revised.steps), 'step')} from step"
             f" {revised.from_step_index + 1}"
         )
     if kind == "step_state_changed":
