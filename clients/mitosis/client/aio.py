@@ -21,6 +21,7 @@ from mitosis.client.errors import (
     MitosisError,
     UnavailableError,
     error_from_rpc,
+    error_info,
 )
 from mitosis.client.resume import (
     TERMINAL_STATES,
@@ -55,6 +56,21 @@ RESUMABLE_CODES = frozenset(
         grpc.StatusCode.DEADLINE_EXCEEDED,
     }
 )
+
+
+SERVER_RESTARTING = "SERVICE_STOPPING"
+"""The ErrorInfo reason a server ends its streams with when it stops (to restart, mostly)."""
+
+
+def _watch_break(error: grpc.aio.AioRpcError, restarting: bool) -> tuple[str, bool]:
+    """Why a watch's stream broke, in words, and whether the server is known to restart:
+    after it said so, failing to connect is its restart, not a transport error to show."""
+    info = error_info(error.trailing_metadata())
+    if info is not None and info.reason == SERVER_RESTARTING:
+        return "the server is restarting", True
+    if restarting and error.code() == grpc.StatusCode.UNAVAILABLE:
+        return "the server is restarting; waiting for it to be back", True
+    return f"{error.code().name}: {error.details()}", False
 
 
 def tls_credentials(ca_file: Path) -> grpc.ChannelCredentials:
@@ -277,6 +293,7 @@ class AsyncClient:
         report = _StateReporter(on_state)
         failing_since: float | None = None
         attempt = 0
+        restarting = False
         while True:
             report("connecting")
             call = self._service().WatchTask(
@@ -289,7 +306,7 @@ class AsyncClient:
                     message = await self._next_message(call, probing)
                     received = True
                     report(BOUNDED_STATE if bounded else "live")
-                    failing_since, attempt = None, 0
+                    failing_since, attempt, restarting = None, 0, False
                     for event in message.events:
                         admission = cursor.admit(event)
                         if admission is Admission.NEW:
@@ -302,7 +319,7 @@ class AsyncClient:
             except grpc.aio.AioRpcError as error:
                 if error.code() not in RESUMABLE_CODES:
                     raise error_from_rpc(error) from None
-                reason = f"{error.code().name}: {error.details()}"
+                reason, restarting = _watch_break(error, restarting)
             except _FirstMessageLateError as late:
                 if await self._answers(task_id):
                     # The server answers, the stream does not: the path buffers.

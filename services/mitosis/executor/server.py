@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,12 +34,23 @@ from mitosis.executor.tasks import Tasks
 from mitosis.executor.tools.catalogue import ExecutorTools
 from mitosis.executor.tools.mcp import ToolsConfigError, load_tools_config
 from mitosis.executor.tools.sandbox.confine import SandboxUnavailable
-from mitosis.executor.tools.web_search import PROVIDERS, SearchSettings, search_settings
+from mitosis.executor.tools.web_search import (
+    KEY_VARIABLES,
+    PROVIDERS,
+    SearchSettings,
+    search_settings,
+)
 from mitosis.models.base import StepAgent
-from mitosis.models.choice import OPENAI, add_model_arguments, openai_settings
+from mitosis.models.choice import OPENAI, OPENAI_API_KEY, add_model_arguments, openai_settings
 from mitosis.models.offline import OfflineModel
 from mitosis.models.openai_model import OpenAIModel
-from mitosis.rpc.auth import ApiKeyInterceptor, KeysFileError, add_key_arguments, load_keys
+from mitosis.rpc.auth import (
+    ApiKeyInterceptor,
+    KeysFileError,
+    add_key_arguments,
+    describe_keys,
+    load_keys,
+)
 from mitosis.rpc.logs import (
     RequestIdInterceptor,
     TaskEventLines,
@@ -47,7 +58,8 @@ from mitosis.rpc.logs import (
     configure_logging,
 )
 from mitosis.rpc.metrics_server import MetricsServer, add_metrics_arguments, start_metrics_server
-from mitosis.rpc.serving import Serving, serve_until_signalled
+from mitosis.rpc.serving import Serving, add_grace_argument, serve_until_signalled
+from mitosis.rpc.settings import EnvironmentOnly, add_environment_only, add_setting
 from mitosis.rpc.tls import (
     TlsConfigError,
     add_tls_arguments,
@@ -61,250 +73,349 @@ logger = logging.getLogger("mitosis.executor")
 
 SERVICE_NAME = task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name
 PLANNER_SERVICE = planner_service_pb2.DESCRIPTOR.services_by_name["PlannerService"].full_name
+SEARCH_KEYS = [
+    EnvironmentOnly(variable, f"{provider}'s key, for --web-search {provider}")
+    for provider, variable in KEY_VARIABLES.items()
+]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Return the executor's settings from flags, then MITOSIS_* variables, then defaults."""
-    env = os.environ.get
+    return argument_parser(os.environ).parse_args(argv)
+
+
+def argument_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The executor's flags, each with its environment variable and default."""
     parser = argparse.ArgumentParser(
         prog="mitosis-executor",
         description="Serve mitosis.v1.TaskService: run tasks and stream their events.",
     )
-    parser.add_argument(
+    add_setting(
+        parser,
         "--listen",
-        default=env("MITOSIS_EXECUTOR_LISTEN", "127.0.0.1:50051"),
-        help="address to serve on (env MITOSIS_EXECUTOR_LISTEN; default %(default)s)",
+        "MITOSIS_EXECUTOR_LISTEN",
+        env,
+        default="127.0.0.1:50051",
+        help="address to serve on",
     )
-    parser.add_argument(
+    add_setting(
+        parser,
         "--planner",
-        default=env("MITOSIS_PLANNER", "127.0.0.1:50052"),
-        help="PlannerService address (env MITOSIS_PLANNER; default %(default)s)",
+        "MITOSIS_PLANNER",
+        env,
+        default="127.0.0.1:50052",
+        help="PlannerService address",
     )
-    parser.add_argument(
+    add_setting(
+        parser,
         "--planner-deadline",
+        "MITOSIS_PLANNER_DEADLINE",
+        env,
         type=float,
-        default=float(env("MITOSIS_PLANNER_DEADLINE", "300")),
-        help="seconds a plan may take (a model's retries included; default %(default)s)",
+        default="300",
+        help="seconds a plan may take (a model's retries included)",
     )
-    parser.add_argument(
+    add_setting(
+        parser,
         "--data-dir",
+        "MITOSIS_DATA_DIR",
+        env,
         type=Path,
-        default=Path(env("MITOSIS_DATA_DIR", "data")),
-        help="folder of the SQLite store and the task workspaces (env MITOSIS_DATA_DIR;"
-        " default %(default)s)",
+        default="data",
+        help="folder of the SQLite store and the task workspaces",
     )
-    parser.add_argument(
+    add_setting(
+        parser,
         "--store",
-        default=env("MITOSIS_STORE", ""),
-        help="where tasks and events live: sqlite:PATH, or redis://host:port/db (env"
-        " MITOSIS_STORE; default: SQLite at DATA_DIR/mitosis.sqlite3)",
+        "MITOSIS_STORE",
+        env,
+        default="",
+        default_text="SQLite at DATA_DIR/mitosis.sqlite3",
+        help="where tasks and events live: sqlite:PATH, or redis://host:port/db",
     )
-    add_model_arguments(parser, os.environ)
-    add_retention_arguments(parser, os.environ)
-    parser.add_argument(
+    add_model_arguments(parser, env)
+    add_retention_arguments(parser, env)
+    add_setting(
+        parser,
         "--offline-pace",
+        "MITOSIS_OFFLINE_PACE",
+        env,
         type=float,
-        default=float(env("MITOSIS_OFFLINE_PACE", "0.02")),
-        help="seconds the offline model waits between pieces of a document, so people can"
-        " watch it write; 0 turns pacing off (env MITOSIS_OFFLINE_PACE; default %(default)s)",
+        default="0.02",
+        help="seconds the offline model waits between pieces of a document, so people"
+        " can watch it write; 0 turns pacing off",
     )
-    parser.add_argument(
+    add_setting(
+        parser,
         "--heartbeat-interval",
+        "MITOSIS_HEARTBEAT_INTERVAL",
+        env,
         type=float,
-        default=float(env("MITOSIS_HEARTBEAT_INTERVAL", "10")),
-        help="seconds of quiet before WatchTask sends a heartbeat (default %(default)s)",
+        default="10",
+        help="seconds of quiet before WatchTask sends a heartbeat",
     )
-    parser.add_argument(
+    add_setting(
+        parser,
         "--tool-timeout",
+        "MITOSIS_TOOL_TIMEOUT",
+        env,
         type=float,
-        default=float(env("MITOSIS_TOOL_TIMEOUT", "60")),
-        help="seconds a python step may run before it is killed (default %(default)s)",
+        default="60",
+        help="seconds a python step may run before it is killed",
     )
-    parser.add_argument(
+    add_setting(
+        parser,
         "--max-revisions",
+        "MITOSIS_MAX_REVISIONS",
+        env,
         type=int,
-        default=int(env("MITOSIS_MAX_REVISIONS", "2")),
-        help="times the plan may be revised after a step fails twice; 0 fails the task at once"
-        " (env MITOSIS_MAX_REVISIONS; default %(default)s)",
+        default="2",
+        help="times the plan may be revised after a step fails twice; 0 fails the task at once",
     )
-    parser.add_argument(
+    add_setting(
+        parser,
         "--max-running",
+        "MITOSIS_MAX_RUNNING",
+        env,
         type=int,
-        default=int(env("MITOSIS_MAX_RUNNING", "8")),
-        help="tasks this executor runs at once; more wait their turn (default %(default)s)",
+        default="8",
+        help="tasks this executor runs at once; more wait their turn",
     )
-    parser.add_argument(
+    add_setting(
+        parser,
         "--lease-ttl",
+        "MITOSIS_LEASE_TTL",
+        env,
         type=float,
-        default=float(env("MITOSIS_LEASE_TTL", "10")),
-        help="seconds a task's lease lasts unrenewed: how soon another executor takes over"
-        " the tasks of one that died (default %(default)s)",
+        default="10",
+        help="seconds a task's lease lasts unrenewed: how soon another executor takes"
+        " over the tasks of one that died",
     )
-    parser.add_argument(
+    add_setting(
+        parser,
         "--max-tasks-per-key",
+        "MITOSIS_MAX_TASKS_PER_KEY",
+        env,
         type=int,
-        default=int(env("MITOSIS_MAX_TASKS_PER_KEY", str(Limits.tasks_per_key))),
+        default=str(Limits.tasks_per_key),
         help="unfinished tasks one API key may have at once; CreateTask past it is"
-        " RESOURCE_EXHAUSTED (env MITOSIS_MAX_TASKS_PER_KEY; default %(default)s)",
+        " RESOURCE_EXHAUSTED",
     )
-    parser.add_argument(
+    add_setting(
+        parser,
         "--max-watchers-per-task",
+        "MITOSIS_MAX_WATCHERS_PER_TASK",
+        env,
         type=int,
-        default=int(env("MITOSIS_MAX_WATCHERS_PER_TASK", str(Limits.watchers_per_task))),
-        help="WatchTask streams one task may have open on this executor (default %(default)s)",
+        default=str(Limits.watchers_per_task),
+        help="WatchTask streams one task may have open on this executor",
     )
-    parser.add_argument(
+    add_setting(
+        parser,
         "--max-watchers-per-key",
+        "MITOSIS_MAX_WATCHERS_PER_KEY",
+        env,
         type=int,
-        default=int(env("MITOSIS_MAX_WATCHERS_PER_KEY", str(Limits.watchers_per_key))),
-        help="WatchTask streams one API key may have open on this executor (default %(default)s)",
+        default=str(Limits.watchers_per_key),
+        help="WatchTask streams one API key may have open on this executor",
     )
     tools = parser.add_argument_group(
         "the python tool's sandbox, fetch_url, web_search and MCP servers"
     )
-    tools.add_argument(
+    add_setting(
+        tools,
         "--sandbox",
+        "MITOSIS_SANDBOX",
+        env,
         choices=["auto", "isolated", "uid", "plain"],
-        default=env("MITOSIS_SANDBOX", "auto"),
-        help="how python steps are confined: auto takes the strongest this machine allows;"
-        " isolated (root with namespaces: own uid, no network, only the workspace writable),"
-        " uid (root without namespaces: own uid and limits), plain (limits only); naming a"
-        " mode refuses to start without it (env MITOSIS_SANDBOX; default %(default)s)",
+        default="auto",
+        help="how python steps are confined: auto takes the strongest this machine"
+        " allows; isolated (root with namespaces: own uid, no network, only the"
+        " workspace writable), uid (root without namespaces: own uid and limits),"
+        " plain (limits only); naming a mode refuses to start without it",
     )
-    tools.add_argument(
+    add_setting(
+        tools,
         "--tool-memory-mib",
+        "MITOSIS_TOOL_MEMORY_MIB",
+        env,
         type=int,
-        default=int(env("MITOSIS_TOOL_MEMORY_MIB", "1024")),
-        help="MiB of memory each process of a python step may use (default %(default)s)",
+        default="1024",
+        help="MiB of memory each process of a python step may use",
     )
-    tools.add_argument(
+    add_setting(
+        tools,
         "--tool-file-size-mib",
+        "MITOSIS_TOOL_FILE_SIZE_MIB",
+        env,
         type=int,
-        default=int(env("MITOSIS_TOOL_FILE_SIZE_MIB", "64")),
-        help="MiB of the largest file a python step may write (default %(default)s)",
+        default="64",
+        help="MiB of the largest file a python step may write",
     )
-    tools.add_argument(
+    add_setting(
+        tools,
         "--tool-processes",
+        "MITOSIS_TOOL_PROCESSES",
+        env,
         type=int,
-        default=int(env("MITOSIS_TOOL_PROCESSES", "64")),
-        help="processes and threads a python step may have at once (default %(default)s)",
+        default="64",
+        help="processes and threads a python step may have at once",
     )
-    tools.add_argument(
+    add_setting(
+        tools,
         "--sandbox-uid-base",
+        "MITOSIS_SANDBOX_UID_BASE",
+        env,
         type=int,
-        default=int(env("MITOSIS_SANDBOX_UID_BASE", "1900000000")),
-        help="first of the 65,536 uids python steps run as, one per run, when the executor"
-        " is root (default %(default)s)",
+        default="1900000000",
+        help="first of the 65,536 uids python steps run as, one per run, when the executor is root",
     )
-    tools.add_argument(
+    add_setting(
+        tools,
         "--fetch-url",
+        "MITOSIS_FETCH_URL",
+        env,
         action="store_true",
-        default=env("MITOSIS_FETCH_URL", "") == "1",
         help="let steps fetch public web pages (http(s), text only; loopback, private,"
-        " link-local and metadata addresses refused; env MITOSIS_FETCH_URL=1; default off)",
+        " link-local and metadata addresses refused)",
     )
-    tools.add_argument(
+    add_setting(
+        tools,
         "--fetch-max-bytes",
+        "MITOSIS_FETCH_MAX_BYTES",
+        env,
         type=int,
-        default=int(env("MITOSIS_FETCH_MAX_BYTES", str(2 << 20))),
-        help="bytes of a page fetch_url reads at most (default %(default)s)",
+        default=str(2 << 20),
+        help="bytes of a page fetch_url reads at most",
     )
-    tools.add_argument(
+    add_setting(
+        tools,
         "--fetch-timeout",
+        "MITOSIS_FETCH_TIMEOUT",
+        env,
         type=float,
-        default=float(env("MITOSIS_FETCH_TIMEOUT", "20")),
-        help="seconds one fetch_url call may take, redirects included (default %(default)s)",
+        default="20",
+        help="seconds one fetch_url call may take, redirects included",
     )
-    tools.add_argument(
+    add_setting(
+        tools,
         "--web-search",
+        "MITOSIS_WEB_SEARCH",
+        env,
         choices=PROVIDERS,
-        default=env("MITOSIS_WEB_SEARCH") or None,
-        help="offer steps a web_search tool through this provider: searxng (self-hosted, no"
-        " key; needs --web-search-url), tavily (key in TAVILY_API_KEY) or brave (key in"
-        " BRAVE_API_KEY) (env MITOSIS_WEB_SEARCH; default off)",
+        default_text="off",
+        help="offer steps a web_search tool through this provider: searxng"
+        " (self-hosted, no key; needs --web-search-url), tavily (key in"
+        " TAVILY_API_KEY) or brave (key in BRAVE_API_KEY)",
     )
-    tools.add_argument(
+    add_setting(
+        tools,
         "--web-search-url",
-        default=env("MITOSIS_WEB_SEARCH_URL", ""),
-        help="the search provider's base URL, e.g. http://127.0.0.1:8888 for a SearXNG"
-        " (env MITOSIS_WEB_SEARCH_URL; default: Tavily's or Brave's own API)",
+        "MITOSIS_WEB_SEARCH_URL",
+        env,
+        default="",
+        default_text="Tavily's or Brave's own API",
+        help="the search provider's base URL, e.g. http://127.0.0.1:8888 for a SearXNG",
     )
-    tools.add_argument(
+    add_setting(
+        tools,
         "--web-search-results",
+        "MITOSIS_WEB_SEARCH_RESULTS",
+        env,
         type=int,
-        default=int(env("MITOSIS_WEB_SEARCH_RESULTS", "5")),
-        help="results one web_search returns at most (env MITOSIS_WEB_SEARCH_RESULTS;"
-        " default %(default)s)",
+        default="5",
+        help="results one web_search returns at most",
     )
-    tools.add_argument(
+    add_setting(
+        tools,
         "--tools-config",
+        "MITOSIS_TOOLS_CONFIG",
+        env,
         type=Path,
-        default=env("MITOSIS_TOOLS_CONFIG") or None,
-        help="TOML or JSON file naming MCP servers (mcpServers: command/args/env for stdio,"
-        " url/headers for streamable HTTP; allowedTools, timeout, maxOutputChars) whose tools"
-        " steps may use (env MITOSIS_TOOLS_CONFIG; default none)",
+        help="TOML or JSON file naming MCP servers (mcpServers: command/args/env for"
+        " stdio, url/headers for streamable HTTP; allowedTools, timeout,"
+        " maxOutputChars) whose tools steps may use",
     )
     limits = parser.add_argument_group("limits")
-    limits.add_argument(
+    add_setting(
+        limits,
         "--max-document-bytes",
+        "MITOSIS_MAX_DOCUMENT_BYTES",
+        env,
         type=int,
-        default=int(env("MITOSIS_MAX_DOCUMENT_BYTES", str(8 << 20))),
-        help="bytes one written document may hold; more fails its step (default %(default)s)",
+        default=str(8 << 20),
+        help="bytes one written document may hold; more fails its step",
     )
-    limits.add_argument(
+    add_setting(
+        limits,
         "--max-artifact-bytes",
+        "MITOSIS_MAX_ARTIFACT_BYTES",
+        env,
         type=int,
-        default=int(env("MITOSIS_MAX_ARTIFACT_BYTES", str(64 << 20))),
-        help="bytes one delivered file may have; a larger one fails its step (default %(default)s)",
+        default=str(64 << 20),
+        help="bytes one delivered file may have; a larger one fails its step",
     )
-    limits.add_argument(
+    add_setting(
+        limits,
         "--max-events-per-task",
+        "MITOSIS_MAX_EVENTS_PER_TASK",
+        env,
         type=int,
-        default=int(env("MITOSIS_MAX_EVENTS_PER_TASK", "200000")),
-        help="events one task may record; a task that would exceed it fails, with room kept"
-        " for its ending (default %(default)s)",
+        default="200000",
+        help="events one task may record; a task that would exceed it fails, with room"
+        " kept for its ending",
     )
-    add_key_arguments(parser, os.environ)
-    add_tls_arguments(parser, os.environ)
-    parser.add_argument(
+    add_key_arguments(parser, env)
+    add_tls_arguments(parser, env)
+    add_setting(
+        parser,
         "--planner-key",
-        default=env("MITOSIS_PLANNER_KEY", ""),
-        help="API key the executor sends to the planner (env MITOSIS_PLANNER_KEY; the"
-        " environment is the better place for it: flags show in the process list)",
+        "MITOSIS_PLANNER_KEY",
+        env,
+        default="",
+        help="API key the executor sends to the planner; the environment is the better"
+        " place for it: flags show in the process list",
     )
-    parser.add_argument(
+    add_setting(
+        parser,
         "--planner-ca",
+        "MITOSIS_PLANNER_CA",
+        env,
         type=Path,
-        default=env("MITOSIS_PLANNER_CA") or None,
-        help="call the planner over TLS, trusting this PEM CA (env MITOSIS_PLANNER_CA)",
+        default_text="none: plain text",
+        help="call the planner over TLS, trusting this PEM CA",
     )
-    parser.add_argument(
+    add_setting(
+        parser,
         "--planner-client-cert",
+        "MITOSIS_PLANNER_CLIENT_CERT",
+        env,
         type=Path,
-        default=env("MITOSIS_PLANNER_CLIENT_CERT") or None,
-        help="PEM certificate the executor shows the planner (mutual TLS; with --planner-ca;"
-        " env MITOSIS_PLANNER_CLIENT_CERT)",
+        help="PEM certificate the executor shows the planner (mutual TLS; with --planner-ca)",
     )
-    parser.add_argument(
+    add_setting(
+        parser,
         "--planner-client-key",
+        "MITOSIS_PLANNER_CLIENT_KEY",
+        env,
         type=Path,
-        default=env("MITOSIS_PLANNER_CLIENT_KEY") or None,
-        help="the PEM private key of --planner-client-cert (env MITOSIS_PLANNER_CLIENT_KEY)",
+        help="the PEM private key of --planner-client-cert",
     )
-    parser.add_argument(
-        "--grace", type=float, default=5.0, help="seconds to finish calls on SIGTERM"
-    )
-    parser.add_argument(
+    add_grace_argument(parser, env)
+    add_setting(
+        parser,
         "--health-check-interval",
+        "MITOSIS_HEALTH_CHECK_INTERVAL",
+        env,
         type=float,
-        default=float(env("MITOSIS_HEALTH_CHECK_INTERVAL", "5")),
+        default="5",
         help="seconds between checks of the store and the planner; TaskService reports"
-        " NOT_SERVING while either is unreachable (env MITOSIS_HEALTH_CHECK_INTERVAL;"
-        " default %(default)s)",
+        " NOT_SERVING while either is unreachable",
     )
-    add_metrics_arguments(parser, os.environ, example_port=9464)
-    add_logging_arguments(parser, os.environ)
-    return parser.parse_args(argv)
+    add_metrics_arguments(parser, env, example_port=9464)
+    add_logging_arguments(parser, env)
+    add_environment_only(parser, [OPENAI_API_KEY, *SEARCH_KEYS])
+    return parser
 
 
 @dataclass
@@ -324,8 +435,10 @@ class Executor:
     stopped: bool = False
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop serving (NOT_SERVING first), then stop the running tasks without ending them."""
-        await self.serving.stop(grace)
+        """Stop within `grace`: NOT_SERVING first, then the running steps (their tasks are
+        not ended: the next start resumes them), then the open streams, which end saying
+        where to resume; then close what the executor holds."""
+        await self.serving.stop(grace, self.runner.shutdown)
         await self.stop_work()
 
     async def stop_work(self) -> None:
@@ -399,7 +512,9 @@ async def start_executor(args: argparse.Namespace) -> Executor:
     interceptors = [RequestIdInterceptor(), metrics.rpcs]
     if keys:
         interceptors.append(ApiKeyInterceptor(keys))
-    serving = Serving([SERVICE_NAME], interceptors)
+    serving = Serving(
+        [SERVICE_NAME], interceptors, keys=keys, label="executor", resume_hint=resume_point
+    )
     add_task_service(TaskServicer(tasks), serving.server)
     port = serving.listen(args.listen, tls)
     await serving.start()
@@ -408,6 +523,8 @@ async def start_executor(args: argparse.Namespace) -> Executor:
     except StoreUnavailable as error:  # serve anyway: the claim loop resumes them later
         logger.warning("cannot resume unfinished tasks yet, the store is unreachable: %s", error)
         resumed = []
+    if keys:
+        await warn_of_keyless_tasks(store)
     retention = Retention(store, args.data_dir, args.retain)
     background = [
         asyncio.create_task(runner.claim_forever(), name="claim tasks"),
@@ -435,7 +552,7 @@ async def start_executor(args: argparse.Namespace) -> Executor:
         "executor serving on port %d (%s, %s); model %s; store %s; planner %s; resumed %s",
         port,
         "TLS" if tls else "plaintext",
-        f"{len(keys.names)} API keys" if keys else "no API keys",
+        describe_keys(keys),
         agent.name,
         store.where,
         args.planner,
@@ -444,6 +561,40 @@ async def start_executor(args: argparse.Namespace) -> Executor:
     return Executor(
         serving, port, runner, log, store, planner, background, close_model, metrics, metrics_server
     )
+
+
+async def warn_of_keyless_tasks(store: Store) -> None:
+    """Say so at start when keys are on and tasks made without keys have not ended: they
+    belong to no key (docs/SECURITY.md), yet run on here to their end."""
+    try:
+        count = await store.count_unfinished("")
+    except StoreUnavailable:
+        return
+    if count:
+        logger.warning(
+            "unfinished tasks made without API keys: %d; they have no owner, so no key can see"
+            ' or cancel them, and they run on to their end (docs/SECURITY.md, "Tasks made'
+            ' without keys")',
+            count,
+        )
+
+
+def resume_point(request: object, last: object) -> dict[str, str]:
+    """Where a stream the stop ended resumes: WatchTask after the last seq it sent,
+    ReadArtifact from the next byte."""
+    if isinstance(request, task_service_pb2.WatchTaskRequest):
+        seq = request.after_seq
+        if isinstance(last, bytes):  # WatchTask's responses go out pre-encoded
+            last = task_service_pb2.WatchTaskResponse.FromString(last)
+        if isinstance(last, task_service_pb2.WatchTaskResponse):
+            seq = max([seq, *(event.seq for event in last.events)])
+        return {"after_seq": str(seq)}
+    if isinstance(request, task_service_pb2.ReadArtifactRequest):
+        offset = request.read_offset
+        if isinstance(last, task_service_pb2.ReadArtifactResponse):
+            offset = last.offset + len(last.data)
+        return {"read_offset": str(offset)}
+    return {}
 
 
 def step_agent(args: argparse.Namespace) -> tuple[StepAgent, Callable[[], Awaitable[None]]]:
@@ -475,7 +626,7 @@ def _search(args: argparse.Namespace) -> SearchSettings | None:
 async def serve(args: argparse.Namespace) -> None:
     """Serve until SIGTERM or SIGINT."""
     executor = await start_executor(args)
-    await serve_until_signalled(executor.serving, args.grace, executor.stop_work)
+    await serve_until_signalled(executor.serving, args.grace, executor.stop)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -6,19 +6,26 @@ import argparse
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from mitosis.models.base import PlanningModel
-from mitosis.models.choice import OPENAI, add_model_arguments, openai_settings
+from mitosis.models.choice import OPENAI, OPENAI_API_KEY, add_model_arguments, openai_settings
 from mitosis.models.offline import OfflineModel
 from mitosis.models.openai_model import OpenAIModel
 from mitosis.planner.metrics import PlannerMetrics
 from mitosis.planner.servicer import PlannerServicer
-from mitosis.rpc.auth import ApiKeyInterceptor, KeysFileError, add_key_arguments, load_keys
+from mitosis.rpc.auth import (
+    ApiKeyInterceptor,
+    KeysFileError,
+    add_key_arguments,
+    describe_keys,
+    load_keys,
+)
 from mitosis.rpc.logs import RequestIdInterceptor, add_logging_arguments, configure_logging
 from mitosis.rpc.metrics_server import MetricsServer, add_metrics_arguments, start_metrics_server
-from mitosis.rpc.serving import Serving, serve_until_signalled
+from mitosis.rpc.serving import Serving, add_grace_argument, serve_until_signalled
+from mitosis.rpc.settings import add_environment_only, add_setting
 from mitosis.rpc.tls import TlsConfigError, add_tls_arguments, server_credentials
 from mitosis.v1 import planner_service_pb2, planner_service_pb2_grpc
 
@@ -32,24 +39,30 @@ _BACKGROUND: set[asyncio.Task[None]] = set()
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Return the planner's settings from flags, then MITOSIS_* variables, then defaults."""
-    env = os.environ.get
+    return argument_parser(os.environ).parse_args(argv)
+
+
+def argument_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The planner's flags, each with its environment variable and default."""
     parser = argparse.ArgumentParser(
         prog="mitosis-planner", description="Serve mitosis.v1.PlannerService."
     )
-    parser.add_argument(
+    add_setting(
+        parser,
         "--listen",
-        default=env("MITOSIS_PLANNER_LISTEN", "127.0.0.1:50052"),
-        help="address to serve on (env MITOSIS_PLANNER_LISTEN; default %(default)s)",
+        "MITOSIS_PLANNER_LISTEN",
+        env,
+        default="127.0.0.1:50052",
+        help="address to serve on",
     )
-    add_model_arguments(parser, os.environ)
-    add_key_arguments(parser, os.environ)
-    add_tls_arguments(parser, os.environ)
-    parser.add_argument(
-        "--grace", type=float, default=5.0, help="seconds to finish calls on SIGTERM"
-    )
-    add_metrics_arguments(parser, os.environ, example_port=9463)
-    add_logging_arguments(parser, os.environ)
-    return parser.parse_args(argv)
+    add_model_arguments(parser, env)
+    add_key_arguments(parser, env)
+    add_tls_arguments(parser, env)
+    add_grace_argument(parser, env)
+    add_metrics_arguments(parser, env, example_port=9463)
+    add_logging_arguments(parser, env)
+    add_environment_only(parser, [OPENAI_API_KEY])
+    return parser
 
 
 @dataclass
@@ -83,7 +96,7 @@ async def start_planner(args: argparse.Namespace) -> Planner:
     interceptors = [RequestIdInterceptor(), metrics.rpcs]
     if keys:
         interceptors.append(ApiKeyInterceptor(keys))
-    serving = Serving([SERVICE_NAME], interceptors)
+    serving = Serving([SERVICE_NAME], interceptors, keys=keys, label="planner")
     model: PlanningModel
     if args.model == OPENAI:
         openai_model = OpenAIModel(openai_settings(args, os.environ))
@@ -107,7 +120,7 @@ async def start_planner(args: argparse.Namespace) -> Planner:
         "planner serving on port %d (%s, %s); model %s",
         port,
         "TLS" if tls else "plaintext",
-        f"{len(keys.names)} API keys" if keys else "no API keys",
+        describe_keys(keys),
         model.name,
     )
     return Planner(serving, port, close_model, metrics, metrics_server)
@@ -120,7 +133,7 @@ async def _nothing_to_close() -> None:
 async def serve(args: argparse.Namespace) -> None:
     """Serve until SIGTERM or SIGINT."""
     planner = await start_planner(args)
-    await serve_until_signalled(planner.serving, args.grace, planner.close)
+    await serve_until_signalled(planner.serving, args.grace, planner.stop)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
