@@ -14,7 +14,7 @@ import pytest
 
 from mitosis.executor.server import Executor
 from mitosis.rpc.auth import LiveKeys, default_keys_file, hash_key, key_line, keygen_main
-from mitosis.v1 import task_service_pb2, task_service_pb2_grpc
+from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 from tests.support.executors import StartExecutor
 from tests.support.processes import Service, start_executor
 from tests.support.waiting import eventually
@@ -202,3 +202,47 @@ async def test_sighup_reads_the_keys_file_at_once(
             assert await lists(stub, ALICE_KEY) == grpc.StatusCode.UNAUTHENTICATED
     finally:
         assert executor.stop() == 0
+
+
+async def test_tasks_made_without_keys_are_seen_by_admin_keys_only(
+    start_executor_on: StartExecutor, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    keyless = await start_executor_on()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{keyless.port}") as channel:
+        stub = task_service_pb2_grpc.TaskServiceStub(channel)
+        request = task_service_pb2.CreateTaskRequest(text="Explain tides", require_approval=True)
+        orphan = await stub.CreateTask(request)
+    await keyless.stop(None)
+
+    keys_file = tmp_path / "keys.txt"
+    write(keys_file, f"{key_line('alice', ALICE_KEY)}\n{key_line('root', CAROL_KEY, admin=True)}\n")
+    with caplog.at_level(logging.WARNING, logger="mitosis.executor"):
+        keyed = await start_executor_on(f"--api-keys={keys_file}")
+    warnings = [r.getMessage() for r in caplog.records if "without API keys:" in r.getMessage()]
+    assert len(warnings) == 1
+    assert orphan.task_id in warnings[0]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{keyed.port}") as channel:
+        stub = task_service_pb2_grpc.TaskServiceStub(channel)
+        get = task_service_pb2.GetTaskRequest(task_id=orphan.task_id)
+        with pytest.raises(grpc.aio.AioRpcError) as hidden:
+            await stub.GetTask(get, metadata=who(ALICE_KEY))
+        assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
+        seen = await stub.GetTask(get, metadata=who(CAROL_KEY))
+        assert (seen.task_id, seen.owner) == (orphan.task_id, "")
+        cancel = task_service_pb2.CancelTaskRequest(task_id=orphan.task_id)
+        cancelled = await stub.CancelTask(cancel, metadata=who(CAROL_KEY))
+        assert cancelled.state == task_pb2.Task.STATE_CANCELLED
+
+
+def test_keygen_makes_and_lists_admin_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys_file = tmp_path / "keys.txt"
+    keygen_main(["root", "--admin", "--keys-file", str(keys_file)])
+    keygen_main(["alice", "--keys-file", str(keys_file)])
+    key = capsys.readouterr().out.split()[0]
+    keygen_main(["--list", "--keys-file", str(keys_file)])
+    assert capsys.readouterr().out.splitlines() == ["root (admin)", "alice"]
+    ring = LiveKeys(keys_file).ring
+    assert ring.admins == frozenset({"root"})
+    assert ring.name_for(key) == "root"

@@ -44,6 +44,7 @@ from mitosis.models.base import StepAgent
 from mitosis.models.choice import OPENAI, OPENAI_API_KEY, add_model_arguments, openai_settings
 from mitosis.models.offline import OfflineModel
 from mitosis.models.openai_model import OpenAIModel
+from mitosis.projection import TERMINAL_STATES
 from mitosis.rpc.auth import (
     ApiKeyInterceptor,
     KeysFileError,
@@ -73,6 +74,8 @@ logger = logging.getLogger("mitosis.executor")
 
 SERVICE_NAME = task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name
 PLANNER_SERVICE = planner_service_pb2.DESCRIPTOR.services_by_name["PlannerService"].full_name
+KEYLESS_NAMED = 20
+"""Tasks made without keys whose ids the start-up warning names at most."""
 SEARCH_KEYS = [
     EnvironmentOnly(variable, f"{provider}'s key, for --web-search {provider}")
     for provider, variable in KEY_VARIABLES.items()
@@ -565,17 +568,21 @@ async def start_executor(args: argparse.Namespace) -> Executor:
 
 async def warn_of_keyless_tasks(store: Store) -> None:
     """Say so at start when keys are on and tasks made without keys have not ended: they
-    belong to no key (docs/SECURITY.md), yet run on here to their end."""
+    belong to no key, so only admin keys see them (docs/SECURITY.md), and they run on here
+    to their end. Their ids are named (the newest ones), for an admin to look at."""
     try:
         count = await store.count_unfinished("")
+        page = await store.list_tasks(KEYLESS_NAMED, None, owner="") if count else None
     except StoreUnavailable:
         return
-    if count:
+    if page is not None:
+        ids = [task.task_id for task in page.tasks if task.state not in TERMINAL_STATES]
         logger.warning(
-            "unfinished tasks made without API keys: %d; they have no owner, so no key can see"
-            ' or cancel them, and they run on to their end (docs/SECURITY.md, "Tasks made'
-            ' without keys")',
+            "unfinished tasks made without API keys: %d; only admin keys see them (a key line"
+            " ending in 'admin', mitosis-keygen --admin), and they run on to their end; the"
+            " newest: %s",
             count,
+            ", ".join(ids) or "none among the newest tasks made without keys",
         )
 
 

@@ -24,6 +24,7 @@ from mitosis.executor.events.log import EventLog
 from mitosis.executor.events.watch import Batch, check_max_wait, watch_batches
 from mitosis.executor.running.quotas import CreationGate, Limits, WatcherCount
 from mitosis.executor.running.runner import TaskRunner
+from mitosis.rpc.auth import may_see
 from mitosis.tool_errors import PathEscapeError
 from mitosis.v1 import plan_pb2, task_pb2
 from mitosis.validation import shown, validate_plan, validate_task_text
@@ -112,7 +113,7 @@ class Tasks:
         """Return the task, or raise NotFound when it does not exist or is another key's."""
         task = await self._store.get_task(validate_task_id(task_id))
         # Another key's task is not found, so ids cannot be probed for what exists.
-        if task is None or task.owner != owner:
+        if task is None or not may_see(task.owner, owner):
             raise NotFound(f"task {task_id!r} does not exist")
         return task
 

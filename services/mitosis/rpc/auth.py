@@ -78,11 +78,27 @@ class KeyRefused(PermissionError):
 
 
 _caller: ContextVar[str] = ContextVar("mitosis_caller", default="")
+_admin: ContextVar[bool] = ContextVar("mitosis_caller_is_admin", default=False)
+
+ADMIN = "admin"
+"""The flag after a key's hash that makes it an admin key: it also sees tasks made without
+keys (whose owner is empty)."""
 
 
 def current_caller() -> str:
     """Return the name of the key that made the call being served ('' when keys are off)."""
     return _caller.get()
+
+
+def caller_is_admin() -> bool:
+    """Whether the call being served came with an admin key."""
+    return _admin.get()
+
+
+def may_see(task_owner: str, caller: str) -> bool:
+    """Whether the caller may see a task: its own, or, with an admin key, one made without
+    keys (which belongs to no key)."""
+    return task_owner == caller or (task_owner == "" and caller_is_admin())
 
 
 def new_key() -> str:
@@ -95,11 +111,11 @@ def hash_key(key: str) -> str:
     return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
-def key_line(name: str, key: str) -> str:
+def key_line(name: str, key: str, admin: bool = False) -> str:
     """Return the keys-file line for the key."""
     if not _NAME.fullmatch(name):
         raise ValueError(f"a key name is 1-64 letters, digits or _.@- (not {name!r})")
-    return f"{name} {hash_key(key)}"
+    return f"{name} {hash_key(key)}" + (f" {ADMIN}" if admin else "")
 
 
 class KeysFileError(ValueError):
@@ -109,22 +125,36 @@ class KeysFileError(ValueError):
 class KeyRing:
     """The keys a service accepts, by hash, and the name each one stands for."""
 
-    def __init__(self, names_by_hash: dict[str, str]) -> None:
+    def __init__(self, names_by_hash: dict[str, str], admins: frozenset[str] = frozenset()) -> None:
         self._names = names_by_hash
+        self.admins = admins
+        """The names of the admin keys."""
 
     @classmethod
     def parse(cls, text: str, where: str = "keys file") -> KeyRing:
-        """Read `NAME sha256:HEX` lines; blank lines and `#` comments are skipped."""
+        """Read `NAME sha256:HEX [admin]` lines; blank lines and `#` comments are skipped."""
         names: dict[str, str] = {}
+        admins: set[str] = set()
         seen: set[str] = set()
         for number, raw in enumerate(text.splitlines(), start=1):
             line = raw.split("#", 1)[0].strip()
             if not line:
                 continue
             parts = line.split()
-            if len(parts) != 2 or not _NAME.fullmatch(parts[0]) or not _HASH.fullmatch(parts[1]):
-                raise KeysFileError(f"{where}:{number}: expected `NAME sha256:<64 hex digits>`")
-            name, digest = parts
+            flags = parts[2:]
+            if (
+                len(parts) < 2
+                or flags not in ([], [ADMIN])
+                or not _NAME.fullmatch(parts[0])
+                or not _HASH.fullmatch(parts[1])
+            ):
+                raise KeysFileError(
+                    f"{where}:{number}: expected `NAME sha256:<64 hex digits>`, then `{ADMIN}`"
+                    " for an admin key"
+                )
+            name, digest = parts[:2]
+            if flags:
+                admins.add(name)
             if name in seen:
                 raise KeysFileError(f"{where}:{number}: the name {name!r} is given twice")
             if digest in names:
@@ -133,7 +163,7 @@ class KeyRing:
             names[digest] = name
         if not names:
             raise KeysFileError(f"{where}: no keys in it; without keys, leave --api-keys out")
-        return cls(names)
+        return cls(names, frozenset(admins))
 
     @classmethod
     def load(cls, path: Path) -> KeyRing:
@@ -268,8 +298,11 @@ class ApiKeyInterceptor(ServerInterceptor):
         except KeyRefused as refusal:
             return wrap_handler(handler, _refusing(refusal, handler.response_streaming))
 
+        admin = caller in ring.admins
+
         def as_caller(_context: Any) -> None:
             _caller.set(caller)
+            _admin.set(admin)
 
         if isinstance(keys, LiveKeys) and handler.response_streaming:
             # A stream outlives the check at its start: it ends when its key is revoked.
@@ -318,6 +351,11 @@ def keygen_main(argv: Sequence[str] | None = None) -> None:
         help="the keys file (created with mode 600; default %(default)s); - prints the new"
         " key's line on stderr instead",
     )
+    parser.add_argument(
+        "--admin",
+        action="store_true",
+        help="make an admin key: it also sees tasks made while the service ran without keys",
+    )
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--list", action="store_true", help="print the names of the keys")
     what.add_argument("--revoke", metavar="NAME", help="take the key named NAME out")
@@ -334,7 +372,7 @@ def keygen_main(argv: Sequence[str] | None = None) -> None:
         parser.error("give the NAME of the new key (or --list, or --revoke NAME)")
     key = new_key()
     try:
-        line = key_line(args.name, key)
+        line = key_line(args.name, key, admin=args.admin)
     except ValueError as error:
         parser.error(str(error))
     if str(path) == "-":
@@ -352,8 +390,9 @@ def _list_or_revoke(parser: argparse.ArgumentParser, path: Path, revoke: str | N
     lines = _lines(path)
     named = _named(lines)
     if revoke is None:
-        for name in named:
-            print(name)
+        for line in lines:
+            if name := _name_of(line):
+                print(f"{name} ({ADMIN})" if ADMIN in line.split("#", 1)[0].split()[2:] else name)
         return
     if revoke not in named:
         parser.error(f"{path} has no key named {revoke!r}")
