@@ -4,8 +4,10 @@ resume; the next start resumes the task, and a watcher sees every event once."""
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
+import subprocess
 from pathlib import Path
 
 import grpc
@@ -19,7 +21,7 @@ from tests.support.executors import StartExecutor
 from tests.support.ports import free_port
 from tests.support.watch import EventReader
 
-from .support.processes import Service, start_executor
+from .support.processes import BIN, Service, start_executor
 
 Task = task_pb2.Task
 TEXT = "Write a short market brief on home solar batteries"
@@ -127,3 +129,37 @@ async def test_a_stop_after_a_watcher_went_away_logs_no_error(
     calls = ("mitosis.rpc", "grpc")
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith(calls)]
     assert [r.getMessage() for r in errors] == []
+
+
+@pytest.mark.e2e
+def test_the_cli_says_the_server_is_restarting(tmp_path: Path, planner_process: Service) -> None:
+    listen = f"--listen=127.0.0.1:{free_port()}"  # the same port again after the restart
+    executor = start_executor(tmp_path, planner_process, listen, pace=0.02)
+    with subprocess.Popen(
+        [str(BIN / "mitosis"), "--target", executor.target, "--json", "run", TEXT],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as cli:
+        assert cli.stdout is not None
+        assert cli.stderr is not None
+        try:
+            lines = []
+            for line in cli.stdout:  # mid-task: part of a page shown
+                lines.append(line)
+                if "pageDelta" in json.loads(line):
+                    break
+            assert executor.stop(signal.SIGTERM) == 0
+            executor = start_executor(tmp_path, planner_process, listen, pace=0)
+            lines += cli.stdout.readlines()  # the same reader to the end
+            cli.wait(timeout=60)
+            stderr = cli.stderr.read()
+        finally:
+            cli.kill()
+            executor.stop()
+    assert cli.returncode == 0, stderr
+    assert "connection: reconnecting (attempt 1, waiting" in stderr
+    assert "the server is restarting" in stderr
+    assert "UNAVAILABLE" not in stderr
+    seqs = [int(json.loads(line)["seq"]) for line in lines if "seq" in json.loads(line)]
+    assert seqs == list(range(1, len(seqs) + 1))
