@@ -181,6 +181,11 @@ class SentChunk:
     text: str
 
 
+def _lists_models(exchange: Exchange) -> bool:
+    """`GET /v1/models`: what a client asks to see that the server is there (a health probe)."""
+    return exchange.method == "GET" and exchange.path.split("?")[0] == "/v1/models"
+
+
 @dataclass
 class Exchange:
     """One request the server received and what it did about it."""
@@ -232,6 +237,8 @@ class FakeOpenAI:
         self.port = 0
         self._queue: deque[Reply] = deque()
         self._exchanges: list[Exchange] = []
+        self.model_list_requests = 0
+        """GET /v1/models requests (health probes): answered with one model, not scripted."""
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -374,7 +381,10 @@ class FakeOpenAI:
             body = {"_unparsed": raw.decode("utf-8", "replace")}
         exchange = Exchange(method, path, headers, body, received_at=time.time())
         with self._lock:
-            self._exchanges.append(exchange)
+            if _lists_models(exchange):
+                self.model_list_requests += 1  # a health probe: kept apart from the script
+            else:
+                self._exchanges.append(exchange)
         return exchange
 
     def _next_reply(self, body: dict[str, Any]) -> Reply:
@@ -394,6 +404,10 @@ class FakeOpenAI:
         self, exchange: Exchange, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
         """Answer one request; return whether the connection may carry another."""
+        if _lists_models(exchange):
+            models = {"object": "list", "data": [{"id": "fake-model", "object": "model"}]}
+            await self._send_body(exchange, 200, models, writer, {})
+            return True
         if exchange.method != "POST" or exchange.path.split("?")[0] != "/v1/chat/completions":
             reply: Reply = HttpError(
                 status=404,

@@ -235,7 +235,7 @@ async def test_watchers_per_task_are_limited(
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await second.read()
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "already has 1 watchers" in (refused.value.details() or "")
+        assert "already has 1 watcher," in (refused.value.details() or "")
         first.cancel()
         # The count drops when the first stream ends; a new watcher then gets the whole log.
 

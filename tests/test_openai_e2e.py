@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from mitosis.executor.server import Executor, parse_args, start_executor
-from mitosis.models.openai_model import OFFLINE_FALLBACK_NOTE
+from mitosis.models.base import OFFLINE_FALLBACK_NOTE
 from mitosis.planner.server import parse_args as parse_planner_args
 from mitosis.planner.server import start_planner
 from mitosis.v1 import task_pb2, task_service_pb2
@@ -146,6 +146,14 @@ async def test_a_plan_malformed_twice_is_replaced_by_the_offline_plan(
     assert "the answer is not valid JSON" in task.plan_summary
     assert len(task.steps) >= 3
     assert "write_document" in task.tools
+    call = stub.WatchTask(task_service_pb2.WatchTaskRequest(task_id=task.task_id))
+    logged = []
+    async for event in each_event(call):
+        if event.HasField("heartbeat"):
+            break  # the log so far has been sent
+        logged.append(event.log_line.text)
+    call.cancel()
+    assert "the model gave no valid plan: the offline planner's plan runs" in logged
     await stub.CancelTask(task_service_pb2.CancelTaskRequest(task_id=task.task_id))
 
 

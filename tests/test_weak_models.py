@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from google.protobuf.json_format import MessageToDict
 
-from mitosis.models.openai_model import OFFLINE_FALLBACK_NOTE, OpenAIModel, OpenAISettings
+from mitosis.models.base import OFFLINE_FALLBACK_NOTE
+from mitosis.models.openai_model import OpenAIModel, OpenAISettings
 from mitosis.models.plan_schema import document_name, parse_plan_answer
 from tests.fake_openai import Call, FakeOpenAI, HttpError, Text, ToolCalls, plan_reply
 

@@ -13,6 +13,13 @@ TOOLS = PLAN_TOOL_NAMES
 """The tools a plan step may name (from the catalogue, `mitosis.tool_specs`)."""
 
 
+OFFLINE_FALLBACK_NOTE = (
+    "The model gave no valid plan, so this is the offline planner's plan for the task"
+)
+"""How a plan's summary starts when the offline planner stood in for the model (the executor
+then says so in the task's log too)."""
+
+
 class PlanningModel(Protocol):
     """Turns a task into a plan, and a failed plan into a revised one."""
 

@@ -30,6 +30,7 @@ from openai.types.shared_params import ResponseFormatJSONSchema
 
 from mitosis.errors import MitosisError
 from mitosis.models.base import (
+    OFFLINE_FALLBACK_NOTE,
     BadToolCall,
     ModelUsage,
     StepFailure,
@@ -156,11 +157,6 @@ NUDGE_PROMPT = """\
 This step is not done: it must deliver its document with the write_document tool. Call \
 write_document now."""
 
-
-OFFLINE_FALLBACK_NOTE = (
-    "The model gave no valid plan, so this is the offline planner's plan for the task"
-)
-"""How a plan's summary starts when the offline planner stood in for the model."""
 
 _PLAN_MODES = ("json_schema", "json_object", "tool")
 

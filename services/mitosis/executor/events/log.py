@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Sequence
 
 from mitosis.errors import ResourceExhausted
@@ -107,15 +108,25 @@ class EventLog:
     ) -> list[task_pb2.TaskEvent]:
         # Shielded: a cancel (of a step, of the task) must not cut an append in half — the
         # commit lands whole or not at all, and a store's connection is never left mid-reply.
-        append = self.store.append(task_id, events, owner=owner, expect=expect)
-        stored = await asyncio.shield(append)
+        append = asyncio.ensure_future(
+            self.store.append(task_id, events, owner=owner, expect=expect)
+        )
+        append.add_done_callback(functools.partial(self._stored, task_id))
+        return await asyncio.shield(append)
+
+    def _stored(self, task_id: str, append: asyncio.Future[list[task_pb2.TaskEvent]]) -> None:
+        """Offer what was stored to watchers and observers, even when the caller was
+        cancelled meanwhile; a failure is retrieved here, so one nobody awaits any more (a
+        cancelled run's refused append) is not reported as an error never retrieved."""
+        if append.cancelled() or append.exception() is not None:
+            return
+        stored = append.result()
         if stored and task_id in self._owners:
             self._counts[task_id] = max(self._counts.get(task_id, 0), stored[-1].seq)
         if self.hub.watcher_count(task_id):
             self.hub.publish(task_id, [EncodedEvent.of(event) for event in stored])
         for observe in self.observers:
             observe(task_id, stored)
-        return stored
 
     async def _check_limit(self, task_id: str, events: Sequence[task_pb2.TaskEvent]) -> None:
         if all(closes(event) for event in events):

@@ -26,7 +26,14 @@ from mitosis.executor.tools.pages import DEFAULT_MAX_DOCUMENT_BYTES
 from mitosis.executor.tools.recorded import RecordedTools, executor_line
 from mitosis.executor.tools.sandbox.confine import Sandbox, SandboxConfig, SandboxLimits
 from mitosis.executor.tools.workspace import FileInfo, FileStamp, Workspace
-from mitosis.models.base import FatalModelError, ModelUsage, StepAgent, StepFailure, StepTools
+from mitosis.models.base import (
+    OFFLINE_FALLBACK_NOTE,
+    FatalModelError,
+    ModelUsage,
+    StepAgent,
+    StepFailure,
+    StepTools,
+)
 from mitosis.projection import TERMINAL_STATES
 from mitosis.rpc.logs import task_context
 from mitosis.tool_errors import PathEscapeError, ToolError, ToolLimitExceeded
@@ -419,6 +426,10 @@ class TaskRunner:
             summary=plan.summary,
             tools=self.tools.catalogue.names,
         )
+        if plan.summary.startswith(OFFLINE_FALLBACK_NOTE):
+            await self._note(
+                task.task_id, -1, "the model gave no valid plan: the offline planner's plan runs"
+            )
         # With approval asked for, the task waits here; ApprovePlan starts it again.
         next_state = Task.STATE_AWAITING_APPROVAL if task.require_approval else Task.STATE_RUNNING
         change = task_pb2.TaskStateChanged(state=next_state)

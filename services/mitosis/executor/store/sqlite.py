@@ -193,17 +193,21 @@ class SqliteStore:
         outcomes: list[tuple[_Append, list[task_pb2.TaskEvent] | BaseException]] = []
         try:
             db.execute("BEGIN IMMEDIATE")
+            alone = len(batch) == 1  # the whole transaction is its savepoint
             for request in batch:
-                db.execute("SAVEPOINT one_append")
+                if not alone:
+                    db.execute("SAVEPOINT one_append")
                 try:
                     outcomes.append((request, self._append_now(request)))
                 except Exception as refused:  # unknown task, refused, fenced: this one only
                     if _is_full(refused):
                         raise  # SQLite rolled the whole transaction back: all of them fail
-                    db.execute("ROLLBACK TO one_append")
+                    db.execute("ROLLBACK" if alone else "ROLLBACK TO one_append")
                     outcomes.append((request, refused))
-                db.execute("RELEASE one_append")
-            db.execute("COMMIT")
+                if not alone:
+                    db.execute("RELEASE one_append")
+            if db.in_transaction:
+                db.execute("COMMIT")
             self._commits += 1
         except BaseException as error:
             if db.in_transaction:  # a failed COMMIT leaves it open: never carry it over
