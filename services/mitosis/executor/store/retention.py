@@ -125,7 +125,6 @@ class Retention:
                 return total  # the rest is for the next sweep
 
 
-
 def delete_task_folders(data_dir: Path, task_ids: Sequence[str]) -> None:
     """Delete the tasks' folders (their workspaces and files); a folder already gone is fine."""
     for task_id in task_ids:
