@@ -8,6 +8,7 @@ from google.protobuf import struct_pb2
 
 from mitosis.v1 import plan_pb2, task_pb2, task_service_pb2
 from mitosis.v1.task_service_pb2_grpc import TaskServiceStub
+from tests.support.refusals import reason_of
 from tests.support.watch import each_event
 
 from .support.watch import watch_all
@@ -82,6 +83,41 @@ async def test_approving_a_task_that_does_not_wait_is_a_failed_precondition(
         await stub.ApprovePlan(task_service_pb2.ApprovePlanRequest(task_id=task.task_id))
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "not awaiting approval" in (caught.value.details() or "")
+    assert reason_of(caught.value).reason == "TASK_ENDED"
+    assert reason_of(caught.value).metadata["state"] == "succeeded"
+
+
+async def test_approving_a_running_task_names_its_reason(stub: TaskServiceStub) -> None:
+    waiting = await create_waiting(stub)
+    await stub.ApprovePlan(task_service_pb2.ApprovePlanRequest(task_id=waiting.task_id))
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ApprovePlan(task_service_pb2.ApprovePlanRequest(task_id=waiting.task_id))
+
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason_of(caught.value).reason in ("TASK_NOT_AWAITING_APPROVAL", "TASK_ENDED")
+
+
+async def test_cancelling_an_ended_task_and_watching_past_its_end_name_their_reasons(
+    stub: TaskServiceStub,
+) -> None:
+    waiting = await create_waiting(stub)
+    cancelled = await stub.CancelTask(task_service_pb2.CancelTaskRequest(task_id=waiting.task_id))
+
+    with pytest.raises(grpc.aio.AioRpcError) as again:
+        await stub.CancelTask(task_service_pb2.CancelTaskRequest(task_id=waiting.task_id))
+    beyond = task_service_pb2.WatchTaskRequest(
+        task_id=waiting.task_id, after_seq=cancelled.last_seq + 1
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as past:
+        await stub.WatchTask(beyond).read()
+
+    assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason_of(again.value).reason == "TASK_ENDED"
+    assert reason_of(again.value).metadata["state"] == "cancelled"
+    assert past.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert reason_of(past.value).reason == "AFTER_SEQ_OUT_OF_RANGE"
+    assert reason_of(past.value).metadata["last_seq"] == str(cancelled.last_seq)
 
 
 async def test_an_edited_plan_with_an_unknown_tool_is_invalid(stub: TaskServiceStub) -> None:

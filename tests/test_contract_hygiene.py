@@ -13,10 +13,9 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
 
 from mitosis.client import AsyncClient
-from mitosis.client.errors import ResourceExhaustedError, UnauthenticatedError, error_info
+from mitosis.client.errors import ResourceExhaustedError, UnauthenticatedError
 from mitosis.executor.server import Executor
 from mitosis.executor.store.opening import open_store
 from mitosis.executor.store.redis import TaskExists
@@ -25,6 +24,7 @@ from mitosis.rpc.auth import key_line
 from mitosis.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 from tests.conftest import StartExecutor, watch_all
 from tests.support.redis_server import RedisServer
+from tests.support.refusals import reason_of
 
 Task = task_pb2.Task
 Stub = task_service_pb2_grpc.TaskServiceStub
@@ -65,13 +65,6 @@ async def refusal(call: Any) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await ended
     return refused.value
-
-
-def reason_of(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
-    info = error_info(error.trailing_metadata())
-    assert info is not None, error.details()
-    assert info.domain == "mitosis.dev"
-    return info
 
 
 async def cancelled_log(stub: Stub, task_id: str) -> list[task_pb2.TaskEvent]:

@@ -34,6 +34,12 @@ MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
 """The model server (OPENAI_BASE_URL) cannot be reached (metadata: `endpoint`)."""
 DATA_FOLDER_FULL = "DATA_FOLDER_FULL"
 """The executor's data folder has no space left for the store (metadata: `folder`)."""
+TASK_ENDED = "TASK_ENDED"
+"""The task has ended, so it can no longer be cancelled or approved (metadata: `state`)."""
+TASK_NOT_AWAITING_APPROVAL = "TASK_NOT_AWAITING_APPROVAL"
+"""ApprovePlan on a task whose plan does not wait for approval (metadata: `state`)."""
+AFTER_SEQ_OUT_OF_RANGE = "AFTER_SEQ_OUT_OF_RANGE"
+"""WatchTask's `after_seq` lies beyond the task's newest event (metadata: `last_seq`)."""
 
 
 class MitosisError(Exception):

@@ -10,7 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Sequence
 
-from mitosis.errors import InvalidArgument, NotFound, OutOfRange, Unavailable
+from mitosis.errors import (
+    AFTER_SEQ_OUT_OF_RANGE,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    Unavailable,
+)
 from mitosis.executor.events.hub import EventHub, Overflowed, Subscription
 from mitosis.executor.store.base import Store
 from mitosis.executor.store.encoded import EncodedEvent
@@ -70,7 +76,9 @@ async def watch_batches(
     with hub.subscribe(task_id, from_seq=task.last_seq) as subscription:
         if after_seq > task.last_seq:
             raise OutOfRange(
-                f"after_seq {after_seq} is beyond the task's newest event (seq {task.last_seq})"
+                f"after_seq {after_seq} is beyond the task's newest event (seq {task.last_seq})",
+                reason=AFTER_SEQ_OUT_OF_RANGE,
+                metadata={"last_seq": str(task.last_seq)},
             )
         if task.state in TERMINAL_STATES and after_seq == task.last_seq:
             return

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mitosis.errors import FailedPrecondition
+from mitosis.errors import TASK_ENDED, TASK_NOT_AWAITING_APPROVAL, FailedPrecondition
 from mitosis.executor.events.log import EventLog
 from mitosis.executor.store.base import Change, Expect, Refused, TaskEnded, state_name
 from mitosis.projection import TERMINAL_STATES
@@ -94,7 +94,11 @@ async def cancel_task(log: EventLog, task_id: str, reason: str) -> None:
     try:
         await end_task(log, task_id, Task.STATE_CANCELLED, reason, fenced=False)
     except TaskEnded as ended:
-        raise FailedPrecondition(f"task {task_id} has already ended ({_state(ended)})") from None
+        raise FailedPrecondition(
+            f"task {task_id} has already ended ({_state(ended)})",
+            reason=TASK_ENDED,
+            metadata={"state": _state(ended)},
+        ) from None
 
 
 async def approve_plan(log: EventLog, task_id: str, plan: plan_pb2.Plan | None) -> None:
@@ -102,8 +106,11 @@ async def approve_plan(log: EventLog, task_id: str, plan: plan_pb2.Plan | None) 
     try:
         await log.change(task_id, approval(plan), expect=AWAITING, fenced=False)
     except Refused as refused:
+        ended = isinstance(refused, TaskEnded)
         raise FailedPrecondition(
-            f"task {task_id} is not awaiting approval ({_where_it_is(refused)})"
+            f"task {task_id} is not awaiting approval ({_where_it_is(refused)})",
+            reason=TASK_ENDED if ended else TASK_NOT_AWAITING_APPROVAL,
+            metadata={"state": _state(refused)},
         ) from None
 
 
