@@ -562,16 +562,13 @@ class RedisStore:
     async def read_events(
         self, task_id: str, after_seq: int, limit: int
     ) -> list[task_pb2.TaskEvent]:
-        if limit == 0:
-            return []
-        start = "-" if after_seq < 0 else f"{after_seq + 1}-0"
-        with self._reported(f"read events of task {task_id}"):
-            entries = await self._redis.xrange(
-                self.events_key(task_id), start, "+", count=limit if limit > 0 else None
-            )
-        return _events(entries)
+        return _events(await self._entries(task_id, after_seq, limit))
 
     async def read_encoded(self, task_id: str, after_seq: int, limit: int) -> list[EncodedEvent]:
+        return _encoded(await self._entries(task_id, after_seq, limit))
+
+    async def _entries(self, task_id: str, after_seq: int, limit: int) -> list[Any]:
+        """XRANGE's entries of up to `limit` events with `seq > after_seq`."""
         if limit == 0:
             return []
         start = "-" if after_seq < 0 else f"{after_seq + 1}-0"
@@ -579,7 +576,7 @@ class RedisStore:
             entries = await self._redis.xrange(
                 self.events_key(task_id), start, "+", count=limit if limit > 0 else None
             )
-        return _encoded(entries)
+        return list(entries or [])
 
     async def read_new_events(
         self, after: Mapping[str, int], block_ms: int

@@ -276,20 +276,22 @@ class SqliteStore:
             db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def read_encoded(self, task_id: str, after_seq: int, limit: int) -> list[EncodedEvent]:
-        rows = self._db.execute(
-            "SELECT seq, event FROM events WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-            (task_id, after_seq, limit),
-        ).fetchall()
-        return stored_batch(rows)
+        return stored_batch(self._rows(task_id, after_seq, limit))
 
     async def read_events(
         self, task_id: str, after_seq: int, limit: int
     ) -> list[task_pb2.TaskEvent]:
-        rows = self._db.execute(
-            "SELECT event FROM events WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        return [
+            task_pb2.TaskEvent.FromString(data) for _, data in self._rows(task_id, after_seq, limit)
+        ]
+
+    def _rows(self, task_id: str, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
+        """(seq, stored bytes) of up to `limit` events with `seq > after_seq`, in order."""
+        rows: list[tuple[int, bytes]] = self._db.execute(
+            "SELECT seq, event FROM events WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
             (task_id, after_seq, limit),
         ).fetchall()
-        return [task_pb2.TaskEvent.FromString(row[0]) for row in rows]
+        return rows
 
     async def unfinished_task_ids(self) -> list[str]:
         rows = self._db.execute(
