@@ -976,3 +976,48 @@ async def test_sqlite_appends_that_arrive_together_share_one_commit(tmp_path: Pa
     assert isinstance(outcomes[-1], TaskEnded)  # refused alone; the others landed
     assert seqs(await store.read_events(ended.task_id, 0, 10)) == [1]
     await store.close()
+
+
+async def test_redis_appends_that_arrive_together_share_one_round_trip(
+    redis_store: RedisStore,
+) -> None:
+    tasks = [await new_task(redis_store) for _ in range(20)]
+    ended = await new_task(redis_store)
+    await redis_store.append(ended.task_id, [task_state(Task.STATE_CANCELLED)])
+    for task in tasks:  # the store knows each record: the appends go straight to the script
+        await redis_store.append(task.task_id, [line("first")])
+    round_trips = redis_store.round_trips
+
+    outcomes = await asyncio.gather(
+        *(redis_store.append(task.task_id, [line("together")]) for task in tasks),
+        redis_store.append(ended.task_id, [line("too late")]),
+        return_exceptions=True,
+    )
+
+    assert redis_store.round_trips == round_trips + 1
+    assert [seqs(outcome) for outcome in outcomes[:-1]] == [[2]] * 20  # type: ignore[arg-type]
+    assert isinstance(outcomes[-1], TaskEnded)  # refused alone; the others landed
+    for task in tasks:
+        assert seqs(await redis_store.read_events(task.task_id, 0, 10)) == [1, 2]
+
+
+async def test_sqlite_keeps_no_record_ahead_of_the_stored_one_after_a_failed_append(
+    tmp_path: Path,
+) -> None:
+    """The records of running tasks are kept in memory; a Change that fails after it was
+    given the record must not leave that record folded ahead of the database."""
+    store = SqliteStore(tmp_path / "cached.sqlite3")
+    task = await new_task(store)
+    await store.append(task.task_id, [line("a")])
+
+    def half_made(record: Task) -> list[Event]:
+        record.last_seq += 5  # what a fold gone wrong would leave behind
+        raise RuntimeError("the change failed")
+
+    with pytest.raises(RuntimeError):
+        await store.append(task.task_id, half_made)
+    stored = await store.append(task.task_id, [line("b")])
+
+    assert seqs(stored) == [2]
+    assert seqs(await store.read_events(task.task_id, 0, 10)) == [1, 2]
+    await store.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -119,15 +119,16 @@ class Store(Protocol):
         """Return how many of `owner`'s tasks have not reached a terminal state."""
         ...
 
-    async def append(
+    def append(
         self,
         task_id: str,
         events: Sequence[task_pb2.TaskEvent] | Change,
         *,
         owner: str | None = None,
         expect: Expect | None = None,
-    ) -> list[task_pb2.TaskEvent]:
-        """Append events atomically, assigning `seq` and `create_time`; return them stored.
+    ) -> Awaitable[list[task_pb2.TaskEvent]]:
+        """Append events atomically, assigning `seq` and `create_time`; return them stored
+        (a coroutine, or a future when the store batches appends itself).
 
         The task record is updated with the events in the same transaction, so the record
         never disagrees with the log. Raises KeyError when the task does not exist. With

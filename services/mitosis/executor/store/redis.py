@@ -233,6 +233,15 @@ return deleted
 """
 
 
+@dataclass
+class _QueuedAppend:
+    """One `_APPEND` call waiting for the next pipeline."""
+
+    keys: list[str]
+    args: list[bytes | str | int]
+    done: asyncio.Future[list[Any]]
+
+
 class RedisStore:
     """Store on one Redis primary, shared by any number of executors.
 
@@ -267,6 +276,11 @@ class RedisStore:
         self._turns: dict[str, _Turn] = {}
         self.conflicts = 0
         """How many transactions were started over because a watched key changed."""
+        self._queued: list[_QueuedAppend] = []
+        self._sending: set[asyncio.Task[None]] = set()
+        self.round_trips = 0
+        """How many times appends went to Redis: one pipeline of all those asked for in one
+        turn of the event loop (group commit), so at most one per append."""
 
     @classmethod
     def from_url(
@@ -536,8 +550,52 @@ class RedisStore:
         return None
 
     async def _run_append(self, keys: list[str], args: list[bytes | str | int]) -> list[Any]:
-        """Run `_APPEND` (EVALSHA; redis-py loads the script again after a Redis restart)."""
-        return cast("list[Any]", await self._append_script(keys=keys, args=args))
+        """Run `_APPEND` (EVALSHA; redis-py loads the script again after a Redis restart).
+
+        Group commit: the calls made in one turn of the event loop (appends to different
+        tasks: one task's take turns) go to Redis in one pipeline, one round trip for all.
+        Each script is still atomic on its own, and answers for its own append.
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[Any]] = loop.create_future()
+        self._queued.append(_QueuedAppend(keys, args, done))
+        if len(self._queued) == 1:
+            loop.call_soon(self._send_queued)
+        return await asyncio.shield(done)  # a cancelled caller leaves the others' batch be
+
+    def _send_queued(self) -> None:
+        batch, self._queued = self._queued, []
+        sending = asyncio.get_running_loop().create_task(self._send(batch))
+        self._sending.add(sending)
+        sending.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[_QueuedAppend]) -> None:
+        self.round_trips += 1
+        replies: list[Any]
+        try:
+            if len(batch) == 1:
+                replies = [await self._append_script(keys=batch[0].keys, args=batch[0].args)]
+            else:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for queued in batch:
+                        await self._append_script(keys=queued.keys, args=queued.args, client=pipe)
+                    replies = await pipe.execute(raise_on_error=False)
+        except Exception as error:  # the connection, after redis-py's retries: all of them
+            for queued in batch:
+                if not queued.done.done():
+                    queued.done.set_exception(error)
+            return
+        except BaseException:  # stopped mid-send: nobody learns what Redis did
+            for queued in batch:
+                queued.done.cancel()
+            raise
+        for queued, reply in zip(batch, replies, strict=True):
+            if queued.done.done():
+                continue
+            if isinstance(reply, Exception):
+                queued.done.set_exception(reply)
+            else:
+                queued.done.set_result(cast("list[Any]", reply))
 
     async def _newest_record(self, task_id: str) -> task_pb2.Task:
         """A copy of the newest record this store knows of the task (read it if none)."""
@@ -659,4 +717,6 @@ class RedisStore:
             await self._redis.eval(_RELEASE, 1, self.lease_key(task_id), owner)
 
     async def close(self) -> None:
+        if self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
         await self._redis.aclose()

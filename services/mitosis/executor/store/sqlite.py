@@ -7,6 +7,7 @@ import contextlib
 import os
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,10 @@ CHECKPOINT_EVERY = 500
 PURGE_CHUNK = 2000
 """Events deleted per transaction when a task is deleted: a few milliseconds of the loop."""
 
+CACHED_RECORDS = 1024
+"""Records of unfinished tasks kept in memory, the most recently appended to: an append to
+one of them reads and parses nothing (this store is its file's only writer)."""
+
 
 @dataclass
 class _Append:
@@ -103,8 +108,11 @@ class SqliteStore:
         self._db.executescript(_TABLES)
         _add_missing_columns(self._db)
         self._db.executescript(_INDEXES)
-        # One executor per SQLite file: leases and cancel requests live in its memory.
+        # One executor per SQLite file: leases and cancel requests live in its memory, and
+        # so can the records of the tasks it appends to, exactly as committed.
         self._leases: dict[str, tuple[str, float]] = {}
+        self._records: OrderedDict[str, task_pb2.Task] = OrderedDict()
+        self._data_version = -1  # SQLite's count of other connections' commits, when read
 
     async def create_task(self, task: task_pb2.Task) -> None:
         with self._space_reported():
@@ -169,23 +177,27 @@ class SqliteStore:
         ).fetchone()
         return int(row[0])
 
-    async def append(
+    def append(
         self,
         task_id: str,
         events: Sequence[task_pb2.TaskEvent] | Change,
         *,
         owner: str | None = None,
         expect: Expect | None = None,
-    ) -> list[task_pb2.TaskEvent]:
+    ) -> asyncio.Future[list[task_pb2.TaskEvent]]:
         """Append atomically (see Store.append), in a group commit: the appends asked for
         in one turn of the event loop share one transaction, each in a savepoint of its own,
-        so one that is refused changes nothing and the others still land."""
-        done = asyncio.get_running_loop().create_future()
+        so one that is refused changes nothing and the others still land.
+
+        A future, not a coroutine: nothing runs until the commit, so awaiting it costs no
+        task of its own (EventLog shields it as it is).
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[task_pb2.TaskEvent]] = loop.create_future()
         self._pending.append(_Append(task_id, events, owner, expect, done))
         if len(self._pending) == 1:
-            asyncio.get_running_loop().call_soon(self._commit_pending)
-        result: list[task_pb2.TaskEvent] = await done
-        return result
+            loop.call_soon(self._commit_pending)
+        return done
 
     def _commit_pending(self) -> None:
         batch, self._pending = self._pending, []
@@ -193,6 +205,7 @@ class SqliteStore:
         outcomes: list[tuple[_Append, list[task_pb2.TaskEvent] | BaseException]] = []
         try:
             db.execute("BEGIN IMMEDIATE")
+            self._forget_records_written_elsewhere()
             alone = len(batch) == 1  # the whole transaction is its savepoint
             for request in batch:
                 if not alone:
@@ -212,6 +225,8 @@ class SqliteStore:
         except BaseException as error:
             if db.in_transaction:  # a failed COMMIT leaves it open: never carry it over
                 db.execute("ROLLBACK")
+            for request in batch:  # their records were folded ahead of what is stored
+                self._records.pop(request.task_id, None)
             if _is_full(error):
                 error = self._full()
             outcomes = [(request, error) for request in batch]
@@ -230,40 +245,56 @@ class SqliteStore:
         task_id, db = request.task_id, self._db
         if request.owner is not None and not self._holds(task_id, request.owner):
             raise LeaseLost(f"task {task_id}: the lease is not held by {request.owner}")
-        row = db.execute(
-            "SELECT record, terminal FROM tasks WHERE task_id = ?", (task_id,)
-        ).fetchone()
+        task = self._record(task_id)
+        check_append(task, request.expect)  # so the task has not ended before this append
+        try:
+            stored = stamp_events(task, events_of(task, request.events))
+            db.executemany(
+                "INSERT INTO events (task_id, seq, event) VALUES (?, ?, ?)",
+                [(task_id, e.seq, e.SerializeToString()) for e in stored],
+            )
+            if task.state not in TERMINAL_STATES:
+                # Most appends: only the record changes, so no index has to be touched.
+                db.execute(
+                    "UPDATE tasks SET record = ? WHERE task_id = ?",
+                    (task.SerializeToString(), task_id),
+                )
+                return stored
+            db.execute(
+                "UPDATE tasks SET record = ?, terminal = 1, end_ns = ? WHERE task_id = ?",
+                (task.SerializeToString(), task.update_time.ToNanoseconds(), task_id),
+            )
+        except BaseException:
+            # A Change that raised, or a write that failed: the record in memory may be
+            # folded ahead of the one stored, so the next append reads it again.
+            self._records.pop(task_id, None)
+            raise
+        self._records.pop(task_id, None)  # an ended task takes no more appends
+        return stored
+
+    def _forget_records_written_elsewhere(self) -> None:
+        """Drop the records in memory when another connection has committed since (another
+        process on the same file, which `make run` never starts but nothing forbids)."""
+        (version,) = self._db.execute("PRAGMA data_version").fetchone()
+        if version != self._data_version:
+            self._records.clear()
+            self._data_version = version
+
+    def _record(self, task_id: str) -> task_pb2.Task:
+        """The task's record as committed: from memory, or read once and kept."""
+        task = self._records.get(task_id)
+        if task is not None:
+            self._records.move_to_end(task_id)
+            return task
+        row = self._db.execute("SELECT record FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         if row is None:
             raise KeyError(task_id)
         task = task_pb2.Task.FromString(row[0])
-        check_append(task, request.expect)
-        was_terminal = bool(row[1])
-        stored = stamp_events(task, events_of(task, request.events))
-        db.executemany(
-            "INSERT INTO events (task_id, seq, event) VALUES (?, ?, ?)",
-            [(task_id, e.seq, e.SerializeToString()) for e in stored],
-        )
-        terminal = task.state in TERMINAL_STATES
-        if terminal == was_terminal:
-            # Most appends: only the record changes, so no index has to be touched.
-            db.execute(
-                "UPDATE tasks SET record = ? WHERE task_id = ?",
-                (task.SerializeToString(), task_id),
-            )
-        else:
-            # The end time is the first terminal event's; a later append does not move it.
-            db.execute(
-                "UPDATE tasks SET record = ?, terminal = ?,"
-                " end_ns = CASE WHEN ? THEN coalesce(end_ns, ?) END WHERE task_id = ?",
-                (
-                    task.SerializeToString(),
-                    int(terminal),
-                    terminal,
-                    task.update_time.ToNanoseconds(),
-                    task_id,
-                ),
-            )
-        return stored
+        if task.state not in TERMINAL_STATES:
+            self._records[task_id] = task
+            if len(self._records) > CACHED_RECORDS:
+                self._records.popitem(last=False)
+        return task
 
     def _checkpoint_soon(self) -> None:
         """Move the WAL into the database in a worker thread, on a connection of its own:
@@ -328,6 +359,7 @@ class SqliteStore:
             raise
         for task_id in deleted:
             self._leases.pop(task_id, None)
+            self._records.pop(task_id, None)
         await self._purge_events()
         return deleted
 
