@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from mitosis.errors import InvalidArgument, NotFound, OutOfRange
+from mitosis.executor.events import watch as watch_module
 from mitosis.executor.events.hub import EventHub
 from mitosis.executor.events.log import EventLog
 from mitosis.executor.events.watch import (
@@ -244,6 +245,35 @@ async def test_events_appended_together_reach_a_live_watcher_in_one_message(
 
     assert [e.seq for e in await anext(watch)] == [1, 2, 3]
     await watch.aclose()
+
+
+async def test_a_burst_of_single_appends_reaches_a_live_watcher_many_to_a_message(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each append alone, awaited, as fast as they come: after two takes close together
+    the watcher lingers and sends what followed in one message (the gap that makes a
+    burst is widened here, so a loaded machine cannot make the appends look steady)."""
+    monkeypatch.setattr(watch_module, "BURST_GAP", 60.0)
+    hub = EventHub()
+    log = EventLog(store, hub)
+    task_id = await new_task(store)
+    watch = watch_batches(store, hub, task_id, 0, heartbeat_interval=5)
+    assert (await anext(watch))[0].heartbeat
+    messages: list[list[int]] = []
+
+    async def read() -> None:
+        async for batch in watch:
+            messages.append([e.seq for e in batch])
+
+    reading = asyncio.create_task(read())
+    for n in range(300):
+        await log.append(task_id, line(str(n)))
+    await log.append(task_id, end())
+    await asyncio.wait_for(reading, 10)
+
+    assert [seq for message in messages for seq in message] == list(range(1, 302))
+    assert messages[0] == [1]  # the first event of a burst goes out at once
+    assert len(messages) < 301 / 3
 
 
 async def test_a_bounded_watch_ends_max_wait_after_its_first_event(store: SqliteStore) -> None:

@@ -57,6 +57,11 @@ class Subscription:
                     await self._ready.wait()
             except TimeoutError:
                 return []
+        return self.take()
+
+    def take(self) -> list[EncodedEvent]:
+        """Return the buffered events at once ([] when there are none); raises Overflowed
+        like `next_batch`."""
         if self._overflowed:
             self._overflowed = False
             raise Overflowed

@@ -7,6 +7,7 @@ sends something, for paths that deliver a response only once it ends).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 
@@ -31,6 +32,17 @@ MAX_MESSAGE_EVENTS = 1000
 
 MAX_MESSAGE_BYTES = 1 << 20
 """A message is cut once its events reach this size (gRPC's default limit is 4 MiB)."""
+
+BURST_GAP = 0.0005
+"""Events offered within this many seconds of the ones before them, twice running, are a
+burst..."""
+
+LINGER = 0.001
+"""...and wait this long for the events that follow, to go out in one message: a watcher
+of a steady stream (or one with the odd pair of events close together) still gets each
+event at once; one of a burst gets it about LINGER later (the event loop's timers have a
+resolution of 1 ms), many to a message, which is what lets the stream outrun a
+one-event-per-message transport."""
 
 MIN_MAX_WAIT = 0.05
 MAX_MAX_WAIT = 30.0
@@ -111,6 +123,8 @@ class _Watch:
         self._max_wait = max_wait
         self._ends_at: float | None = None  # bounded, once something was sent
         self._sent = False
+        self._taken_at = -1.0  # time.monotonic() when live events were last taken
+        self._short_gaps = 0  # how many takes running came within BURST_GAP of the one before
 
     async def batches(self) -> AsyncIterator[Batch]:
         while True:
@@ -136,6 +150,18 @@ class _Watch:
             self._ends_at = time.monotonic() + self._max_wait
         self._sent = True
         return batch
+
+    async def _with_burst(self, offered: list[EncodedEvent]) -> list[EncodedEvent]:
+        """Return the events offered, and those that follow them within LINGER when they
+        came in a burst (gaps measured between takes, so a steady stream never lingers)."""
+        now = time.monotonic()
+        self._short_gaps = self._short_gaps + 1 if now - self._taken_at < BURST_GAP else 0
+        self._taken_at = now
+        if self._short_gaps < 2 or len(offered) >= MAX_MESSAGE_EVENTS:
+            return offered
+        await asyncio.sleep(LINGER)
+        self._taken_at = time.monotonic()
+        return offered + self._subscription.take()
 
     def _expired(self) -> bool:
         return self._ends_at is not None and time.monotonic() >= self._ends_at
@@ -165,6 +191,8 @@ class _Watch:
                 if wait <= 0:
                     return
             offered = await self._subscription.next_batch(wait)
+            if offered:
+                offered = await self._with_burst(offered)
             if not offered:
                 if self._expired():
                     return
