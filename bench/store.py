@@ -1,14 +1,16 @@
-"""Workload 6: appends per second to the stores, one event per append (one transaction each).
+"""Workload 6: appends per second to the stores.
 
 Measured in the benchmark's own process, straight on `SqliteStore` and `RedisStore` (a
-private redis-server on a free port, no persistence), with the same event mix as the streams.
-Batched appends (1000 events per transaction) are shown too: that is how catch-up data is
-loaded, and what a coalescing writer could reach. The time of each append is kept: SQLite's
-automatic WAL checkpoint (every 1000 pages, with an fsync) makes a few of them much slower.
+private redis-server on a free port, no persistence), with the same event mix as the streams:
+one task appending one event at a time, each append awaited; 20 tasks doing that at once
+(what the group commit is for: appends asked for in one turn of the event loop share one
+SQLite transaction or one Redis round trip); and one task appending 1,000 events at a time
+(how catch-up data is loaded). The time of each append is kept.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import shutil
 import time
@@ -49,10 +51,45 @@ async def _appends(store: Store, count: int, batch: int) -> tuple[float, list[fl
     return count / (time.perf_counter() - start), each
 
 
+TOGETHER = 20
+"""Tasks appending at once in the concurrent row."""
+
+
+def _commits(store: Store) -> int:
+    """SQLite transactions or Redis round trips the store has made for appends so far."""
+    if isinstance(store, SqliteStore):
+        return store._commits
+    if isinstance(store, RedisStore):
+        return store.round_trips
+    return 0
+
+
+async def _appends_together(store: Store, count: int) -> tuple[float, list[float], float]:
+    """Events per second when TOGETHER tasks each append `count` // TOGETHER events one at a
+    time, all at once; the time each append took; appends per transaction or round trip."""
+    task_ids = [await _new_task(store) for _ in range(TOGETHER)]
+    shapes = Shapes()
+    each: list[float] = []
+
+    async def one(task_id: str) -> None:
+        for _ in range(count // TOGETHER):
+            event = task_event(shapes.next())
+            t0 = time.perf_counter()
+            await store.append(task_id, [event])
+            each.append(time.perf_counter() - t0)
+
+    commits = _commits(store)
+    start = time.perf_counter()
+    await asyncio.gather(*(one(task_id) for task_id in task_ids))
+    seconds = time.perf_counter() - start
+    return len(each) / seconds, each, len(each) / max(_commits(store) - commits, 1)
+
+
 async def stores(
     workdir: Path, reps: int, counts: dict[str, int], progress: Progress
 ) -> list[dict[str, Any]]:
-    """SQLite and Redis, single-event and 1000-event appends, `reps` times each."""
+    """SQLite and Redis: single-event appends by one task and by TOGETHER at once, and
+    1000-event appends, `reps` times each."""
     rows: list[dict[str, Any]] = []
     sqlite = SqliteStore(workdir / "store.sqlite3")
     stores: list[tuple[str, Store]] = [("sqlite", sqlite)]
@@ -66,14 +103,20 @@ async def stores(
     try:
         for rep in range(reps):
             for name, store in stores:
-                for batch in (1, 1000):
+                for tasks, batch in ((1, 1), (TOGETHER, 1), (1, 1000)):
                     count = counts[name] if batch == 1 else 20 * batch
-                    rate, each = await _appends(store, count, batch)
+                    if tasks == 1:
+                        rate, each = await _appends(store, count, batch)
+                        per_commit = 1.0
+                    else:
+                        rate, each, per_commit = await _appends_together(store, count)
                     rows.append(
                         {
                             "workload": "store",
                             "rep": rep,
                             "store": name,
+                            "tasks": tasks,
+                            "appends_per_commit": per_commit,
                             "batch": batch,
                             "events": count,
                             "events_per_s": rate,
@@ -83,7 +126,10 @@ async def stores(
                             "append_max_us": max(each) * 1e6,
                         }
                     )
-                    progress(f"store {name} batch {batch} rep {rep + 1}: {rate:,.0f} events/s")
+                    progress(
+                        f"store {name} {tasks} task(s), batch {batch} rep {rep + 1}:"
+                        f" {rate:,.0f} events/s, {per_commit:.1f} appends per commit"
+                    )
     finally:
         if redis_store is not None:
             await redis_store.close()
