@@ -56,7 +56,8 @@ class TaskServiceStub:
     """Streams a task's events with `seq` greater than `after_seq`: first those already in
     the log, then new ones as they are appended, with no gap and no duplicate. Events that
     are ready together travel in one message (a catch-up, many); a watcher that keeps up
-    gets each event as soon as it is stored. Sends a heartbeat while nothing happens. Ends
+    gets each event as soon as it is stored (during a burst about a millisecond later,
+    with what follows in the same message). Sends a heartbeat while nothing happens. Ends
     with OK after the task's terminal event, or, in the bounded form (`max_wait`), soon
     after it has sent something, for paths that deliver a response only once it ends.
     Over HTTP the stream is Server-Sent Events, one `data:` line per message.
@@ -94,7 +95,8 @@ class TaskServiceAsyncStub(TaskServiceStub):
     """Streams a task's events with `seq` greater than `after_seq`: first those already in
     the log, then new ones as they are appended, with no gap and no duplicate. Events that
     are ready together travel in one message (a catch-up, many); a watcher that keeps up
-    gets each event as soon as it is stored. Sends a heartbeat while nothing happens. Ends
+    gets each event as soon as it is stored (during a burst about a millisecond later,
+    with what follows in the same message). Sends a heartbeat while nothing happens. Ends
     with OK after the task's terminal event, or, in the bounded form (`max_wait`), soon
     after it has sent something, for paths that deliver a response only once it ends.
     Over HTTP the stream is Server-Sent Events, one `data:` line per message.
@@ -165,7 +167,8 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams a task's events with `seq` greater than `after_seq`: first those already in
         the log, then new ones as they are appended, with no gap and no duplicate. Events that
         are ready together travel in one message (a catch-up, many); a watcher that keeps up
-        gets each event as soon as it is stored. Sends a heartbeat while nothing happens. Ends
+        gets each event as soon as it is stored (during a burst about a millisecond later,
+        with what follows in the same message). Sends a heartbeat while nothing happens. Ends
         with OK after the task's terminal event, or, in the bounded form (`max_wait`), soon
         after it has sent something, for paths that deliver a response only once it ends.
         Over HTTP the stream is Server-Sent Events, one `data:` line per message.
