@@ -9,6 +9,7 @@ first event runs from just before CreateTask to that event's arrival at the clie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ TEXTS = (
 
 @dataclass
 class TaskTiming:
+    task_id: str
     created: float
     """CreateTask's answer arrived, seconds after it was called."""
     first_stored: float
@@ -68,20 +70,44 @@ async def _one(stub: TaskServiceAsyncStub, text: str, start: float) -> TaskTimin
         if is_terminal_event(event):
             state = event.task_state_changed.state
     end = time.perf_counter()
-    return TaskTiming(created, first_stored, first, end - start, end, state, events)
+    return TaskTiming(task.task_id, created, first_stored, first, end - start, end, state, events)
 
 
-async def _batch(target: str, n: int, rep: int) -> tuple[list[TaskTiming], float]:
+async def _probe(stub: TaskServiceAsyncStub, task_id: str, stop: asyncio.Event) -> list[float]:
+    """GetTask every PROBE_EVERY seconds until `stop`: how long each took to answer."""
+    took = []
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        await stub.GetTask(task_service_pb2.GetTaskRequest(task_id=task_id), timeout=60)
+        took.append(time.perf_counter() - t0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), PROBE_EVERY)
+    return took
+
+
+PROBE_EVERY = 0.02
+"""Seconds between two GetTasks of the responsiveness probe."""
+
+
+async def _batch(
+    target: str, n: int, rep: int, probe_task: str = ""
+) -> tuple[list[TaskTiming], float, list[float]]:
+    """Run `n` tasks at once; with `probe_task`, GetTask it every PROBE_EVERY s meanwhile."""
     async with grpc.aio.insecure_channel(target) as channel:
         stub = task_service_pb2_grpc.TaskServiceStub(channel)
         await channel.channel_ready()
+        stop = asyncio.Event()
+        probing = asyncio.create_task(_probe(stub, probe_task, stop)) if probe_task else None
         began = time.perf_counter()
 
         async def one(i: int) -> TaskTiming:
             return await _one(stub, f"{TEXTS[i % len(TEXTS)]} ({rep}.{i})", time.perf_counter())
 
         timings = await asyncio.gather(*(one(i) for i in range(n)))
-        return list(timings), max(t.end for t in timings) - began
+        wall = max(t.end for t in timings) - began
+        stop.set()
+        probes = await probing if probing is not None else []
+        return list(timings), wall, probes
 
 
 async def tasks(
@@ -99,12 +125,13 @@ async def tasks(
             "--model=offline",
             "--offline-pace=0",
         )
-        await _batch(executor.target, 2, -1)  # warm-up: imports, channel, first SQLite pages
+        # Warm-up (imports, channel, first SQLite pages); its first task is the one probed.
+        warm_up, _, _ = await _batch(executor.target, 2, -1)
         rows = []
         for rep in range(reps):
             for n in counts:
                 usage = Usage(executor.process.pid).start()
-                timings, wall = await _batch(executor.target, n, rep)
+                timings, wall, probes = await _batch(executor.target, n, rep, warm_up[0].task_id)
                 await usage.stop()
                 firsts = [t.first_event for t in timings]
                 succeeded = sum(t.state == task_pb2.Task.STATE_SUCCEEDED for t in timings)
@@ -117,6 +144,9 @@ async def tasks(
                     "first_event_p99_ms": percentile(firsts, 99) * 1000,
                     "first_event_max_ms": max(firsts) * 1000,
                     "created_p50_ms": percentile([t.created for t in timings], 50) * 1000,
+                    "created_p99_ms": percentile([t.created for t in timings], 99) * 1000,
+                    "get_task_p50_ms": percentile(probes, 50) * 1000,
+                    "get_task_p99_ms": percentile(probes, 99) * 1000,
                     "first_stored_p50_ms": percentile([t.first_stored for t in timings], 50) * 1000,
                     "task_p50_s": percentile([t.total for t in timings], 50),
                     "wall_s": wall,
@@ -128,7 +158,8 @@ async def tasks(
                     f"tasks {n} rep {rep + 1}: first event p50"
                     f" {row['first_event_p50_ms']:.1f} ms, p99 {row['first_event_p99_ms']:.1f} ms"
                     f" (CreateTask answered at p50 {row['created_p50_ms']:.1f} ms, first event"
-                    f" stored at p50 {row['first_stored_p50_ms']:.1f} ms),"
+                    f" stored at p50 {row['first_stored_p50_ms']:.1f} ms; GetTask meanwhile p99"
+                    f" {row['get_task_p99_ms']:.1f} ms),"
                     f" wall {wall:.2f} s, {succeeded}/{n} succeeded"
                 )
         return rows
