@@ -36,6 +36,7 @@ from mitosis.executor.store.sqlite import PURGE_CHUNK, SqliteStore
 from mitosis.projection import apply_event
 from mitosis.v1 import task_pb2
 from tests.support.redis_server import RedisServer, running_redis
+from tests.support.waiting import eventually
 
 Event = task_pb2.TaskEvent
 Task = task_pb2.Task
@@ -876,6 +877,35 @@ async def test_appends_continue_across_a_redis_restart(tmp_path: Path) -> None:
             assert record is not None
             assert record.last_seq == 3
             assert await store.unfinished_task_ids() == [task.task_id]
+        finally:
+            await store.close()
+
+
+async def test_a_pipeline_of_appends_sent_while_redis_is_away_lands_each_append_once(
+    tmp_path: Path,
+) -> None:
+    """redis-py sends the pipeline again until Redis is back (a script that had already run
+    would find its events at the end of the stream: see the lost-reply test)."""
+    with running_redis(tmp_path / "redis", aof=True) as server:
+        store = RedisStore.from_url(server.url, backoff_base=0.02, backoff_cap=0.5, retries=30)
+        try:
+            tasks = [await new_task(store) for _ in range(10)]
+            for task in tasks:
+                await store.append(task.task_id, [line("before")])
+            round_trips = store.round_trips
+
+            server.stop()
+            pending = [
+                asyncio.create_task(store.append(task.task_id, [line("during")])) for task in tasks
+            ]
+            await eventually(lambda: store.round_trips > round_trips, what="the pipeline sent")
+            server.start()
+            assert [seqs(await append) for append in pending] == [[2]] * len(tasks)
+
+            for task in tasks:
+                stored = await store.read_events(task.task_id, 0, 10)
+                assert [e.log_line.text for e in stored] == ["before", "during"]
+            assert store.round_trips == round_trips + 1  # the ten went together
         finally:
             await store.close()
 

@@ -65,7 +65,7 @@ PURGE_CHUNK = 2000
 
 CACHED_RECORDS = 1024
 """Records of unfinished tasks kept in memory, the most recently appended to: an append to
-one of them reads and parses nothing (this store is its file's only writer)."""
+one of them reads and parses nothing."""
 
 
 @dataclass
@@ -108,8 +108,9 @@ class SqliteStore:
         self._db.executescript(_TABLES)
         _add_missing_columns(self._db)
         self._db.executescript(_INDEXES)
-        # One executor per SQLite file: leases and cancel requests live in its memory, and
-        # so can the records of the tasks it appends to, exactly as committed.
+        # One executor per SQLite file: leases live in its memory. So do the records of the
+        # tasks it appends to, exactly as committed (forgotten when another connection
+        # commits: see _forget_records_written_elsewhere).
         self._leases: dict[str, tuple[str, float]] = {}
         self._records: OrderedDict[str, task_pb2.Task] = OrderedDict()
         self._data_version = -1  # SQLite's count of other connections' commits, when read
