@@ -250,10 +250,10 @@ async def test_events_appended_together_reach_a_live_watcher_in_one_message(
 async def test_a_burst_of_single_appends_reaches_a_live_watcher_many_to_a_message(
     store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each append alone, awaited, as fast as they come: after two takes close together
-    the watcher lingers and sends what followed in one message (the gap that makes a
-    burst is widened here, so a loaded machine cannot make the appends look steady)."""
-    monkeypatch.setattr(watch_module, "BURST_GAP", 60.0)
+    """Each append alone, awaited, as fast as they come: once the events' average spacing
+    says burst, the watcher lingers and sends what followed in one message (the spacing
+    that makes a burst is widened here, so a loaded machine cannot make them look steady)."""
+    monkeypatch.setattr(watch_module, "BURST_SPACING", 60.0)
     hub = EventHub()
     log = EventLog(store, hub)
     task_id = await new_task(store)

@@ -33,16 +33,19 @@ MAX_MESSAGE_EVENTS = 1000
 MAX_MESSAGE_BYTES = 1 << 20
 """A message is cut once its events reach this size (gRPC's default limit is 4 MiB)."""
 
-BURST_GAP = 0.0005
-"""Events offered within this many seconds of the ones before them, twice running, are a
-burst..."""
+BURST_SPACING = 0.0004
+"""Live events coming closer together than this on average (over 2,500 a second,
+sustained) are a burst..."""
 
 LINGER = 0.001
-"""...and wait this long for the events that follow, to go out in one message: a watcher
-of a steady stream (or one with the odd pair of events close together) still gets each
-event at once; one of a burst gets it about LINGER later (the event loop's timers have a
-resolution of 1 ms), many to a message, which is what lets the stream outrun a
-one-event-per-message transport."""
+"""...and a watcher of a burst waits this long for the events that follow, to send them in
+one message. A steady stream, even a fast one with the odd pair of events close together,
+goes out an event at a time as soon as each is stored; a burst goes out about LINGER later
+(the event loop's timers have a resolution of 1 ms), many events to a message, which is
+what lets the stream outrun a one-event-per-message transport."""
+
+_SPACING_WEIGHT = 0.25
+"""How much the newest take counts in the running average of the events' spacing."""
 
 MIN_MAX_WAIT = 0.05
 MAX_MAX_WAIT = 30.0
@@ -123,8 +126,8 @@ class _Watch:
         self._max_wait = max_wait
         self._ends_at: float | None = None  # bounded, once something was sent
         self._sent = False
-        self._taken_at = -1.0  # time.monotonic() when live events were last taken
-        self._short_gaps = 0  # how many takes running came within BURST_GAP of the one before
+        self._taken_at = time.monotonic()  # when live events were last taken
+        self._spacing = 3600.0  # running average of the seconds between live events
 
     async def batches(self) -> AsyncIterator[Batch]:
         while True:
@@ -152,16 +155,21 @@ class _Watch:
         return batch
 
     async def _with_burst(self, offered: list[EncodedEvent]) -> list[EncodedEvent]:
-        """Return the events offered, and those that follow them within LINGER when they
-        came in a burst (gaps measured between takes, so a steady stream never lingers)."""
-        now = time.monotonic()
-        self._short_gaps = self._short_gaps + 1 if now - self._taken_at < BURST_GAP else 0
-        self._taken_at = now
-        if self._short_gaps < 2 or len(offered) >= MAX_MESSAGE_EVENTS:
+        """Return the events offered, and, in a burst, those that follow within LINGER."""
+        self._measure_spacing(len(offered))
+        if self._spacing >= BURST_SPACING or len(offered) >= MAX_MESSAGE_EVENTS:
             return offered
         await asyncio.sleep(LINGER)
-        self._taken_at = time.monotonic()
-        return offered + self._subscription.take()
+        more = self._subscription.take()
+        self._measure_spacing(len(more))
+        return offered + more
+
+    def _measure_spacing(self, events: int) -> None:
+        """Fold the time since the last take, per event taken now, into the average."""
+        now = time.monotonic()
+        spacing = (now - self._taken_at) / max(events, 1)
+        self._spacing += _SPACING_WEIGHT * (spacing - self._spacing)
+        self._taken_at = now
 
     def _expired(self) -> bool:
         return self._ends_at is not None and time.monotonic() >= self._ends_at
