@@ -95,7 +95,7 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml uv.lock
 	$(UV_SYNC) --extra dev --extra bench
 	touch $@
 
-.PHONY: bench ## run the benchmarks (~7 min): Markdown tables, JSON in bench/results/
+.PHONY: bench ## run the benchmarks (6-10 min): Markdown tables, JSON in bench/results/
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
