@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from mitosis.executor.running.runner import DELETE_ANY_END
+from mitosis.executor.store import sqlite as sqlite_store
 from mitosis.executor.store.base import (
     Expect,
     LeaseLost,
@@ -1051,3 +1052,25 @@ async def test_sqlite_keeps_no_record_ahead_of_the_stored_one_after_a_failed_app
     assert seqs(stored) == [2]
     assert seqs(await store.read_events(task.task_id, 0, 10)) == [1, 2]
     await store.close()
+
+
+async def test_sqlite_starts_its_wal_over_under_appends_that_never_pause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint in a worker thread never catches up with appends that go on meanwhile;
+    SQLite starts the WAL over only once one has, so without the store finishing each
+    checkpoint between two commits the WAL grows with every append."""
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 50)
+    path = tmp_path / "busy.sqlite3"
+    store = SqliteStore(path)
+    task = await new_task(store)
+    wal = path.with_name(path.name + "-wal")
+
+    sizes = []
+    for n in range(2000):
+        await store.append(task.task_id, [line(f"append {n}")])
+        sizes.append(wal.stat().st_size)
+    await store.close()
+
+    never_started_over = 2000 * 4096  # each commit adds a page to the WAL, at the least
+    assert max(sizes) < never_started_over / 4
