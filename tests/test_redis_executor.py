@@ -194,14 +194,22 @@ async def test_an_executor_started_while_redis_is_down_serves_and_resumes_its_ta
 
 @pytest.mark.parametrize("action", ["approve", "cancel"])
 async def test_approve_or_cancel_on_one_executor_while_another_keeps_claiming(
-    tmp_path: Path, redis: RedisServer, action: str
+    tmp_path: Path, redis: RedisServer, action: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Executor A's claim loop takes the lease of a task waiting for approval every 0.1 s,
-    only to look at it; B's ApprovePlan and CancelTask still land, exactly once. (The moment
-    a claim holds the lease is too short for this test to hit reliably; it checks the path
-    across executors, not that race.)"""
+    """Executor A planned the task, and its claim loop looks at it every 0.1 s (and leaves
+    it: a task waiting for approval has nothing to run); B's ApprovePlan and CancelTask
+    still land, exactly once. It checks the path across executors."""
     prefix = f"race-{action}:"
     stores = [RedisStore.from_url(redis.url, prefix=prefix) for _ in range(2)]
+    looks_by_a = 0
+    list_unfinished = stores[0].unfinished_task_ids
+
+    async def counted() -> list[str]:
+        nonlocal looks_by_a
+        looks_by_a += 1
+        return await list_unfinished()
+
+    monkeypatch.setattr(stores[0], "unfinished_task_ids", counted)
     runners = []
     for number, store in enumerate(stores):
         config = RunnerConfig(
@@ -218,7 +226,8 @@ async def test_approve_or_cancel_on_one_executor_while_another_keeps_claiming(
     claiming = asyncio.create_task(a.claim_forever())
     try:
         await reached(stores[1], task.task_id, {task_pb2.Task.STATE_AWAITING_APPROVAL})
-        await asyncio.sleep(0.3)  # a claim or two has happened
+        looked = looks_by_a
+        await eventually(lambda: looks_by_a >= looked + 2, what="A's claim loop looking twice")
         if action == "approve":
             await b.approve(task.task_id, None)
             expected = task_pb2.Task.STATE_SUCCEEDED
