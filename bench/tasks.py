@@ -73,6 +73,10 @@ async def _one(stub: TaskServiceAsyncStub, text: str, start: float) -> TaskTimin
     return TaskTiming(task.task_id, created, first_stored, first, end - start, end, state, events)
 
 
+PROBE_EVERY = 0.02
+"""Seconds between two GetTasks of the responsiveness probe."""
+
+
 async def _probe(stub: TaskServiceAsyncStub, task_id: str, stop: asyncio.Event) -> list[float]:
     """GetTask every PROBE_EVERY seconds until `stop`: how long each took to answer."""
     took = []
@@ -83,10 +87,6 @@ async def _probe(stub: TaskServiceAsyncStub, task_id: str, stop: asyncio.Event) 
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), PROBE_EVERY)
     return took
-
-
-PROBE_EVERY = 0.02
-"""Seconds between two GetTasks of the responsiveness probe."""
 
 
 async def _batch(
