@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -1074,3 +1075,40 @@ async def test_sqlite_starts_its_wal_over_under_appends_that_never_pause(
 
     never_started_over = 2000 * 4096  # each commit adds a page to the WAL, at the least
     assert max(sizes) < never_started_over / 4
+
+
+async def test_sqlite_appends_held_back_by_a_checkpoint_land_even_when_it_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """During the checkpoint's second pass appends wait; they are committed after it, and
+    a store closed meanwhile commits them before it closes."""
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 1)
+    path = tmp_path / "held.sqlite3"
+    store = SqliteStore(path)
+    task = await new_task(store)
+    second_pass_may_end = threading.Event()
+    passes: list[int] = []
+    checkpoint_pass = SqliteStore._checkpoint_pass
+
+    def slow_second_pass(self: SqliteStore) -> None:
+        passes.append(len(passes) + 1)
+        if len(passes) == 2:
+            second_pass_may_end.wait(10)
+        checkpoint_pass(self)
+
+    monkeypatch.setattr(SqliteStore, "_checkpoint_pass", slow_second_pass)
+    await store.append(task.task_id, [line("before")])  # its commit starts a checkpoint
+    await eventually(lambda: len(passes) == 2, what="the checkpoint's second pass")
+
+    held = asyncio.ensure_future(store.append(task.task_id, [line("held back")]))
+    closing = asyncio.create_task(store.close())
+    await asyncio.sleep(0)
+    assert not held.done()  # it waits for the second pass
+    second_pass_may_end.set()
+    await closing
+
+    assert seqs(await held) == [2]
+    reopened = SqliteStore(path)
+    texts = [e.log_line.text for e in await reopened.read_events(task.task_id, 0, 10)]
+    await reopened.close()
+    assert texts == ["before", "held back"]

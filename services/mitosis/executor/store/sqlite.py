@@ -311,6 +311,8 @@ class SqliteStore:
     def _checkpoint_soon(self) -> None:
         """Move the WAL into the database in a worker thread, on a connection of its own
         (SQLite's automatic checkpoint would run inside a commit, on the event loop)."""
+        if self._closed:
+            return  # closing: the WAL goes into the database when the connection closes
         if self._checkpointing is None or self._checkpointing.done():
             self._checkpointing = asyncio.get_running_loop().create_task(self._checkpoint())
 
@@ -332,7 +334,7 @@ class SqliteStore:
             logger.warning("checkpoint of %s failed: %s", self._path, error)
         finally:
             self._holding = False
-            if self._pending and not self._closed:
+            if self._pending:
                 asyncio.get_running_loop().call_soon(self._commit_pending)
 
     def _checkpoint_pass(self) -> None:
@@ -436,6 +438,7 @@ class SqliteStore:
         self._closed = True
         if self._checkpointing is not None:
             await self._checkpointing
+        self._commit_pending()  # what was asked for before, held back by the checkpoint
         self._checkpointer.shutdown()
         self._db.close()
 
