@@ -4,6 +4,11 @@ A real planner and a real executor run as subprocesses (`mitosis-planner`, `mito
 --offline-pace=0`, SQLite in a folder of their own), the way `make run` starts them. Every
 task is a client doing CreateTask and then WatchTask to the end, all at once; the time to the
 first event runs from just before CreateTask to that event's arrival at the client.
+
+The largest batch runs a second time with every task asking for approval: each is planned
+and then waits, and nothing runs. Its CreateTask figures are what the executor answers when
+no task execution shares its event loop: the best that running tasks elsewhere (in worker
+processes) could give. Those tasks are cancelled afterwards.
 """
 
 from __future__ import annotations
@@ -51,9 +56,16 @@ class TaskTiming:
     events: int
 
 
-async def _one(stub: TaskServiceAsyncStub, text: str, start: float) -> TaskTiming:
+WAITING = task_pb2.Task.STATE_AWAITING_APPROVAL
+
+
+async def _one(
+    stub: TaskServiceAsyncStub, text: str, start: float, approval: bool = False
+) -> TaskTiming:
+    """One task from CreateTask to its end (with `approval`: to its plan waiting)."""
     wall_start = time.time()
-    task = await stub.CreateTask(task_service_pb2.CreateTaskRequest(text=text), timeout=60)
+    create = task_service_pb2.CreateTaskRequest(text=text, require_approval=approval)
+    task = await stub.CreateTask(create, timeout=60)
     created = time.perf_counter() - start
     first = first_stored = 0.0
     events = 0
@@ -69,6 +81,10 @@ async def _one(stub: TaskServiceAsyncStub, text: str, start: float) -> TaskTimin
         events += 1
         if is_terminal_event(event):
             state = event.task_state_changed.state
+        elif approval and event.task_state_changed.state == WAITING:
+            state = WAITING
+            call.cancel()
+            break
     end = time.perf_counter()
     return TaskTiming(task.task_id, created, first_stored, first, end - start, end, state, events)
 
@@ -90,9 +106,10 @@ async def _probe(stub: TaskServiceAsyncStub, task_id: str, stop: asyncio.Event) 
 
 
 async def _batch(
-    target: str, n: int, rep: int, probe_task: str = ""
+    target: str, n: int, rep: int, probe_task: str = "", approval: bool = False
 ) -> tuple[list[TaskTiming], float, list[float]]:
-    """Run `n` tasks at once; with `probe_task`, GetTask it every PROBE_EVERY s meanwhile."""
+    """Run `n` tasks at once; with `probe_task`, GetTask it every PROBE_EVERY s meanwhile;
+    with `approval`, each only until its plan waits for approval, and cancelled then."""
     async with grpc.aio.insecure_channel(target) as channel:
         stub = task_service_pb2_grpc.TaskServiceStub(channel)
         await channel.channel_ready()
@@ -101,12 +118,16 @@ async def _batch(
         began = time.perf_counter()
 
         async def one(i: int) -> TaskTiming:
-            return await _one(stub, f"{TEXTS[i % len(TEXTS)]} ({rep}.{i})", time.perf_counter())
+            text = f"{TEXTS[i % len(TEXTS)]} ({rep}.{i})"
+            return await _one(stub, text, time.perf_counter(), approval)
 
         timings = await asyncio.gather(*(one(i) for i in range(n)))
         wall = max(t.end for t in timings) - began
         stop.set()
         probes = await probing if probing is not None else []
+        for timing in timings if approval else []:  # none of them is to run
+            cancel = task_service_pb2.CancelTaskRequest(task_id=timing.task_id)
+            await stub.CancelTask(cancel, timeout=60)
         return list(timings), wall, probes
 
 
@@ -128,17 +149,22 @@ async def tasks(
         # Warm-up (imports, channel, first SQLite pages); its first task is the one probed.
         warm_up, _, _ = await _batch(executor.target, 2, -1)
         rows = []
+        runs = [(n, False) for n in counts] + [(max(counts), True)]
         for rep in range(reps):
-            for n in counts:
+            for n, approval in runs:
                 usage = Usage(executor.process.pid).start()
-                timings, wall, probes = await _batch(executor.target, n, rep, warm_up[0].task_id)
+                timings, wall, probes = await _batch(
+                    executor.target, n, rep, warm_up[0].task_id, approval
+                )
                 await usage.stop()
                 firsts = [t.first_event for t in timings]
-                succeeded = sum(t.state == task_pb2.Task.STATE_SUCCEEDED for t in timings)
+                reached = WAITING if approval else task_pb2.Task.STATE_SUCCEEDED
+                succeeded = sum(t.state == reached for t in timings)
                 row = {
                     "workload": "tasks",
                     "rep": rep,
                     "tasks": n,
+                    "approval": approval,
                     "succeeded": succeeded,
                     "first_event_p50_ms": percentile(firsts, 50) * 1000,
                     "first_event_p99_ms": percentile(firsts, 99) * 1000,
@@ -155,12 +181,12 @@ async def tasks(
                 }
                 rows.append(row)
                 progress(
-                    f"tasks {n} rep {rep + 1}: first event p50"
+                    f"tasks {n}{' (approval)' if approval else ''} rep {rep + 1}: first event p50"
                     f" {row['first_event_p50_ms']:.1f} ms, p99 {row['first_event_p99_ms']:.1f} ms"
                     f" (CreateTask answered at p50 {row['created_p50_ms']:.1f} ms, first event"
                     f" stored at p50 {row['first_stored_p50_ms']:.1f} ms; GetTask meanwhile p99"
                     f" {row['get_task_p99_ms']:.1f} ms),"
-                    f" wall {wall:.2f} s, {succeeded}/{n} succeeded"
+                    f" wall {wall:.2f} s, {succeeded}/{n} {'waiting' if approval else 'succeeded'}"
                 )
         return rows
     finally:
