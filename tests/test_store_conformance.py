@@ -22,6 +22,8 @@ from google.protobuf import struct_pb2
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from mitosis.executor.events.hub import EventHub
+from mitosis.executor.events.log import EventLog
 from mitosis.executor.running.runner import DELETE_ANY_END
 from mitosis.executor.store import sqlite as sqlite_store
 from mitosis.executor.store.base import (
@@ -1031,6 +1033,38 @@ async def test_redis_appends_that_arrive_together_share_one_round_trip(
     assert isinstance(outcomes[-1], TaskEnded)  # refused alone; the others landed
     for task in tasks:
         assert seqs(await redis_store.read_events(task.task_id, 0, 10)) == [1, 2]
+
+
+async def test_an_append_whose_caller_is_cancelled_lands_whole_and_reaches_live_watchers(
+    backend: Backend,
+) -> None:
+    """A cancel (of a step, of a task) never cuts an append in half, and what was stored is
+    offered to the task's watchers all the same."""
+    task = await new_task(backend.store)
+    hub = EventHub()
+    log = EventLog(backend.store, hub)
+    with hub.subscribe(task.task_id, from_seq=0) as feed:
+        appending = asyncio.create_task(log.append(task.task_id, line("a"), line("b")))
+        await asyncio.sleep(0)  # one turn of the loop: it has asked the store, not yet heard
+        appending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await appending
+        offered = await feed.next_batch(10)
+
+    assert [event.seq for event in offered] == [1, 2]
+    assert seqs(await backend.store.read_events(task.task_id, 0, 10)) == [1, 2]
+
+
+async def test_an_sqlite_append_cannot_be_taken_back(tmp_path: Path) -> None:
+    """Its future refuses to be cancelled, so a caller cancelled while it waits is cancelled
+    once the append has landed, and EventLog needs no shield around it."""
+    store = SqliteStore(tmp_path / "landing.sqlite3")
+    task = await new_task(store)
+    landing = store.append(task.task_id, [line("a")])
+
+    assert landing.cancel() is False
+    assert seqs(await landing) == [1]
+    await store.close()
 
 
 async def test_sqlite_keeps_no_record_ahead_of_the_stored_one_after_a_failed_append(

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 from mitosis.errors import ResourceExhausted
 from mitosis.executor.events.hub import EventHub
-from mitosis.executor.store.base import Change, Expect, Store
+from mitosis.executor.store.base import Change, Expect, Landing, Store
 from mitosis.executor.store.encoded import EncodedEvent
 from mitosis.projection import TERMINAL_STATES
 from mitosis.v1 import task_pb2
@@ -106,13 +106,17 @@ class EventLog:
         owner: str | None,
         expect: Expect | None,
     ) -> list[task_pb2.TaskEvent]:
-        # Shielded: a cancel (of a step, of the task) must not cut an append in half — the
-        # commit lands whole or not at all, and a store's connection is never left mid-reply.
-        append = asyncio.ensure_future(
-            self.store.append(task_id, events, owner=owner, expect=expect)
-        )
-        append.add_done_callback(functools.partial(self._stored, task_id))
-        return await asyncio.shield(append)
+        # A cancel (of a step, of the task) must not cut an append in half: the commit lands
+        # whole or not at all, and a store's connection is never left mid-reply.
+        stored = functools.partial(self._stored, task_id)
+        append = self.store.append(task_id, events, owner=owner, expect=expect)
+        if isinstance(append, Landing):  # it cannot be cancelled: awaited as it is
+            append.add_done_callback(stored)
+            landed: list[task_pb2.TaskEvent] = await append
+            return landed
+        running = asyncio.ensure_future(append)  # a coroutine: shielded from the cancel
+        running.add_done_callback(stored)
+        return await asyncio.shield(running)
 
     def _stored(self, task_id: str, append: asyncio.Future[list[task_pb2.TaskEvent]]) -> None:
         """Offer what was stored to watchers and observers, even when the caller was

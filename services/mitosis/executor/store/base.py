@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
@@ -91,6 +92,22 @@ class TaskPage:
     """(create time in ns, task id) of the last task, when more tasks follow."""
 
 
+_T = TypeVar("_T")
+
+
+class Landing(asyncio.Future[_T]):
+    """The future of an append the store has taken: it lands whole or fails whole, and
+    cannot be taken back, so cancelling it does nothing (`cancel` says False).
+
+    A task cancelled while it awaits one is cancelled once the append is done (asyncio
+    raises CancelledError where it awaited): what it appended is stored, and the future's
+    callbacks (the hub's, for one) see it stored. Awaited as it is, it costs no shield.
+    """
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        return False
+
+
 class Store(Protocol):
     """Where tasks and events live. Implementations: SQLite (embedded), Redis (scale-out)."""
 
@@ -128,7 +145,7 @@ class Store(Protocol):
         expect: Expect | None = None,
     ) -> Awaitable[list[task_pb2.TaskEvent]]:
         """Append events atomically, assigning `seq` and `create_time`; return them stored
-        (a coroutine, or a future when the store batches appends itself).
+        (a coroutine, or a `Landing` when the store batches appends itself).
 
         The task record is updated with the events in the same transaction, so the record
         never disagrees with the log. Raises KeyError when the task does not exist. With

@@ -18,6 +18,7 @@ from mitosis.errors import DATA_FOLDER_FULL
 from mitosis.executor.store.base import (
     Change,
     Expect,
+    Landing,
     LeaseLost,
     StoreFull,
     TaskPage,
@@ -80,7 +81,7 @@ class _Append:
     events: Sequence[task_pb2.TaskEvent] | Change
     owner: str | None
     expect: Expect | None
-    done: asyncio.Future[list[task_pb2.TaskEvent]]
+    done: Landing[list[task_pb2.TaskEvent]]
 
 
 class SqliteStore:
@@ -194,16 +195,16 @@ class SqliteStore:
         *,
         owner: str | None = None,
         expect: Expect | None = None,
-    ) -> asyncio.Future[list[task_pb2.TaskEvent]]:
+    ) -> Landing[list[task_pb2.TaskEvent]]:
         """Append atomically (see Store.append), in a group commit: the appends asked for
         in one turn of the event loop share one transaction, each in a savepoint of its own,
         so one that is refused changes nothing and the others still land.
 
-        A future, not a coroutine: nothing runs until the commit, so awaiting it costs no
-        task of its own (EventLog shields it as it is).
+        A Landing, not a coroutine: nothing runs until the commit, so awaiting it costs no
+        task of its own, and it cannot be cancelled, so EventLog needs no shield around it.
         """
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[list[task_pb2.TaskEvent]] = loop.create_future()
+        done: Landing[list[task_pb2.TaskEvent]] = Landing(loop=loop)
         self._pending.append(_Append(task_id, events, owner, expect, done))
         if len(self._pending) == 1 and not self._holding:
             loop.call_soon(self._commit_pending)
@@ -243,8 +244,6 @@ class SqliteStore:
                 error = self._full()
             outcomes = [(request, error) for request in batch]
         for request, outcome in outcomes:
-            if request.done.cancelled():
-                continue
             if isinstance(outcome, BaseException):
                 request.done.set_exception(outcome)
             else:
