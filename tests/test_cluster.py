@@ -120,19 +120,25 @@ async def test_kill_9_mid_task_hands_the_task_to_another_executor(cluster: Clust
 
 async def test_a_paused_executor_cannot_write_after_takeover(cluster: Cluster) -> None:
     a = cluster.start("a", pace="0.02")
+    b = cluster.start("b", pace="0.02")  # before the task: a slow start would miss it running
     task = await create(a.target)
-    b = cluster.start("b", pace="0.02")
     async with AsyncClient(b.target) as client:
         stream = client.watch(task.task_id)
         async for event in stream:
             if event.HasField("page_delta"):
                 break
-        os.kill(a.process.pid, signal.SIGSTOP)
-        await asyncio.sleep(LEASE_TTL * 3)  # b takes the lease over and goes on
-        os.kill(a.process.pid, signal.SIGCONT)
+        os.kill(a.process.pid, signal.SIGSTOP)  # mid-document
+        await eventually(  # a's lease ran out: b took the task over and goes on with it
+            lambda: f"task {task.task_id}: running it here" in b.log.read_text(),
+            what="b to take the task over",
+        )
+        os.kill(a.process.pid, signal.SIGCONT)  # while b still runs it: a tries to go on
+        await eventually(  # refused, or its lease gone when it renews: its run stops
+            lambda: "another executor took it over" in a.log.read_text(),
+            what="a to stop its run",
+        )
         rest = [event async for event in stream]
         final = await client.get_task(task.task_id)
-        await asyncio.sleep(1)  # what a would still write, it would write now
         after = await client.get_task(task.task_id)
 
     assert final.state == Task.STATE_SUCCEEDED
@@ -145,7 +151,6 @@ async def test_a_paused_executor_cannot_write_after_takeover(cluster: Cluster) -
     )
     assert after.last_seq == final.last_seq
     log = a.log.read_text()
-    assert "another executor took it over" in log
     assert " ERROR " not in log, log  # a refusal the design expects is no error
 
 
