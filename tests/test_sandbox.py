@@ -15,7 +15,7 @@ import shutil
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -48,10 +48,11 @@ class Output:
         self.stdout: list[str] = []
         self.arrived: asyncio.Queue[str] = asyncio.Queue()
 
-    async def __call__(self, source: int, text: str) -> None:
+    async def __call__(self, source: int, texts: Sequence[str]) -> None:
         if source == STDOUT:
-            self.stdout.append(text)
-            self.arrived.put_nowait(text)
+            for text in texts:
+                self.stdout.append(text)
+                self.arrived.put_nowait(text)
 
 
 def make_sandbox(mode: str, **settings: object) -> Sandbox:
@@ -417,8 +418,9 @@ from mitosis.executor.tools.sandbox.confine import Sandbox, SandboxConfig
 from mitosis.executor.tools.builtin import run_python
 from mitosis.executor.tools.workspace import Workspace
 
-async def show(source, text):
-    print(text, flush=True)
+async def show(source, texts):
+    for text in texts:
+        print(text, flush=True)
 
 workspace, uid_base, uid_count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 sandbox = Sandbox(SandboxConfig(uid_base=uid_base, uid_count=uid_count))

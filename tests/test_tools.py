@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from mitosis.executor.tools.builtin import MAX_LINE_CHARS, list_files, read_file, run_python
+from mitosis.executor.tools.builtin import (
+    LINES_AT_ONCE,
+    MAX_LINE_CHARS,
+    list_files,
+    read_file,
+    run_python,
+)
 from mitosis.executor.tools.workspace import HIDDEN_DIR, Workspace
 from mitosis.tool_errors import ToolError
 from mitosis.v1 import task_pb2
@@ -24,10 +31,14 @@ class Lines:
     def __init__(self) -> None:
         self.lines: list[tuple[int, str]] = []
         self.arrived: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
+        self.calls: list[int] = []
+        """How many lines each call passed on."""
 
-    async def __call__(self, source: int, text: str) -> None:
-        self.lines.append((source, text))
-        self.arrived.put_nowait((source, text))
+    async def __call__(self, source: int, texts: Sequence[str]) -> None:
+        self.calls.append(len(texts))
+        for text in texts:
+            self.lines.append((source, text))
+            self.arrived.put_nowait((source, text))
 
     def of(self, source: int) -> list[str]:
         return [text for line_source, text in self.lines if line_source == source]
@@ -62,6 +73,23 @@ async def test_streams_stdout_and_stderr_line_by_line_in_order(workspace: Worksp
 
     assert lines.of(STDOUT) == ["out 1", "out 2", "", "out 3"]
     assert lines.of(STDERR) == ["err 1", "err 2"]
+
+
+async def test_lines_written_together_are_passed_on_together(workspace: Workspace) -> None:
+    """A chatty script's lines come many to a call (one append each, in the executor), in
+    order, and never more than LINES_AT_ONCE to one."""
+    lines = Lines()
+    code = script(
+        """
+        import sys
+        sys.stdout.write("".join(f"line {n}\\n" for n in range(1000)))
+        """
+    )
+    await run_python(code, workspace, lines)
+
+    assert lines.of(STDOUT) == [f"line {n}" for n in range(1000)]
+    assert max(lines.calls) <= LINES_AT_ONCE
+    assert len(lines.calls) < 100
 
 
 async def test_long_lines_are_split_and_odd_output_is_kept(workspace: Workspace) -> None:

@@ -9,7 +9,7 @@ import functools
 import math
 import os
 import signal
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 
 from mitosis.executor.tools.sandbox.boot import SETUP_FAILED
@@ -18,8 +18,13 @@ from mitosis.executor.tools.workspace import Workspace
 from mitosis.tool_errors import PathEscapeError, ToolError
 from mitosis.v1 import task_pb2
 
-LineSink = Callable[[int, str], Awaitable[None]]
-"""Receives each output line of a tool: a `LogLine.Source` value and the line's text."""
+LineSink = Callable[[int, Sequence[str]], Awaitable[None]]
+"""Receives a tool's output lines, in order, as many at a time as were read together (one
+or more, at most LINES_AT_ONCE): a `LogLine.Source` value and the lines' texts."""
+
+LINES_AT_ONCE = 100
+"""Most lines passed on in one call: a chatty script's lines are stored a hundred to an
+append (one transaction), and no one append holds the event loop for long."""
 
 SCRIPT_NAME = "step.py"
 """The file in the workspace's hidden folder that holds the script being run."""
@@ -40,12 +45,12 @@ _SIGNAL_HINTS: dict[int, str] = {
 async def run_python(
     code: str,
     workspace: Workspace,
-    on_line: LineSink,
+    on_lines: LineSink,
     *,
     timeout: float = 60.0,  # noqa: ASYNC109 - the timeout ends the script, not only the wait
     sandbox: Sandbox | None = None,
 ) -> None:
-    """Run `code` with Python in the workspace, passing each output line to `on_line`.
+    """Run `code` with Python in the workspace, passing its output lines to `on_lines`.
 
     The script runs confined by `sandbox` (by default one with the default settings, in
     the strongest mode this machine allows): its own session, a clean environment, resource
@@ -58,7 +63,7 @@ async def run_python(
     cpu_seconds = math.ceil(timeout) + _CPU_GRACE_SECONDS
     try:
         async with sandbox.run(workspace, script, cpu_seconds) as run:
-            returncode, stderr_line = await _run_process(run, workspace, on_line, timeout)
+            returncode, stderr_line = await _run_process(run, workspace, on_lines, timeout)
     except SandboxUnavailable as error:
         raise ToolError(str(error)) from None
     if returncode is None:
@@ -67,7 +72,7 @@ async def run_python(
 
 
 async def _run_process(
-    run: SandboxRun, workspace: Workspace, on_line: LineSink, seconds: float
+    run: SandboxRun, workspace: Workspace, on_lines: LineSink, seconds: float
 ) -> tuple[int | None, str]:
     """Start the sandboxed script and pass its output on; return its exit status (None if it
     timed out) and the last line it wrote on stderr."""
@@ -80,10 +85,10 @@ async def _run_process(
         env=run.environment,
         start_new_session=True,
     )
-    stderr_tail = _LastLine(on_line)
+    stderr_tail = _LastLine(on_lines)
     pumps = [
         asyncio.create_task(
-            _pump(_stream(process.stdout), task_pb2.LogLine.SOURCE_STDOUT, on_line)
+            _pump(_stream(process.stdout), task_pb2.LogLine.SOURCE_STDOUT, on_lines)
         ),
         asyncio.create_task(
             _pump(_stream(process.stderr), task_pb2.LogLine.SOURCE_STDERR, stderr_tail)
@@ -134,10 +139,12 @@ class _LastLine:
         self._sink = sink
         self.text = ""
 
-    async def __call__(self, source: int, text: str) -> None:
-        if text.strip():
-            self.text = text.strip()
-        await self._sink(source, text)
+    async def __call__(self, source: int, texts: Sequence[str]) -> None:
+        for text in reversed(texts):
+            if text.strip():
+                self.text = text.strip()
+                break
+        await self._sink(source, texts)
 
 
 @functools.cache
@@ -160,18 +167,18 @@ def _stream(reader: asyncio.StreamReader | None) -> asyncio.StreamReader:
     return reader
 
 
-async def _pump(reader: asyncio.StreamReader, source: int, on_line: LineSink) -> None:
-    """Pass a pipe's output to `on_line` line by line, in order, until it closes."""
+async def _pump(reader: asyncio.StreamReader, source: int, on_lines: LineSink) -> None:
+    """Pass a pipe's output to `on_lines`, in order, until it closes: the complete lines of
+    what was read together, LINES_AT_ONCE at most to a call."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     pending = ""
     while chunk := await reader.read(_READ_CHUNK):
         lines, pending = _split_lines(pending + decoder.decode(chunk))
-        for line in lines:
-            await on_line(source, line)
+        for first in range(0, len(lines), LINES_AT_ONCE):
+            await on_lines(source, lines[first : first + LINES_AT_ONCE])
     rest = (pending + decoder.decode(b"", final=True)).removesuffix("\r")
     if rest:
-        for piece in _pieces(rest):
-            await on_line(source, piece)
+        await on_lines(source, list(_pieces(rest)))
 
 
 def _split_lines(text: str) -> tuple[list[str], str]:
@@ -197,7 +204,7 @@ async def _exited_within(
     """Wait until the script's own process exits; False if `seconds` pass first.
 
     `Process.wait()` would also wait for the pipes, which a child left running holds open,
-    so this polls the exit status instead. A pump's failure (from `on_line`) is raised.
+    so this polls the exit status instead. A pump's failure (from `on_lines`) is raised.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import cast
 
-from mitosis.executor.events.log import EventLog
+from mitosis.executor.events.log import EventLimitExceeded, EventLog
 from mitosis.executor.tools.builtin import read_file, run_python
 from mitosis.executor.tools.catalogue import ExecutorTools
 from mitosis.executor.tools.fetch import FetchSettings, fetch_page
@@ -102,14 +102,12 @@ class RecordedTools:
     async def python(self, code: str) -> str:
         output: list[str] = []
 
-        async def on_line(source: int, text: str) -> None:
-            output.append(text)
-            kind = cast("task_pb2.LogLine.Source.ValueType", source)
-            line = task_pb2.LogLine(step_index=self._step_index, source=kind, text=text)
-            await self._log.append(self._task_id, Event(log_line=line))
+        async def on_lines(source: int, texts: Sequence[str]) -> None:
+            output.extend(texts)
+            await self._lines(source, texts)
 
         await run_python(
-            code, self._workspace, on_line, timeout=self._tool_timeout, sandbox=self._sandbox
+            code, self._workspace, on_lines, timeout=self._tool_timeout, sandbox=self._sandbox
         )
         return "\n".join(output)[-OUTPUT_RETURNED_CHARS:]
 
@@ -168,9 +166,24 @@ class RecordedTools:
             await self._mcp.aclose()
 
     async def _line(self, source: int, text: str) -> None:
+        await self._lines(source, [text])
+
+    async def _lines(self, source: int, texts: Sequence[str]) -> None:
+        """Store output lines read together in one append; at the task's events limit,
+        those that still fit first, one by one, as if they had come alone."""
         kind = cast("task_pb2.LogLine.Source.ValueType", source)
-        line = task_pb2.LogLine(step_index=self._step_index, source=kind, text=text)
-        await self._log.append(self._task_id, Event(log_line=line))
+        events = [
+            Event(log_line=task_pb2.LogLine(step_index=self._step_index, source=kind, text=text))
+            for text in texts
+        ]
+        try:
+            await self._log.append(self._task_id, *events)
+        except EventLimitExceeded:
+            if len(events) == 1:
+                raise
+            for event in events:  # the first that does not fit raises the limit again
+                await self._log.append(self._task_id, event)
+            raise
 
     async def list_files(self) -> str:
         stamps = await asyncio.to_thread(self._workspace.snapshot)  # sizes without reading
