@@ -12,7 +12,7 @@ from google.protobuf import struct_pb2
 
 from mitosis.errors import ResourceExhausted
 from mitosis.executor.events.hub import EventHub
-from mitosis.executor.events.log import EventLimitExceeded, EventLog, reserved_events
+from mitosis.executor.events.log import EventLimitExceeded, EventLog, closes, reserved_events
 from mitosis.executor.events.watch import watch_batches
 from mitosis.executor.running.planned_agent import PlannedToolAgent
 from mitosis.executor.running.runner import RunnerConfig, TaskRunner
@@ -131,6 +131,26 @@ async def test_a_task_over_its_events_limit_fails_and_still_ends_cleanly(
     lines = [e for e in events if e.log_line.source == task_pb2.LogLine.SOURCE_STDOUT]
     assert 0 < len(lines) < 60 - reserved_events(60)
     assert processes_with(workspace) == []  # the chattering script was stopped
+
+
+async def test_lines_read_together_past_the_limit_store_those_that_still_fit(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    """A script's lines are stored a hundred to an append; the hundred that would cross the
+    limit is not refused whole: the lines that fit are stored, then the task fails."""
+    code = (
+        "import sys, time\n"
+        "sys.stdout.write(''.join(f'{n}\\n' for n in range(1000)))\n"
+        "sys.stdout.flush()\n"
+        "time.sleep(600)\n"
+    )
+    planner = ScriptedPlanner(python_step(code, "Chatter"))
+    task, events = await run_to_end(store, tmp_path, planner, max_events=60)
+
+    assert task.state == Task.STATE_FAILED
+    assert len([e for e in events if not closes(e)]) == 60 - reserved_events(60)
+    lines = [e.log_line.text for e in events if e.log_line.source == task_pb2.LogLine.SOURCE_STDOUT]
+    assert lines == [str(n) for n in range(len(lines))]
 
 
 async def test_the_reserve_takes_only_events_that_end_something(store: SqliteStore) -> None:
