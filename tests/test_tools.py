@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from mitosis.executor.events.hub import EventHub
+from mitosis.executor.events.log import EventLog
+from mitosis.executor.store.sqlite import SqliteStore
 from mitosis.executor.tools.builtin import (
     LINES_AT_ONCE,
     MAX_LINE_CHARS,
@@ -16,6 +19,7 @@ from mitosis.executor.tools.builtin import (
     read_file,
     run_python,
 )
+from mitosis.executor.tools.recorded import RecordedTools
 from mitosis.executor.tools.workspace import HIDDEN_DIR, Workspace
 from mitosis.tool_errors import ToolError
 from mitosis.v1 import task_pb2
@@ -264,3 +268,32 @@ def test_read_file_refuses_symlink_out(workspace: Workspace, tmp_path: Path) -> 
     (workspace.root / "link.txt").symlink_to(tmp_path / "secret.txt")
     with pytest.raises(ToolError, match="symlink"):
         read_file(workspace, "link.txt")
+
+
+async def test_list_files_logs_its_lines_a_hundred_to_an_append(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    for n in range(250):
+        (workspace.root / f"f{n:03}.txt").write_text("x")
+    store = SqliteStore(tmp_path / "store.sqlite3")
+    try:
+        await store.create_task(task_pb2.Task(task_id="0123456789abcdef", text="t"))
+        tools = RecordedTools(
+            EventLog(store, EventHub()),
+            "0123456789abcdef",
+            0,
+            workspace,
+            tool_timeout=5,
+            page_window=0,
+        )
+        commits = store._commits
+        await tools.list_files()
+        appends = store._commits - commits
+        events = await store.read_events("0123456789abcdef", 0, 1000)
+    finally:
+        await store.close()
+
+    assert appends == 3  # 251 lines: the count, then one per file
+    texts = [event.log_line.text for event in events]
+    assert texts[:2] == ["250 files in the workspace", "        1 B  f000.txt"]
+    assert len(texts) == 251

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import cast
 
 from mitosis.executor.events.log import EventLimitExceeded, EventLog
-from mitosis.executor.tools.builtin import read_file, run_python
+from mitosis.executor.tools.builtin import LINES_AT_ONCE, read_file, run_python
 from mitosis.executor.tools.catalogue import ExecutorTools
 from mitosis.executor.tools.fetch import FetchSettings, fetch_page
 from mitosis.executor.tools.mcp import McpCalls
@@ -149,10 +149,14 @@ class RecordedTools:
             raise ToolError("web_search is turned off in this executor")
         await self.log(f"searching the web ({settings.provider}) for {query!r}")
         results = await web_search(query, settings)
-        await self.log(f"{len(results)} results for {query!r}")
-        for number, result in enumerate(results, 1):
-            await self.log(f"  {number}. {result.title} <{result.url}>")
+        for result in results:
             self._found(WebSource(url=result.url, title=result.title))
+        await self._executor_lines(
+            [
+                f"{len(results)} results for {query!r}",
+                *(f"  {n}. {result.title} <{result.url}>" for n, result in enumerate(results, 1)),
+            ]
+        )
         return format_results(query, results)
 
     def _found(self, source: WebSource) -> None:
@@ -169,39 +173,48 @@ class RecordedTools:
         await self._lines(source, [text])
 
     async def _lines(self, source: int, texts: Sequence[str]) -> None:
-        """Store output lines read together in one append; at the task's events limit,
-        those that still fit first, one by one, as if they had come alone."""
+        """Store a tool's output lines read together (python's, an MCP server's)."""
         kind = cast("task_pb2.LogLine.Source.ValueType", source)
-        events = [
-            Event(log_line=task_pb2.LogLine(step_index=self._step_index, source=kind, text=text))
-            for text in texts
-        ]
-        try:
-            await self._log.append(self._task_id, *events)
-        except EventLimitExceeded:
-            if len(events) == 1:
+        await self._append_lines(
+            [
+                Event(log_line=task_pb2.LogLine(step_index=self._step_index, source=kind, text=t))
+                for t in texts
+            ]
+        )
+
+    async def _executor_lines(self, texts: Sequence[str]) -> None:
+        """Store the executor's own lines about one tool use."""
+        await self._append_lines([executor_line(self._step_index, text) for text in texts])
+
+    async def _append_lines(self, events: Sequence[Event]) -> None:
+        """Store log lines LINES_AT_ONCE to an append; at the task's events limit, those
+        that still fit first, one by one, as if they had come alone."""
+        for first in range(0, len(events), LINES_AT_ONCE):
+            together = events[first : first + LINES_AT_ONCE]
+            try:
+                await self._log.append(self._task_id, *together)
+            except EventLimitExceeded:
+                if len(together) == 1:
+                    raise
+                for event in together:  # the first that does not fit raises the limit again
+                    await self._log.append(self._task_id, event)
                 raise
-            for event in events:  # the first that does not fit raises the limit again
-                await self._log.append(self._task_id, event)
-            raise
 
     async def list_files(self) -> str:
         stamps = await asyncio.to_thread(self._workspace.snapshot)  # sizes without reading
         files = sorted(stamps)
         lines = [f"{stamps[p].size:>9,} B  {p}" for p in files]
-        await self.log(f"{counted(len(files), 'file')} in the workspace")
-        for line in lines:
-            await self.log(line)
+        await self._executor_lines([f"{counted(len(files), 'file')} in the workspace", *lines])
         return "\n".join(lines) or "(the workspace is empty)"
 
     async def read_file(self, path: str) -> str:
         text = read_file(self._workspace, path)
         lines = text.splitlines()
-        await self.log(f"read {path}: {counted(len(lines), 'line')}")
-        for line in lines[:READ_FILE_PREVIEW_LINES]:
-            await self.log(f"  {line}")
+        preview = [f"read {path}: {counted(len(lines), 'line')}"]
+        preview += [f"  {line}" for line in lines[:READ_FILE_PREVIEW_LINES]]
         if len(lines) > READ_FILE_PREVIEW_LINES:
-            await self.log(f"  … {len(lines) - READ_FILE_PREVIEW_LINES} more lines")
+            preview.append(f"  … {len(lines) - READ_FILE_PREVIEW_LINES} more lines")
+        await self._executor_lines(preview)
         return text
 
     async def log(self, text: str) -> None:
