@@ -398,6 +398,21 @@ def markdown(rows: list[Row], found_targets: list[Row], reps: int) -> str:
                 lines,
             )
         )
+    script = _rows(rows, "script")
+    if script:
+        parts.append(
+            f"### 7. Script output: a python step printing {script[0]['lines']:,} lines\n\n"
+            + _table(
+                ["seconds", "lines/s", "lines per append"],
+                [
+                    [
+                        _spread(script, "seconds").show(2),
+                        _spread(script, "lines_per_s").show(0),
+                        _spread(script, "lines_per_append").show(1),
+                    ]
+                ],
+            )
+        )
     if found_targets:
         lines = [
             [

@@ -6,6 +6,10 @@ one task appending one event at a time, each append awaited; 20 tasks doing that
 (what the group commit is for: appends asked for in one turn of the event loop share one
 SQLite transaction or one Redis round trip); and one task appending 1,000 events at a time
 (how catch-up data is loaded). The time of each append is kept.
+
+Before them, once a repetition, a python step printing 20,000 lines as fast as it can
+through the real tool (sandbox, pipe, EventLog) into SQLite: how fast a chatty script's
+output is stored, and how many lines go to one append.
 """
 
 from __future__ import annotations
@@ -21,9 +25,13 @@ from bench.payloads import Shapes, task_event
 from bench.procs import Redis
 from bench.rig import Progress
 from bench.stats import percentile
+from mitosis.executor.events.hub import EventHub
+from mitosis.executor.events.log import EventLog
 from mitosis.executor.store.base import Store
 from mitosis.executor.store.redis import RedisStore
 from mitosis.executor.store.sqlite import SqliteStore
+from mitosis.executor.tools.recorded import RecordedTools
+from mitosis.executor.tools.workspace import Workspace
 from mitosis.v1 import task_pb2
 
 
@@ -85,6 +93,34 @@ async def _appends_together(store: Store, count: int) -> tuple[float, list[float
     return len(each) / seconds, each, len(each) / max(_commits(store) - commits, 1)
 
 
+SCRIPT_LINES = 20_000
+"""Lines the chatty script of the script-output row prints."""
+
+
+async def _script_output(store: SqliteStore, workdir: Path, lines: int) -> dict[str, Any]:
+    """A python step (the real tool, sandbox and all) printing `lines` lines as fast as it
+    can, through EventLog into SQLite: lines stored per second and per append."""
+    task_id = await _new_task(store)
+    tools = RecordedTools(
+        EventLog(store, EventHub()), task_id, 0, Workspace(workdir), tool_timeout=120, page_window=0
+    )
+    code = f"for n in range({lines}):\n    print('step 2 python: read 1,024 rows; line', n)\n"
+    commits = store._commits
+    start = time.perf_counter()
+    await tools.python(code)
+    seconds = time.perf_counter() - start
+    stored = await store.get_task(task_id)
+    if stored is None or stored.last_seq != lines:
+        seq = stored.last_seq if stored else None
+        raise RuntimeError(f"the script printed {lines} lines but the task ends at seq {seq}")
+    return {
+        "lines": lines,
+        "seconds": seconds,
+        "lines_per_s": lines / seconds,
+        "lines_per_append": lines / max(store._commits - commits, 1),
+    }
+
+
 async def stores(
     workdir: Path, reps: int, counts: dict[str, int], progress: Progress
 ) -> list[dict[str, Any]]:
@@ -102,6 +138,12 @@ async def stores(
         progress("store: redis-server is not installed, so no Redis figures")
     try:
         for rep in range(reps):
+            row = await _script_output(sqlite, workdir / f"script-{rep}", SCRIPT_LINES)
+            rows.append({"workload": "script", "rep": rep, **row})
+            progress(
+                f"script output rep {rep + 1}: {row['lines_per_s']:,.0f} lines/s,"
+                f" {row['lines_per_append']:.1f} lines per append"
+            )
             for name, store in stores:
                 for tasks, batch in ((1, 1), (TOGETHER, 1), (1, 1000)):
                     count = counts[name] if batch == 1 else 20 * batch
