@@ -124,6 +124,18 @@ async def test_a_hanging_server_times_out_and_the_next_call_works(tmp_path: Path
     )
 
 
+async def test_a_slow_start_does_not_count_against_a_calls_time_limit(tmp_path: Path) -> None:
+    """The time limit is the call's: a server slower to start than that still answers."""
+    config = stdio_config(timeout=1.0, env={"TOOLBOX_START_SECONDS": "2"})
+    servers = await started(config, tmp_path)
+    assert servers.problems == []
+    calls = servers.calls(Workspace(tmp_path / "workspace"), Lines())
+    try:
+        assert await calls.call("box__echo", {"text": "late"}) == "echo: late"
+    finally:
+        await calls.aclose()
+
+
 async def test_a_crashing_server_fails_the_call_and_is_restarted(tmp_path: Path) -> None:
     servers = await started(stdio_config(), tmp_path)
     calls = servers.calls(Workspace(tmp_path / "workspace"), Lines())

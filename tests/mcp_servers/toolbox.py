@@ -4,6 +4,7 @@ Run as a stdio server (`python tests/mcp_servers/toolbox.py`), or served over st
 the tests through `app()`. Its tools: `echo` (returns its text), `shout` (not on the test's
 allow-list), `big` (a long output), `hang` (never answers), `crash` (the process exits at once),
 `where` (the working folder and what the environment holds), `fail` (a tool error).
+With TOOLBOX_START_SECONDS in its environment, it waits that long before it serves.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 
 from mcp.server.mcpserver import MCPServer
 
@@ -63,4 +65,6 @@ def fail() -> str:
 
 
 if __name__ == "__main__":
+    # A server that is slow to start (TOOLBOX_START_SECONDS), as a heavy one is.
+    time.sleep(float(os.environ.get("TOOLBOX_START_SECONDS", "0")))
     server.run("stdio")

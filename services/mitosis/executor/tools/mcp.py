@@ -3,7 +3,8 @@
 The tools configuration file (`--tools-config`, TOML or JSON) names servers in the common
 `mcpServers` shape: `command`, `args`, `env` for a stdio server, `url`, `headers` for a
 streamable-HTTP one; and per server `allowedTools` (an allow-list; all tools without it),
-`timeout` (seconds one call may take, default 60) and `maxOutputChars` (default 20,000).
+`timeout` (seconds one call may take once the server has started, default 60; starting may
+take START_SECONDS more) and `maxOutputChars` (default 20,000).
 `${VAR}` in `env` and `headers` values is taken from the executor's environment, so keys stay
 out of the file.
 
@@ -59,6 +60,9 @@ _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _BOOT = Path(mcp_boot.__file__)
 _STDERR_FILE = "mcp-{name}.stderr"
 _CLOSE_SECONDS = 10.0
+START_SECONDS = 30.0
+"""Seconds a server may take to start and answer `initialize`, before and apart from the
+time limit of its calls (a Python server's imports alone take seconds on a loaded machine)."""
 
 LineLog = Callable[[int, str], Awaitable[None]]
 """Receives a log line for watchers: a `LogLine.Source` value and the text."""
@@ -183,6 +187,8 @@ class _Connection:
         self.config = config
         self.workspace = workspace
         self._requests: asyncio.Queue[_Request | None] = asyncio.Queue()
+        self._ready = asyncio.Event()
+        """Set once the server has started and answered `initialize`."""
         self._task = asyncio.create_task(self._serve(), name=f"mcp server {config.name}")
         # Its failure reaches the caller through `request`; never "exception not retrieved".
         self._task.add_done_callback(lambda task: task.cancelled() or task.exception())
@@ -193,6 +199,7 @@ class _Connection:
         return not self._task.done()
 
     async def request(self, tool: str, arguments: Mapping[str, object] | None) -> Any:
+        await self._started(tool)
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         await self._requests.put(_Request(tool, arguments, answer))
         done, _ = await asyncio.wait(
@@ -209,6 +216,29 @@ class _Connection:
             f"the MCP server {self.config.name} did not answer {tool} within "
             f"{self.config.timeout:g} s (its time limit); it was stopped and starts again "
             "for the next call"
+        )
+
+    async def _started(self, tool: str) -> None:
+        """Wait for the server to start (up to START_SECONDS): the time limit of a call
+        counts from there, not from the server's start-up."""
+        if self._ready.is_set():
+            return
+        ready = asyncio.ensure_future(self._ready.wait())
+        try:
+            await asyncio.wait(
+                [ready, self._task], timeout=START_SECONDS, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            ready.cancel()
+        if self._ready.is_set():
+            return
+        if self._task.done():  # it ended while starting: the server died or would not start
+            error = self._task.exception() if not self._task.cancelled() else None
+            raise _Dead(self._died(error))
+        await self.abort()
+        raise ToolError(
+            f"the MCP server {self.config.name} did not start within {START_SECONDS:g} s, so"
+            f" {tool} was not asked; it starts again for the next call"
         )
 
     async def close(self) -> None:
@@ -235,6 +265,7 @@ class _Connection:
     async def _serve(self) -> None:
         async with contextlib.AsyncExitStack() as stack:
             client = await stack.enter_async_context(await self._client(stack))
+            self._ready.set()
             while (request := await self._requests.get()) is not None:
                 try:
                     if request.arguments is None:
