@@ -105,7 +105,7 @@ async def _script_output(store: SqliteStore, workdir: Path, lines: int) -> dict[
         EventLog(store, EventHub()), task_id, 0, Workspace(workdir), tool_timeout=120, page_window=0
     )
     code = f"for n in range({lines}):\n    print('step 2 python: read 1,024 rows; line', n)\n"
-    commits = store._commits
+    commits = _commits(store)
     start = time.perf_counter()
     await tools.python(code)
     seconds = time.perf_counter() - start
@@ -117,7 +117,7 @@ async def _script_output(store: SqliteStore, workdir: Path, lines: int) -> dict[
         "lines": lines,
         "seconds": seconds,
         "lines_per_s": lines / seconds,
-        "lines_per_append": lines / max(store._commits - commits, 1),
+        "lines_per_append": lines / max(_commits(store) - commits, 1),
     }
 
 

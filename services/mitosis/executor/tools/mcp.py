@@ -187,8 +187,8 @@ class _Connection:
         self.config = config
         self.workspace = workspace
         self._requests: asyncio.Queue[_Request | None] = asyncio.Queue()
-        self._ready = asyncio.Event()
-        """Set once the server has started and answered `initialize`."""
+        self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        """Done once the server has started and answered `initialize`."""
         self._task = asyncio.create_task(self._serve(), name=f"mcp server {config.name}")
         # Its failure reaches the caller through `request`; never "exception not retrieved".
         self._task.add_done_callback(lambda task: task.cancelled() or task.exception())
@@ -209,8 +209,7 @@ class _Connection:
             return answer.result()
         answer.cancel()
         if self._task in done:  # the connection ended before answering: the server died
-            error = self._task.exception() if not self._task.cancelled() else None
-            raise _Dead(self._died(error))
+            raise self._death()
         await self.abort()
         raise ToolError(
             f"the MCP server {self.config.name} did not answer {tool} within "
@@ -221,20 +220,16 @@ class _Connection:
     async def _started(self, tool: str) -> None:
         """Wait for the server to start (up to START_SECONDS): the time limit of a call
         counts from there, not from the server's start-up."""
-        if self._ready.is_set():
-            return
-        ready = asyncio.ensure_future(self._ready.wait())
-        try:
+        if not self._ready.done():
             await asyncio.wait(
-                [ready, self._task], timeout=START_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                [self._ready, self._task],
+                timeout=START_SECONDS,
+                return_when=asyncio.FIRST_COMPLETED,
             )
-        finally:
-            ready.cancel()
-        if self._ready.is_set():
+        if self._ready.done():
             return
         if self._task.done():  # it ended while starting: the server died or would not start
-            error = self._task.exception() if not self._task.cancelled() else None
-            raise _Dead(self._died(error))
+            raise self._death()
         await self.abort()
         raise ToolError(
             f"the MCP server {self.config.name} did not start within {START_SECONDS:g} s, so"
@@ -256,6 +251,11 @@ class _Connection:
         self._task.cancel()
         await asyncio.wait([self._task], timeout=_CLOSE_SECONDS)
 
+    def _death(self) -> _Dead:
+        """The error of a connection that ended on its own: how the server died."""
+        error = self._task.exception() if not self._task.cancelled() else None
+        return _Dead(self._died(error))
+
     def _died(self, error: BaseException | None) -> str:
         why = f": {_describe(error)}" if error is not None else ""
         last = _last_line(self.stderr_path)
@@ -265,7 +265,7 @@ class _Connection:
     async def _serve(self) -> None:
         async with contextlib.AsyncExitStack() as stack:
             client = await stack.enter_async_context(await self._client(stack))
-            self._ready.set()
+            self._ready.set_result(None)
             while (request := await self._requests.get()) is not None:
                 try:
                     if request.arguments is None:
